@@ -1,0 +1,318 @@
+"""The activation file: the HDF5 contract between recording and every analysis.
+
+Schema (version 1, see ``docs/design.md``)::
+
+    /                  attrs: schema_version, run, checkpoint, env_id, policy_kind, gamma, complete
+    /steps/{obs,action,reward,done,episode,t,text}
+    /labels/<name>     attrs: kind, description, linear_in
+    /acts/<hook>       (N, d) float32
+    /acts_random/<hook> (N, d) float32   (optional random-weights baseline)
+
+``ActivationWriter`` appends rows as a rollout goes and sets ``complete`` last;
+``ActivationFile`` reads lazily and in chunks, and refuses a cut file unless asked not to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from probes.errors import ProbeError
+
+SCHEMA_VERSION = 1
+CHUNK_ROWS = 1024
+STEP_FIELDS = ("obs", "action", "reward", "done", "episode", "t")
+
+
+class ActivationWriter:
+    """Append-only writer for one activation file.
+
+    Parameters
+    ----------
+    path:
+        File to create (an existing file is refused: recordings are never overwritten silently).
+    attrs:
+        Root attributes (run, checkpoint, env_id, policy_kind, gamma, ...).
+    label_meta:
+        For each label name: ``{"kind": "continuous"|"discrete", "description": str,
+        "linear_in": [hook, ...]}``. Labels not described here default to continuous.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        attrs: Mapping[str, Any],
+        label_meta: Mapping[str, Mapping[str, Any]] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise ProbeError(f"{self.path} already exists; refusing to overwrite a recording")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._h5 = h5py.File(self.path, "w")
+        self._chunk_rows = chunk_rows
+        self._label_meta = dict(label_meta or {})
+        self._n = 0
+        self._episodes: set[int] = set()
+        for key, value in attrs.items():
+            self._h5.attrs[key] = _attr(value)
+        self._h5.attrs["schema_version"] = SCHEMA_VERSION
+        self._h5.attrs["complete"] = False
+        for group in ("steps", "labels", "acts"):
+            self._h5.require_group(group)
+
+    # ------------------------------------------------------------------ writing
+    def append(
+        self,
+        steps: Mapping[str, np.ndarray | Sequence[Any]],
+        labels: Mapping[str, np.ndarray],
+        acts: Mapping[str, np.ndarray],
+        acts_random: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Append a block of ``n`` rows: every array's first axis has length ``n``."""
+        n = len(steps["reward"])
+        for name, value in steps.items():
+            if name == "text":
+                self._append_text(np.asarray(value, dtype=object))
+            else:
+                self._append("steps", name, np.asarray(value))
+        for name, value in labels.items():
+            self._append("labels", name, np.asarray(value), meta=self._label_meta.get(name))
+        for name, value in acts.items():
+            self._append("acts", name, np.asarray(value, dtype=np.float32))
+        for name, value in (acts_random or {}).items():
+            self._append("acts_random", name, np.asarray(value, dtype=np.float32))
+        self._episodes.update(int(e) for e in np.unique(np.asarray(steps["episode"])))
+        self._n += n
+
+    def _dataset(self, group: str, name: str, row: np.ndarray, dtype: Any) -> h5py.Dataset:
+        grp = self._h5.require_group(group)
+        if name in grp:
+            return grp[name]
+        shape = row.shape[1:]
+        row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        chunk = max(16, min(self._chunk_rows, (256 * 1024) // row_bytes))
+        return grp.create_dataset(
+            name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(chunk, *shape)
+        )
+
+    def _append(self, group: str, name: str, value: np.ndarray, meta: Mapping[str, Any] | None = None) -> None:
+        if value.dtype == np.float64:
+            value = value.astype(np.float32)
+        if value.dtype.kind == "b":
+            dtype: Any = np.bool_
+        elif value.dtype.kind in "iu":
+            value = value.astype(np.int64)
+            dtype = np.int64
+        else:
+            value = value.astype(np.float32)
+            dtype = np.float32
+        ds = self._dataset(group, name, value, dtype)
+        if meta is not None and "kind" not in ds.attrs:
+            for key, item in meta.items():
+                ds.attrs[key] = _attr(item)
+        start = ds.shape[0]
+        ds.resize(start + len(value), axis=0)
+        ds[start:] = value
+
+    def _append_text(self, value: np.ndarray) -> None:
+        grp = self._h5["steps"]
+        if "text" not in grp:
+            grp.create_dataset(
+                "text", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(256,)
+            )
+        ds = grp["text"]
+        start = ds.shape[0]
+        ds.resize(start + len(value), axis=0)
+        ds[start:] = [str(v) if v is not None else "" for v in value]
+
+    def flush(self) -> None:
+        self._h5.attrs["n_steps"] = self._n
+        self._h5.flush()
+
+    def close(self, complete: bool = True) -> None:
+        """Close the file; ``complete=True`` marks it whole (set last, after every row)."""
+        if not self._h5:
+            return
+        for name, ds in self._h5["labels"].items():
+            if "kind" not in ds.attrs:
+                ds.attrs["kind"] = "continuous"
+                ds.attrs["description"] = ""
+                ds.attrs["linear_in"] = "[]"
+        self._h5.attrs["n_steps"] = self._n
+        self._h5.attrs["n_episodes"] = len(self._episodes)
+        self._h5.flush()
+        if complete:
+            self._h5.attrs["complete"] = True
+        self._h5.close()
+
+    def __enter__(self) -> "ActivationWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.close(complete=exc_type is None)
+
+
+def _attr(value: Any) -> Any:
+    """HDF5 attributes hold scalars and strings; lists and dicts are stored as JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+class ActivationFile:
+    """Lazy, chunked reader for one activation file.
+
+    Parameters
+    ----------
+    path:
+        The ``.h5`` file.
+    allow_incomplete:
+        A file without ``complete=True`` was cut short (a crash or a recording still under way).
+        By default it is refused with a clear error; with ``True`` it is opened and
+        ``self.complete`` says what it is.
+    """
+
+    def __init__(self, path: Path | str, allow_incomplete: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ProbeError(f"no such activation file: {self.path}")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ProbeError(f"{self.path} is not a readable HDF5 file ({exc})") from None
+        try:
+            self.attrs = {k: _decode(v) for k, v in self._h5.attrs.items()}
+            if "steps" not in self._h5 or "acts" not in self._h5:
+                raise ProbeError(f"{self.path} is not an activation file (no /steps or /acts group)")
+            version = self.attrs.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise ProbeError(
+                    f"{self.path} has schema_version {version!r}; this lab reads {SCHEMA_VERSION}"
+                )
+            self.complete = bool(self.attrs.get("complete", False))
+            if not self.complete and not allow_incomplete:
+                raise ProbeError(
+                    f"{self.path} is incomplete (the recording was cut short); "
+                    "re-record it, or pass allow_incomplete to read what is there"
+                )
+        except BaseException:
+            self._h5.close()
+            raise
+        # A cut file may have datasets of unequal length: use the common prefix.
+        lengths = [ds.shape[0] for ds in self._iter_datasets()]
+        self.n = min(lengths) if lengths else 0
+
+    def _iter_datasets(self) -> Iterator[h5py.Dataset]:
+        for group in ("steps", "labels", "acts", "acts_random"):
+            if group in self._h5:
+                yield from (ds for ds in self._h5[group].values() if isinstance(ds, h5py.Dataset))
+
+    # ------------------------------------------------------------------ metadata
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def hooks(self) -> list[str]:
+        return sorted(self._h5["acts"].keys())
+
+    @property
+    def random_hooks(self) -> list[str]:
+        return sorted(self._h5["acts_random"].keys()) if "acts_random" in self._h5 else []
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self._h5["labels"].keys()) if "labels" in self._h5 else []
+
+    def hook_dim(self, hook: str) -> int:
+        return int(self._dataset("acts", hook).shape[1])
+
+    def label_info(self, name: str) -> dict[str, Any]:
+        """``kind``, ``description`` and ``linear_in`` (a list of hook names) of a label."""
+        ds = self._dataset("labels", name)
+        kind = _decode(ds.attrs.get("kind", "continuous"))
+        linear_in = _decode(ds.attrs.get("linear_in", "[]")) or "[]"
+        try:
+            linear = json.loads(linear_in) if isinstance(linear_in, str) else list(linear_in)
+        except json.JSONDecodeError:
+            linear = []
+        return {"kind": kind, "description": _decode(ds.attrs.get("description", "")), "linear_in": linear}
+
+    def _dataset(self, group: str, name: str) -> h5py.Dataset:
+        if group not in self._h5 or name not in self._h5[group]:
+            available = ", ".join(sorted(self._h5[group].keys())) if group in self._h5 else "none"
+            what = {"acts": "hook", "acts_random": "random-weights hook", "labels": "label", "steps": "step field"}[group]
+            raise ProbeError(f"{self.path.name} has no {what} {name!r} (available: {available})")
+        return self._h5[group][name]
+
+    # ------------------------------------------------------------------ reading
+    def read(self, group: str, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Read one dataset (or a slice / sorted index array of its rows) into memory."""
+        ds = self._dataset(group, name)
+        if rows is None:
+            return ds[: self.n]
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.n)
+            return ds[start:stop:step]
+        return ds[np.asarray(rows)]
+
+    def steps(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        return self.read("steps", name, rows)
+
+    def label(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        return self.read("labels", name, rows)
+
+    def acts(self, hook: str, rows: slice | np.ndarray | None = None, random_weights: bool = False) -> np.ndarray:
+        return self.read("acts_random" if random_weights else "acts", hook, rows)
+
+    def episodes(self) -> np.ndarray:
+        """The episode id of every row (small: one int per step)."""
+        return self.steps("episode")
+
+    def text(self, row: int) -> str:
+        if "text" not in self._h5["steps"]:
+            return ""
+        return _decode(self._h5["steps"]["text"][row]) or ""
+
+    def chunk_size(self, group: str, name: str) -> int:
+        chunks = self._dataset(group, name).chunks
+        return int(chunks[0]) if chunks else CHUNK_ROWS
+
+    def iter_chunks(
+        self, group: str, name: str, rows_per_chunk: int | None = None
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(row_slice, block)`` over a dataset; memory is bounded by the chunk size."""
+        ds = self._dataset(group, name)
+        step = rows_per_chunk or max(self.chunk_size(group, name), 4096)
+        for start in range(0, self.n, step):
+            sl = slice(start, min(start + step, self.n))
+            yield sl, ds[sl]
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> "ActivationFile":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "INCOMPLETE"
+        return f"ActivationFile({str(self.path)!r}, n={self.n}, hooks={len(self.hooks)}, {state})"

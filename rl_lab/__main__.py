@@ -1,0 +1,3 @@
+from rl_lab.cli import entry
+
+entry()

@@ -1,0 +1,76 @@
+"""The ``rl-lab`` command line.
+
+Every module in this package is one sub-command: ``rl_lab/cli/train.py`` is ``rl-lab train``.
+A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. Heavy imports belong inside ``run`` so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import traceback
+from typing import Sequence
+
+from rl_lab.errors import LabError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2 (argparse's own convention)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _command_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="rl-lab",
+        description="RL Lab: train agents, record their activations, probe, steer and inspect them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in _command_modules():
+        module = importlib.import_module(f"{__name__}.{name}")
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from probes.errors import ProbeError
+
+    return (LabError, ProbeError, FileNotFoundError, PermissionError, KeyboardInterrupt)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except _user_errors() as exc:
+        if os.environ.get("RL_LAB_DEBUG"):
+            traceback.print_exc()
+        if isinstance(exc, KeyboardInterrupt):
+            sys.stderr.write("rl-lab: interrupted\n")
+            return 130
+        message = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc.filename}"
+        sys.stderr.write(f"rl-lab: error: {message}\n")
+        return EXIT_USAGE
+
+
+def entry() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

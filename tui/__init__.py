@@ -1,0 +1,1 @@
+"""The RL Lab terminal app (Textual)."""
