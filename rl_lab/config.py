@@ -1,0 +1,77 @@
+"""Training configuration: one dataclass, every field documented, stored verbatim in ``run.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SB3_ALGOS = ("ppo", "a2c", "dqn")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a stable-baselines3 training run."""
+
+    env_id: str = "lab/Forage-v0"
+    """Gymnasium id (``lab/...`` ids come from the ``envs`` package)."""
+    algo: str = "ppo"
+    """``ppo``, ``a2c`` or ``dqn``."""
+    total_timesteps: int = 50_000
+    """Environment steps to train for (summed over parallel environments)."""
+    seed: int = 0
+    """Seeds the environments, the network initialisation and the algorithm."""
+    n_envs: int = 4
+    """Parallel environments (ignored for DQN, which uses one)."""
+    learning_rate: float | None = None
+    """Optimiser step size; ``None`` keeps the algorithm's default."""
+    gamma: float = 0.99
+    """Discount factor; also used by the recorder for TD errors."""
+    n_steps: int | None = None
+    """Rollout length per environment (PPO/A2C); ``None`` picks one that fits the budget."""
+    batch_size: int | None = None
+    """Minibatch size (PPO/DQN); ``None`` keeps a budget-aware default."""
+    ent_coef: float = 0.01
+    """Entropy bonus (PPO/A2C)."""
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer sizes of the policy and value networks (separate networks, Tanh)."""
+    checkpoint_every: int = 10_000
+    """Save a checkpoint every this many steps (and always at the end)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the environment constructor."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def algo_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the SB3 algorithm constructor, filled in for the budget."""
+        kwargs: dict[str, Any] = {"gamma": self.gamma, "seed": self.seed, "device": "cpu", "verbose": 0}
+        if self.learning_rate is not None:
+            kwargs["learning_rate"] = self.learning_rate
+        if self.algo == "dqn":
+            kwargs["policy_kwargs"] = {"net_arch": list(self.net_arch)}
+            kwargs["learning_starts"] = min(1000, max(0, self.total_timesteps // 10))
+            kwargs["buffer_size"] = min(100_000, max(1000, self.total_timesteps))
+            kwargs["batch_size"] = self.batch_size or 64
+            kwargs["exploration_fraction"] = 0.3
+            kwargs["target_update_interval"] = 500
+            kwargs["train_freq"] = 4
+            return kwargs
+        per_env = max(1, self.total_timesteps // max(1, self.n_envs))
+        n_steps = self.n_steps or (256 if self.algo == "ppo" else 8)
+        n_steps = max(8, min(n_steps, per_env))
+        kwargs["n_steps"] = n_steps
+        kwargs["ent_coef"] = self.ent_coef
+        kwargs["policy_kwargs"] = {"net_arch": {"pi": list(self.net_arch), "vf": list(self.net_arch)}}
+        if self.algo == "ppo":
+            rollout = n_steps * self.n_envs
+            batch = self.batch_size or min(256, rollout)
+            while rollout % batch and batch > 1:
+                batch -= 1
+            kwargs["batch_size"] = batch
+        return kwargs

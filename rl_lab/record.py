@@ -1,0 +1,368 @@
+"""Roll a trained policy out and record its activations and emotion labels to HDF5.
+
+The rollout acts exactly as an un-recorded one would (one ``predict`` per step). Activations
+are computed per finished episode by one batched forward pass over the episode's observations
+with forward hooks on every Linear and activation module — the network is deterministic, so
+these are the activations the acting network had — and labels (``rl_lab.labels``) are computed
+from the same pass. The file is written episode by episode and marked ``complete`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from rl_lab.errors import LabError
+from rl_lab.labels import episode_labels, label_meta, latent_label_name, standardised_value
+from rl_lab.runs import Run, RunStore, checkpoint_step
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class EpisodeForward:
+    """What one batched forward pass over an episode gives."""
+
+    acts: dict[str, np.ndarray]  # hook -> [T, d]
+    values: np.ndarray  # [T]
+    final_value: float  # V(s_{T+1}), used when the episode was truncated
+    extra_labels: dict[str, np.ndarray] = field(default_factory=dict)  # entropy, arousal, ...
+
+
+class PolicyAdapter(Protocol):
+    """What the recorder needs from a trained network (an SB3 agent, a decision transformer)."""
+
+    kind: str
+    hooks: list[str]
+    linear_in: dict[str, list[str]]  # label -> hooks in which it is linear by construction
+
+    def reset(self) -> None:
+        """Start a new episode (forget any history)."""
+
+    def act(self, obs: np.ndarray) -> Any:
+        """The action for one observation (may use the adapter's own history)."""
+
+    def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                        final_obs: np.ndarray) -> EpisodeForward:
+        """Hooked activations, values and extra labels for a whole episode."""
+
+    def random_twin(self, seed: int) -> "PolicyAdapter | None":
+        """The same architecture with freshly initialised weights (random-weights baseline)."""
+
+
+# --------------------------------------------------------------------------- SB3 adapter
+class SB3Adapter:
+    """Hooks an SB3 policy: every Linear and activation module outside the feature extractor."""
+
+    def __init__(self, model: Any, policy: Any | None = None, deterministic: bool = False) -> None:
+        import torch.nn as nn
+
+        self.model = model
+        self.policy = policy if policy is not None else model.policy
+        self.policy.set_training_mode(False)
+        self.deterministic = deterministic
+        self.kind = type(model).__name__.lower()
+        self.is_dqn = self.kind == "dqn"
+        root = self.policy.q_net if self.is_dqn else self.policy
+        prefix = "q_net." if self.is_dqn else ""
+        self._modules: dict[str, nn.Module] = {}
+        for name, module in root.named_modules():
+            if not name or "features_extractor" in name or list(module.children()):
+                continue
+            if isinstance(module, nn.Linear) or type(module).__module__ == "torch.nn.modules.activation":
+                self._modules[prefix + name] = module
+        self.hooks = list(self._modules)
+        self.linear_in: dict[str, list[str]] = {}
+        if not self.is_dqn:
+            value_layers = [h for h in self.hooks if h.startswith("mlp_extractor.value_net.")]
+            last = value_layers[-1:] if value_layers else []
+            self.linear_in = {"value": last + ["value_net"]}
+        self._captured: dict[str, np.ndarray] = {}
+        self._capture = False
+        for name, module in self._modules.items():
+            module.register_forward_hook(self._make_hook(name))
+
+    def _make_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if self._capture:
+                self._captured[name] = output.detach().cpu().numpy().reshape(output.shape[0], -1)
+
+        return hook
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> Any:
+        action, _ = self.model.predict(obs, deterministic=self.deterministic)
+        return action
+
+    def _tensor(self, obs: np.ndarray) -> Any:
+        return self.policy.obs_to_tensor(obs)[0]
+
+    def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                        final_obs: np.ndarray) -> EpisodeForward:
+        import torch
+
+        extra: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            obs_t = self._tensor(obs)  # [T, *obs_shape]
+            final_t = self._tensor(final_obs[None])  # [1, *obs_shape]
+            self._captured = {}
+            self._capture = True
+            try:
+                if self.is_dqn:
+                    q = self.policy.q_net(obs_t).cpu().numpy()  # [T, n_actions]
+                else:
+                    act_t = torch.as_tensor(actions, device=obs_t.device)
+                    values_t, _, entropy_t = self.policy.evaluate_actions(obs_t, act_t)
+            finally:
+                self._capture = False
+            acts = dict(self._captured)
+            if self.is_dqn:
+                values = q.max(axis=1)
+                final_value = float(self.policy.q_net(final_t).max().item())
+                extra["arousal"] = q.max(axis=1) - q.min(axis=1)
+            else:
+                values = values_t.flatten().cpu().numpy()
+                final_value = float(self.policy.predict_values(final_t).item())
+                if entropy_t is not None:
+                    entropy = entropy_t.flatten().cpu().numpy()
+                    extra["entropy"] = entropy
+                    n_actions = int(getattr(self.model.action_space, "n", 0))
+                    if n_actions > 1:
+                        extra["arousal"] = 1.0 - entropy / np.log(n_actions)
+        return EpisodeForward(acts=acts, values=values, final_value=final_value, extra_labels=extra)
+
+    def random_twin(self, seed: int) -> "SB3Adapter":
+        import torch
+
+        torch.manual_seed(seed)
+        kwargs = dict(self.model.policy_kwargs)
+        twin_policy = self.model.policy_class(
+            self.model.observation_space, self.model.action_space, lambda _: 0.0, **kwargs
+        )
+        return SB3Adapter(self.model, policy=twin_policy, deterministic=self.deterministic)
+
+
+def load_sb3(run: Run, checkpoint: Path) -> Any:
+    from rl_lab.train import algo_class
+
+    algo = run.info.get("algo", "ppo")
+    try:
+        return algo_class(algo).load(checkpoint, device="cpu")
+    except LabError:
+        raise
+    except Exception as exc:
+        raise LabError(f"cannot load checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
+
+
+def load_adapter(run: Run, checkpoint: Path, deterministic: bool = False) -> PolicyAdapter:
+    """The adapter for a run's checkpoint, whatever trained it."""
+    algo = run.info.get("algo")
+    if algo in ("dt", "bc"):
+        from rl_lab.dt.record import load_dt_adapter
+
+        return load_dt_adapter(run, checkpoint, deterministic=deterministic)
+    return SB3Adapter(load_sb3(run, checkpoint), deterministic=deterministic)
+
+
+# --------------------------------------------------------------------------- recording
+def resolve_checkpoints(run: Run, which: str | None) -> list[Path]:
+    """``None``/``latest`` -> the last checkpoint; ``all``; a step number; or a file path."""
+    ckpts = run.checkpoints()
+    if not ckpts:
+        raise LabError(f"run {run.name!r} has no checkpoint to record")
+    if which in (None, "latest"):
+        return [ckpts[-1]]
+    if which == "all":
+        return ckpts
+    if which.isdigit():
+        match = [c for c in ckpts if checkpoint_step(c) == int(which)]
+        if not match:
+            steps = ", ".join(str(checkpoint_step(c)) for c in ckpts)
+            raise LabError(f"run {run.name!r} has no checkpoint at step {which} (has: {steps})")
+        return match
+    path = Path(which)
+    if not path.exists():
+        raise LabError(f"no checkpoint {which!r} (use latest, all, a step number or a file)")
+    return [path]
+
+
+def record(
+    run: Run,
+    checkpoint: Path,
+    episodes: int = 20,
+    seed: int = 0,
+    deterministic: bool = False,
+    out: Path | None = None,
+    overwrite: bool = False,
+    random_baseline: bool = True,
+    progress: ProgressFn | None = None,
+    max_steps: int | None = None,
+) -> Path:
+    """Record ``episodes`` episodes of ``checkpoint`` into ``RUN/activations/<ckpt>.h5``.
+
+    Parameters
+    ----------
+    run:
+        The run whose network is recorded.
+    checkpoint:
+        The checkpoint file (``Run.checkpoints()``).
+    episodes:
+        Number of whole episodes to roll out.
+    seed:
+        Seeds the environment resets (episode i uses ``seed + i``) and the policy's sampling.
+    deterministic:
+        Take the policy's most likely action instead of sampling.
+    out:
+        Output file (default ``RUN/activations/<checkpoint stem>.h5``).
+    overwrite:
+        Replace an existing recording instead of refusing.
+    random_baseline:
+        Also record the same architecture with random weights on the same observations
+        (``/acts_random``), the baseline that probes need the network for.
+    progress:
+        Called as ``progress(episodes_done, episodes)``.
+    max_steps:
+        Optional cap on the total number of steps (the episode under way is finished first).
+    """
+    import torch
+
+    from probes.activations import ActivationWriter
+    from rl_lab.train import make_env
+
+    if episodes <= 0:
+        raise LabError("--episodes must be positive")
+    out = Path(out) if out else run.activations_dir / f"{Path(checkpoint).stem}.h5"
+    if out.exists():
+        if not overwrite:
+            raise LabError(f"{out} already exists; pass --overwrite to record it again")
+        out.unlink()
+    torch.manual_seed(seed)
+    adapter = load_adapter(run, Path(checkpoint), deterministic=deterministic)
+    twin = adapter.random_twin(seed + 10_007) if random_baseline else None
+    cfg = run.info.get("config", {})
+    env_id = run.info.get("env_id") or cfg.get("env_id")
+    env = make_env(env_id, cfg.get("env_kwargs") or {}, render_mode="ansi")
+    if getattr(env, "render_mode", None) != "ansi":
+        env.close()
+        env = make_env(env_id, cfg.get("env_kwargs") or {})
+    import envs
+
+    spec = envs.latent_spec(env)
+    gamma = float(cfg.get("gamma", 0.99))
+    meta = label_meta(spec, adapter.linear_in)
+    attrs = {
+        "run": run.name,
+        "checkpoint": Path(checkpoint).stem,
+        "checkpoint_step": checkpoint_step(Path(checkpoint)),
+        "env_id": env_id,
+        "env_kwargs": cfg.get("env_kwargs") or {},
+        "policy_kind": run.info.get("algo", adapter.kind),
+        "gamma": gamma,
+        "seed": seed,
+        "deterministic": deterministic,
+        "hooks": adapter.hooks,
+    }
+    writer = ActivationWriter(out, attrs, meta)
+    renders = getattr(env, "render_mode", None) == "ansi"
+    total = 0
+    try:
+        for ep in range(episodes):
+            obs, info = env.reset(seed=seed + ep)
+            adapter.reset()
+            buf_obs, buf_act, buf_rew, buf_text, buf_lat = [], [], [], [], []
+            terminated = truncated = False
+            while not (terminated or truncated):
+                if renders:
+                    buf_text.append(env.render())
+                buf_lat.append(info.get("latents", {}))
+                action = adapter.act(obs)
+                buf_obs.append(obs)
+                buf_act.append(action)
+                obs, reward, terminated, truncated, info = env.step(action)
+                buf_rew.append(reward)
+            T = len(buf_rew)
+            obs_arr = np.asarray(buf_obs, dtype=np.float32)
+            act_arr = np.asarray(buf_act)
+            rew_arr = np.asarray(buf_rew, dtype=np.float64)
+            fwd = adapter.episode_forward(obs_arr, act_arr, rew_arr, np.asarray(obs, dtype=np.float32))
+            labels = episode_labels(fwd.values, rew_arr, bool(terminated), fwd.final_value, gamma)
+            labels.update(fwd.extra_labels)
+            labels["action"] = act_arr.reshape(T, -1)[:, 0].astype(np.int64) if act_arr.dtype.kind in "iu" \
+                else act_arr.reshape(T, -1)[:, 0]
+            for key in spec:
+                labels[latent_label_name(key)] = np.asarray([lat.get(key, np.nan) for lat in buf_lat])
+            done = np.zeros(T, dtype=bool)
+            done[-1] = True
+            steps: dict[str, Any] = {
+                "obs": obs_arr,
+                "action": act_arr,
+                "reward": rew_arr.astype(np.float32),
+                "done": done,
+                "episode": np.full(T, ep, dtype=np.int64),
+                "t": np.arange(T, dtype=np.int64),
+            }
+            if renders:
+                steps["text"] = buf_text
+            acts_random = twin.episode_forward(obs_arr, act_arr, rew_arr, obs_arr[-1]).acts if twin else None
+            writer.append(steps, labels, fwd.acts, acts_random)
+            total += T
+            if progress is not None:
+                progress(ep + 1, episodes)
+            if max_steps is not None and total >= max_steps:
+                break
+        _write_standardised_value(writer)
+    except BaseException:
+        writer.close(complete=False)
+        env.close()
+        raise
+    writer.close(complete=True)
+    env.close()
+    return out
+
+
+def _write_standardised_value(writer: Any) -> None:
+    """Hope and fear need the value's mean and std over the whole recording: written last."""
+    h5 = writer._h5
+    values = h5["labels"]["value"][:]
+    for name, arr in standardised_value(values).items():
+        meta = writer._label_meta.get(name, {})
+        ds = h5["labels"].create_dataset(name, data=arr.astype(np.float32), maxshape=(None,),
+                                         chunks=h5["labels"]["value"].chunks)
+        for key, item in meta.items():
+            ds.attrs[key] = json.dumps(item) if isinstance(item, (list, dict)) else item
+
+
+def record_run(
+    run_name: str,
+    runs_dir: Path | str | None = None,
+    checkpoint: str | None = None,
+    episodes: int = 20,
+    seed: int = 0,
+    deterministic: bool = False,
+    overwrite: bool = False,
+    progress_factory: Callable[[str], tuple[ProgressFn, Callable[[], None]]] | None = None,
+) -> list[Path]:
+    """Record one or several checkpoints of a run (``checkpoint``: latest, all, a step, a file)."""
+    run = RunStore(runs_dir).get(run_name)
+    paths = []
+    ckpts = resolve_checkpoints(run, checkpoint)
+    for ckpt in ckpts:
+        target = run.activations_dir / f"{ckpt.stem}.h5"
+        if checkpoint == "all" and target.exists() and not overwrite:
+            paths.append(target)
+            continue
+        progress, close = progress_factory(f"record {ckpt.stem}") if progress_factory else (None, lambda: None)
+        try:
+            paths.append(record(run, ckpt, episodes=episodes, seed=seed, deterministic=deterministic,
+                                overwrite=overwrite, progress=progress))
+        finally:
+            close()
+    return paths
