@@ -1,0 +1,298 @@
+"""Tests for the ``envs`` package: registration, contracts, determinism, validation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+
+import envs
+
+
+def _importable(env_id: str) -> bool:
+    try:
+        gym.envs.registration.load_env_creator(gym.spec(env_id).entry_point)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+READY_IDS = [i for i in envs.LAB_ENV_IDS if _importable(i)]
+# Settings under which each env's dynamics depend on the seed (the default Chain is deterministic).
+RANDOM_KWARGS = {"lab/Chain-v0": {"slip": 0.2, "start": None}}
+
+
+def _rollout(env: gym.Env, seed: int, actions: list[int]) -> tuple[list[np.ndarray], list[dict], list[float]]:
+    obs, info = env.reset(seed=seed)
+    observations, latents, rewards = [obs], [info["latents"]], []
+    for a in actions:
+        obs, r, terminated, truncated, info = env.step(a)
+        observations.append(obs)
+        latents.append(info["latents"])
+        rewards.append(r)
+        if terminated or truncated:
+            obs, info = env.reset()
+            observations.append(obs)
+            latents.append(info["latents"])
+    return observations, latents, rewards
+
+
+# ---------------------------------------------------------------------- the package
+def test_import_is_cheap():
+    code = "import sys, envs; bad = [m for m in ('torch', 'stable_baselines3', 'h5py') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lab_ids_registered():
+    assert envs.LAB_ENV_IDS == ("lab/Forage-v0", "lab/Binding-v0", "lab/Chain-v0")
+    for env_id in envs.LAB_ENV_IDS:
+        assert env_id in gym.registry
+
+
+@pytest.mark.parametrize("env_id", ["Nope-v0", "lab/Nope-v0", "not an id", ""])
+def test_unknown_id_is_value_error_listing_lab_ids(env_id):
+    with pytest.raises(ValueError) as err:
+        envs.make(env_id)
+    message = str(err.value)
+    assert "\n" not in message
+    if env_id:
+        assert "lab/Forage-v0" in message
+
+
+def test_unknown_option_is_value_error():
+    with pytest.raises(ValueError, match="bogus"):
+        envs.make("lab/Forage-v0", bogus=3)
+
+
+def test_minigrid_without_package_is_value_error():
+    try:
+        import minigrid  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="minigrid"):
+            envs.make("MiniGrid-Empty-5x5-v0")
+    else:
+        env = envs.make("MiniGrid-Empty-5x5-v0")
+        _, info = env.reset(seed=0)
+        assert set(info["latents"]) == set(envs.latent_spec(env))
+
+
+# ---------------------------------------------------------------------- contracts of every lab env
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_gymnasium_check_env(env_id):
+    env = envs.make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped, skip_render_check=True)
+    gym_check_env(envs.make(env_id, render_mode="ansi").unwrapped)
+
+
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_sb3_check_env(env_id):
+    from stable_baselines3.common.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(envs.make(env_id), warn=True)
+
+
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_latents_match_spec_every_step(env_id):
+    env = envs.make(env_id)
+    spec = envs.latent_spec(env)
+    assert spec and spec == env.unwrapped.latent_spec
+    for entry in spec.values():
+        assert entry["kind"] in ("continuous", "discrete")
+        assert isinstance(entry["description"], str) and entry["description"]
+        lo, hi = entry["range"]
+        assert lo <= hi
+    rng = np.random.default_rng(0)
+    _, info = env.reset(seed=0)
+    for t in range(600):
+        latents = info["latents"]
+        assert set(latents) == set(spec)
+        for name, value in latents.items():
+            lo, hi = spec[name]["range"]
+            assert lo - 1e-6 <= value <= hi + 1e-6, (name, value, spec[name]["range"])
+            if spec[name]["kind"] == "discrete":
+                assert isinstance(value, int) and not isinstance(value, bool), (name, value)
+            else:
+                assert isinstance(value, float), (name, value)
+        behaviour_spec = envs.behaviour_spec(env)
+        assert set(info.get("behaviour", {})) == set(behaviour_spec)
+        _, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        if terminated or truncated:
+            _, info = env.reset()
+
+
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_deterministic_under_seed(env_id):
+    kwargs = RANDOM_KWARGS.get(env_id, {})
+    actions = [int(a) for a in np.random.default_rng(1).integers(0, envs.make(env_id).action_space.n, 400)]
+    obs_a, lat_a, rew_a = _rollout(envs.make(env_id, **kwargs), 123, actions)
+    obs_b, lat_b, rew_b = _rollout(envs.make(env_id, **kwargs), 123, actions)
+    assert len(obs_a) == len(obs_b)
+    for x, y in zip(obs_a, obs_b):
+        np.testing.assert_array_equal(x, y)
+    assert lat_a == lat_b
+    assert rew_a == rew_b
+    _, lat_c, _ = _rollout(envs.make(env_id, **kwargs), 124, actions)
+    assert lat_c != lat_a  # the seed matters
+
+
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_ansi_render_is_compact(env_id):
+    env = envs.make(env_id, render_mode="ansi")
+    env.reset(seed=0)
+    for _ in range(5):
+        text = env.render()
+        assert isinstance(text, str) and text
+        lines = text.split("\n")
+        assert len(lines) <= 12 and max(len(line) for line in lines) <= 40, text
+        assert envs.text_render(env) == text
+        env.step(env.action_space.sample())
+    # text_render works without render_mode too
+    plain = envs.make(env_id)
+    plain.reset(seed=0)
+    assert isinstance(envs.text_render(plain), str)
+
+
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_observation_is_a_fresh_array(env_id):
+    env = envs.make(env_id)
+    obs0, _ = env.reset(seed=0)
+    keep = obs0.copy()
+    for _ in range(10):
+        env.step(env.action_space.sample())
+    np.testing.assert_array_equal(obs0, keep)
+
+
+# ---------------------------------------------------------------------- Forage
+def test_forage_interoception_toggles_internal_variables():
+    with_i = envs.make("lab/Forage-v0", interoception=True)
+    without = envs.make("lab/Forage-v0", interoception=False)
+    obs_i, info = with_i.reset(seed=3)
+    obs_n, _ = without.reset(seed=3)
+    assert obs_i.shape[0] == obs_n.shape[0] + 3
+    lat = info["latents"]
+    np.testing.assert_allclose(obs_i[-3:], [lat["energy"], lat["water"], lat["health"]], rtol=1e-6)
+    np.testing.assert_array_equal(obs_i[:-3], obs_n)
+    grid = envs.make("lab/Forage-v0", obs_mode="grid", interoception=False, size=5)
+    assert grid.observation_space.shape == (4 * 25,)
+
+
+def test_forage_drive_reward_is_drive_reduction():
+    env = envs.make("lab/Forage-v0", drive_n=3.0, drive_m=2.0, reward_scale=2.0, death_penalty=0.0)
+    _, info = env.reset(seed=0)
+    u = env.unwrapped
+    for _ in range(100):
+        d0 = info["latents"]["drive"]
+        _, r, terminated, truncated, info = env.step(env.action_space.sample())
+        lat = info["latents"]
+        expected = (abs(0.8 - lat["energy"]) ** 3 + abs(0.8 - lat["water"]) ** 3 + (1 - lat["health"]) ** 3) ** 0.5
+        assert lat["drive"] == pytest.approx(expected)
+        assert r == pytest.approx(2.0 * (d0 - lat["drive"]))
+        assert lat["hunger"] == pytest.approx(max(0.0, u.energy_set_point - lat["energy"]))
+        if terminated or truncated:
+            break
+
+
+def test_forage_eating_and_drinking_restore():
+    env = envs.make("lab/Forage-v0", reward_mode="plain", predator_speed=0.0)
+    _, info = env.reset(seed=5)
+    u = env.unwrapped
+    # Walk to the food greedily and check the event.
+    for _ in range(20):
+        dr, dc = u._fr - u._ar, u._fc - u._ac
+        a = 2 if dr > 0 else 0 if dr < 0 else 1 if dc > 0 else 3
+        energy_before = info["latents"]["energy"]
+        _, r, _, _, info = env.step(a)
+        if info["behaviour"]["ate_food"]:
+            assert r >= 1.0 - 1e-9 or info["behaviour"]["bitten"]
+            assert info["latents"]["energy"] == pytest.approx(min(1.0, energy_before - u.energy_decay + u.food_gain))
+            break
+    else:
+        pytest.fail("never reached the food")
+
+
+def test_forage_starvation_terminates():
+    env = envs.make("lab/Forage-v0", energy_decay=0.2, init_low=0.5, init_high=0.5, predator_speed=0.0)
+    env.reset(seed=0)
+    terminated = False
+    for t in range(5):
+        _, r, terminated, truncated, info = env.step(4)
+        if terminated:
+            break
+    assert terminated and info["latents"]["energy"] == 0.0 and t == 2
+    assert r < -0.5  # death penalty
+
+
+def test_forage_truncates_at_max_steps():
+    env = envs.make("lab/Forage-v0", max_steps=7, energy_decay=0.0, water_decay=0.0, predator_damage=0.0)
+    env.reset(seed=0)
+    for t in range(7):
+        _, _, terminated, truncated, _ = env.step(4)
+        assert not terminated
+        assert truncated == (t == 6)
+
+
+def test_forage_predator_bites():
+    env = envs.make("lab/Forage-v0", predator_speed=1.0, chase_prob=1.0, energy_decay=0.0, water_decay=0.0,
+                    reward_mode="plain", predator_penalty=2.0, death_penalty=0.0)
+    env.reset(seed=0)
+    bites = 0
+    for _ in range(50):
+        _, r, terminated, _, info = env.step(4)  # stand still: the chaser arrives
+        if info["behaviour"]["bitten"]:
+            bites += 1
+            assert r == pytest.approx(-2.0)
+            assert info["latents"]["distance_to_threat"] >= env.unwrapped.size // 2
+        if terminated:
+            assert info["latents"]["health"] == 0.0
+            break
+    assert bites == 2 and terminated
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"size": 3}, {"size": 100}, {"size": 7.5}, {"max_steps": 0}, {"reward_mode": "dense"},
+        {"obs_mode": "pixels"}, {"energy_decay": -0.1}, {"chase_prob": 1.2}, {"predator_speed": -1},
+        {"drive_n": 0}, {"drive_m": -2}, {"init_low": 0.9, "init_high": 0.5}, {"interoception": "yes"},
+        {"render_mode": "human"}, {"reward_scale": float("nan")},
+    ],
+)
+def test_forage_rejects_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        envs.make("lab/Forage-v0", **kwargs)
+
+
+# ---------------------------------------------------------------------- standard envs
+def test_cartpole_latents_from_observation():
+    env = envs.make("CartPole-v1")
+    obs, info = env.reset(seed=0)
+    spec = envs.latent_spec(env)
+    assert list(spec) == ["cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity"]
+    assert info["latents"]["pole_angle"] == pytest.approx(float(obs[2]))
+    obs, _, _, _, info = env.step(0)
+    assert [info["latents"][k] for k in spec] == pytest.approx([float(x) for x in obs])
+    assert envs.text_render(env) is not None
+    text_env = envs.make("CartPole-v1", render_mode="ansi")
+    text_env.reset(seed=0)
+    assert isinstance(text_env.render(), str)
+
+
+def test_other_env_has_empty_latents():
+    env = envs.make("Pendulum-v1")
+    _, info = env.reset(seed=0)
+    assert info["latents"] == {} and envs.latent_spec(env) == {}
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["latents"] == {}
+    assert envs.text_render(env) is None
+    with pytest.raises(ValueError):
+        envs.make("Pendulum-v1", render_mode="ansi")
