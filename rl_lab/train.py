@@ -210,9 +210,6 @@ def train(
         )
         ckpt = None
 
-    import torch
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     cls = algo_class(cfg.algo)
     vec = make_vec_env(cfg)
     if ckpt is not None:

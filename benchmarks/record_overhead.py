@@ -1,0 +1,87 @@
+"""Recording overhead: the same trained policy, the same episodes, with and without recording.
+
+Bare rollout: ``model.predict`` + ``env.step`` per step. Recorded rollout: ``rl_lab.record.record``
+(every hook, the random-weights twin, all labels, text renders, HDF5 writes). Both use the same
+episode seeds, so they take the same steps. Prints ``overhead_ratio`` (target <= 1.3).
+
+    python benchmarks/record_overhead.py [--episodes 30] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def bare_rollout(model, env_id: str, episodes: int, seed: int) -> tuple[float, int]:
+    from rl_lab.train import make_env
+
+    env = make_env(env_id)
+    torch.manual_seed(seed)
+    steps = 0
+    t0 = time.perf_counter()
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=False)
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+            steps += 1
+    elapsed = time.perf_counter() - t0
+    env.close()
+    return elapsed, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=8192)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from probes.activations import ActivationFile
+    from rl_lab.config import TrainConfig
+    from rl_lab.record import SB3Adapter, load_sb3, record
+    from rl_lab.train import train
+
+    root = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    run = train(TrainConfig(env_id="lab/Forage-v0", total_timesteps=args.train_steps, seed=0), root, name="bench")
+    ckpt = run.latest_checkpoint()
+    torch.set_num_threads(1)  # training set its own thread count; rollouts are single-sample
+    model = load_sb3(run, ckpt)
+    adapter = SB3Adapter(model)  # loaded once, like the bare rollout's model
+
+    record(run, ckpt, episodes=1, seed=0, out=root / "warmup.h5", adapter=adapter)  # one-time imports, not recording cost
+    bare, recorded, n_steps = [], [], 0
+    for i in range(args.repeats):
+        elapsed, n_steps = bare_rollout(model, "lab/Forage-v0", args.episodes, seed=0)
+        bare.append(elapsed)
+        out = root / f"rec{i}.h5"
+        t0 = time.perf_counter()
+        record(run, ckpt, episodes=args.episodes, seed=0, out=out, adapter=adapter)
+        recorded.append(time.perf_counter() - t0)
+        with ActivationFile(out) as f:
+            rec_steps, n_hooks = f.n, len(f.hooks)
+    bare_s, rec_s = statistics.median(bare), statistics.median(recorded)
+    print(f"bare rollout     : {bare_s:.3f}s for {n_steps} steps ({n_steps / bare_s:.0f} steps/s)")
+    print(f"recorded rollout : {rec_s:.3f}s for {rec_steps} steps, {n_hooks} hooks + random-weights twin, "
+          f"{rec_steps / rec_s:.0f} steps/s")
+    print(json.dumps({
+        "name": "record_overhead",
+        "steps": rec_steps,
+        "bare_s": round(bare_s, 4),
+        "recorded_s": round(rec_s, 4),
+        "overhead_ratio": round(rec_s / bare_s, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
