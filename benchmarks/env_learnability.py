@@ -20,49 +20,64 @@ import numpy as np
 import envs
 
 
-def evaluate(env_id: str, kwargs: dict, policy, episodes: int, seed: int) -> tuple[float, float]:
-    """Mean and standard error of the episode return of ``policy(obs) -> action``."""
+# The lab's own PPO settings for a small budget (rl_lab.config.TrainConfig's defaults).
+LAB_HPARAMS = {"n_envs": 4, "n_steps": 256, "batch_size": 256, "ent_coef": 0.01}
+
+
+def evaluate(env_id: str, kwargs: dict, policy, episodes: int, seed: int) -> dict[str, float]:
+    """Mean return (with its standard error) and mean length of ``policy(obs) -> action``."""
     env = envs.make(env_id, **kwargs)
-    returns = []
+    returns, lengths = [], []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
-        done, total = False, 0.0
+        done, total, t = False, 0.0, 0
         while not done:
             obs, r, terminated, truncated, _ = env.step(policy(obs))
             total += r
+            t += 1
             done = terminated or truncated
         returns.append(total)
+        lengths.append(t)
     arr = np.asarray(returns)
-    return float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(len(arr)))
+    return {
+        "return": round(float(arr.mean()), 3),
+        "se": round(float(arr.std(ddof=1) / np.sqrt(len(arr))), 3),
+        "length": round(float(np.mean(lengths)), 1),
+    }
 
 
-def run(env_id: str, kwargs: dict, steps: int, episodes: int, seed: int) -> dict:
+def run(env_id: str, kwargs: dict, steps: int, episodes: int, seed: int, hparams: str) -> dict:
     import torch
     from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    model = PPO("MlpPolicy", envs.make(env_id, **kwargs), seed=seed, verbose=0, device="cpu")
+    if hparams == "lab":
+        algo_kwargs = {k: v for k, v in LAB_HPARAMS.items() if k != "n_envs"}
+        env = make_vec_env(lambda: envs.make(env_id, **kwargs), n_envs=LAB_HPARAMS["n_envs"], seed=seed)
+    else:
+        algo_kwargs = {}
+        env = envs.make(env_id, **kwargs)
+    model = PPO("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **algo_kwargs)
     model.learn(total_timesteps=steps)
     train_s = time.perf_counter() - t0
     action_space = envs.make(env_id, **kwargs).action_space
     action_space.seed(seed)
     eval_seed = 10_000 + seed
-    rand_mean, rand_se = evaluate(env_id, kwargs, lambda o: action_space.sample(), episodes, eval_seed)
-    ppo_mean, ppo_se = evaluate(env_id, kwargs, lambda o: int(model.predict(o, deterministic=False)[0]), episodes, eval_seed)
-    greedy_mean, greedy_se = evaluate(env_id, kwargs, lambda o: int(model.predict(o, deterministic=True)[0]), episodes, eval_seed)
+    rand = evaluate(env_id, kwargs, lambda o: action_space.sample(), episodes, eval_seed)
+    ppo = evaluate(env_id, kwargs, lambda o: int(model.predict(o, deterministic=False)[0]), episodes, eval_seed)
+    greedy = evaluate(env_id, kwargs, lambda o: int(model.predict(o, deterministic=True)[0]), episodes, eval_seed)
     return {
         "env_id": env_id,
         "kwargs": kwargs,
+        "hparams": hparams,
         "steps": steps,
         "train_seconds": round(train_s, 1),
-        "random_return": round(rand_mean, 3),
-        "random_se": round(rand_se, 3),
-        "ppo_return": round(ppo_mean, 3),
-        "ppo_se": round(ppo_se, 3),
-        "ppo_greedy_return": round(greedy_mean, 3),
-        "ppo_greedy_se": round(greedy_se, 3),
-        "better_than_random": ppo_mean - 2 * ppo_se > rand_mean + 2 * rand_se,
+        "random": rand,
+        "ppo": ppo,
+        "ppo_greedy": greedy,
+        "better_than_random": ppo["return"] - 2 * ppo["se"] > rand["return"] + 2 * rand["se"],
     }
 
 
@@ -73,15 +88,21 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kwargs", default="{}", help="JSON env kwargs applied to every env")
+    parser.add_argument(
+        "--hparams", choices=("default", "lab"), default="default",
+        help="PPO settings: SB3's defaults on one env, or the lab's (4 envs, n_steps 256, ent_coef 0.01)",
+    )
     args = parser.parse_args()
     kwargs = json.loads(args.kwargs)
     results = []
     for env_id in args.env or envs.LAB_ENV_IDS:
-        res = run(env_id, kwargs, args.steps, args.episodes, args.seed)
+        res = run(env_id, kwargs, args.steps, args.episodes, args.seed, args.hparams)
         results.append(res)
+        rand, ppo, greedy = res["random"], res["ppo"], res["ppo_greedy"]
         print(
-            f"{env_id:16s} random {res['random_return']:+8.3f}±{res['random_se']:.3f}  "
-            f"ppo {res['ppo_return']:+8.3f}±{res['ppo_se']:.3f}  greedy {res['ppo_greedy_return']:+8.3f}  "
+            f"{env_id:16s} random {rand['return']:+7.3f}±{rand['se']:.3f} (len {rand['length']:.0f})  "
+            f"ppo {ppo['return']:+7.3f}±{ppo['se']:.3f} (len {ppo['length']:.0f})  "
+            f"greedy {greedy['return']:+7.3f} (len {greedy['length']:.0f})  "
             f"train {res['train_seconds']}s  better={res['better_than_random']}",
             flush=True,
         )

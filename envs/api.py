@@ -174,6 +174,8 @@ def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
         raise _unknown(env_id) from None
 
     is_lab = env_id in LAB_ENV_IDS
+    if is_lab and render_mode not in (None, "ansi"):
+        raise ValueError(f"{env_id} renders only as text: render_mode must be None or 'ansi', got {render_mode!r}")
     text = False
     if not is_lab and render_mode == "ansi":
         creator = gym.spec(env_id).entry_point

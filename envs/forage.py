@@ -11,12 +11,15 @@ ends it by truncation.
 
 Reward (``reward_mode``):
 
-* ``"drive"`` (default) — drive reduction, ``r_t = scale * (D(H_t) - D(H_{t+1}))`` with
+* ``"plain"`` (default) — +1 per food or water taken while its level is below its
+  set-point (taking it when sated pays nothing), ``-predator_penalty`` per bite,
+  ``-death_penalty`` on termination. PPO learns this within a demo budget.
+* ``"drive"`` — drive reduction, ``r_t = scale * (D(H_t) - D(H_{t+1}))`` with
   ``D(H) = (sum_i |h*_i - h_i|^n)^(1/m)`` (n > m > 1 as in the paper; defaults n=4, m=2),
   minus ``death_penalty`` on termination. Health (set-point 1) is one of the ``h_i``, so a
-  bite is a loss of drive-reduction reward.
-* ``"plain"`` — +1 per food or water taken, ``-predator_penalty`` per bite,
-  ``-death_penalty`` on termination.
+  bite is a loss of drive-reduction reward. The drive terms telescope over an episode
+  (they are potential-based shaping with potential ``-D``), so this mode needs a larger
+  budget than ``"plain"``; see docs/envs.md for the measurements.
 
 Observation (float32 vector): ``obs_mode="vector"`` (default) gives the agent's position and
 the offsets to food, water and predator, each divided by ``size - 1``; ``obs_mode="grid"``
@@ -54,7 +57,7 @@ class ForageEnv(gym.Env):
     Args:
         size: side of the square grid (4..32).
         max_steps: episode length cap (truncation).
-        reward_mode: ``"drive"`` (drive reduction) or ``"plain"`` (event counts).
+        reward_mode: ``"plain"`` (needed items, bites, death) or ``"drive"`` (drive reduction).
         interoception: append (energy, water, health) to the observation.
         obs_mode: ``"vector"`` (positions/offsets) or ``"grid"`` (one-hot planes).
         energy_decay, water_decay: loss of each internal variable per step.
@@ -77,7 +80,7 @@ class ForageEnv(gym.Env):
         self,
         size: int = 7,
         max_steps: int = 200,
-        reward_mode: str = "drive",
+        reward_mode: str = "plain",
         interoception: bool = True,
         obs_mode: str = "vector",
         energy_decay: float = 0.01,
@@ -93,7 +96,7 @@ class ForageEnv(gym.Env):
         reward_scale: float = 1.0,
         predator_speed: float = 0.5,
         chase_prob: float = 0.5,
-        predator_damage: float = 0.5,
+        predator_damage: float = 0.4,
         predator_penalty: float = 1.0,
         death_penalty: float = 1.0,
         render_mode: str | None = None,
@@ -325,12 +328,15 @@ class ForageEnv(gym.Env):
         energy = self._energy - self.energy_decay
         water = self._water - self.water_decay
         ate = drank = bitten = 0
+        needed = 0  # items taken while their level was below its set-point
         if r == self._fr and c == self._fc:
             ate = 1
+            needed += energy < self.energy_set_point
             energy = min(1.0, energy + self.food_gain)
             self._fr, self._fc = self._free_cell(((r, c), (self._wr, self._wc)))
         if r == self._wr and c == self._wc:
             drank = 1
+            needed += water < self.water_set_point
             water = min(1.0, water + self.water_gain)
             self._wr, self._wc = self._free_cell(((r, c), (self._fr, self._fc)))
         energy = energy if energy > 0.0 else 0.0
@@ -352,7 +358,7 @@ class ForageEnv(gym.Env):
         if self.reward_mode == "drive":
             reward = self.reward_scale * (self._d - d_new)
         else:
-            reward = float(ate + drank) - self.predator_penalty * bitten
+            reward = float(needed) - self.predator_penalty * bitten
         if terminated:
             reward -= self.death_penalty
         self._d = d_new

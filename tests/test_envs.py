@@ -187,7 +187,7 @@ def test_forage_interoception_toggles_internal_variables():
 
 
 def test_forage_drive_reward_is_drive_reduction():
-    env = envs.make("lab/Forage-v0", drive_n=3.0, drive_m=2.0, reward_scale=2.0, death_penalty=0.0)
+    env = envs.make("lab/Forage-v0", reward_mode="drive", drive_n=3.0, drive_m=2.0, reward_scale=2.0, death_penalty=0.0)
     _, info = env.reset(seed=0)
     u = env.unwrapped
     for _ in range(100):
@@ -213,11 +213,24 @@ def test_forage_eating_and_drinking_restore():
         energy_before = info["latents"]["energy"]
         _, r, _, _, info = env.step(a)
         if info["behaviour"]["ate_food"]:
-            assert r >= 1.0 - 1e-9 or info["behaviour"]["bitten"]
+            needed = energy_before - u.energy_decay < u.energy_set_point
+            assert r == float(needed) + float(info["behaviour"]["drank_water"])
             assert info["latents"]["energy"] == pytest.approx(min(1.0, energy_before - u.energy_decay + u.food_gain))
             break
     else:
         pytest.fail("never reached the food")
+
+
+def test_forage_plain_reward_pays_only_when_needed():
+    for init, expected in ((0.5, 1.0), (0.95, 0.0)):
+        env = envs.make("lab/Forage-v0", init_low=init, init_high=init, predator_speed=0.0, energy_decay=0.0)
+        env.reset(seed=1)
+        u = env.unwrapped
+        u._fr, u._fc = u._ar, min(u._ac + 1, u.size - 1) if u._ac < u.size - 1 else u._ac - 1
+        u._wr, u._wc = (u._ar + 2) % u.size, u._ac  # keep the water out of the way
+        a = 1 if u._fc > u._ac else 3
+        _, r, _, _, info = env.step(a)
+        assert info["behaviour"]["ate_food"] == 1 and r == expected
 
 
 def test_forage_starvation_terminates():
@@ -242,7 +255,7 @@ def test_forage_truncates_at_max_steps():
 
 
 def test_forage_predator_bites():
-    env = envs.make("lab/Forage-v0", predator_speed=1.0, chase_prob=1.0, energy_decay=0.0, water_decay=0.0,
+    env = envs.make("lab/Forage-v0", predator_speed=1.0, chase_prob=1.0, energy_decay=0.0, water_decay=0.0, predator_damage=0.5,
                     reward_mode="plain", predator_penalty=2.0, death_penalty=0.0)
     env.reset(seed=0)
     bites = 0
@@ -296,3 +309,202 @@ def test_other_env_has_empty_latents():
     assert envs.text_render(env) is None
     with pytest.raises(ValueError):
         envs.make("Pendulum-v1", render_mode="ansi")
+
+
+def test_latent_spec_through_wrappers():
+    from stable_baselines3.common.monitor import Monitor
+
+    env = Monitor(gym.wrappers.TimeLimit(envs.make("lab/Forage-v0"), 50))
+    assert envs.latent_spec(env) == envs.make("lab/Forage-v0").unwrapped.latent_spec
+    assert "ate_food" in envs.behaviour_spec(env)
+    assert envs.latent_spec(Monitor(envs.make("CartPole-v1")))["pole_angle"]["kind"] == "continuous"
+    assert envs.text_render(env) is not None
+
+
+# ---------------------------------------------------------------------- Binding
+def _binding_roles(u):
+    t, cl, sl = u._target, u._colour_lure, u._shape_lure
+    return t, cl, sl
+
+
+@pytest.mark.parametrize("n_objects", [3, 4])
+def test_binding_lures_share_exactly_one_feature(n_objects):
+    env = envs.make("lab/Binding-v0", n_objects=n_objects)
+    u = env.unwrapped
+    targets = set()
+    for seed in range(50):
+        obs, info = env.reset(seed=seed)
+        t, cl, sl = _binding_roles(u)
+        conj = list(zip(u._col_ids, u._shape_ids))
+        assert len(set(conj)) == n_objects
+        assert conj[cl][0] == conj[t][0] and conj[cl][1] != conj[t][1]
+        assert conj[sl][1] == conj[t][1] and conj[sl][0] != conj[t][0]
+        cells = set(zip(u._rows, u._cols))
+        assert len(cells) == n_objects and (u._ar, u._ac) not in cells
+        lat = info["latents"]
+        assert (lat["target_row"], lat["target_col"]) == (u._rows[t], u._cols[t])
+        assert lat["target_index"] == t
+        # The goal is in the observation as one-hot colour + shape (last nc + ns entries).
+        nc, ns = u.n_colours, u.n_shapes
+        goal = obs[-(nc + ns):]
+        assert goal[lat["target_colour"]] == 1 and goal[nc + lat["target_shape"]] == 1 and goal.sum() == 2
+        # The target's colour and shape each appear on two objects.
+        colour = u.colours[lat["target_colour"]]
+        assert sum(c == lat["target_colour"] for c in u._col_ids) >= 2
+        red_like = [i for i, c in enumerate(u._col_ids) if c == lat["target_colour"]]
+        dists = [abs(u._rows[i] - u._ar) + abs(u._cols[i] - u._ac) for i in red_like]
+        nearest = red_like[int(np.argmin(dists))]
+        assert (lat[f"{colour}_row"], lat[f"{colour}_col"]) == (u._rows[nearest], u._cols[nearest])
+        targets.add(t)
+    assert targets == set(range(n_objects))  # the slot order is shuffled
+
+
+def _walk_to(env, row, col):
+    u = env.unwrapped
+    for _ in range(4 * u.size):
+        dr, dc = row - u._ar, col - u._ac
+        a = 2 if dr > 0 else 0 if dr < 0 else 1 if dc > 0 else 3
+        obs, r, terminated, truncated, info = env.step(a)
+        if terminated or truncated:
+            return r, terminated, info
+    raise AssertionError("never arrived")
+
+
+def test_binding_rewards_target_and_penalises_lures():
+    env = envs.make("lab/Binding-v0", step_reward=0.0, size=5)
+    u = env.unwrapped
+    seen = {"target": 0, "lure": 0}
+    for seed in range(40):
+        env.reset(seed=seed)
+        t, cl, sl = _binding_roles(u)
+        goal_i = [t, cl, sl][seed % 3]
+        r, terminated, info = _walk_to(env, u._rows[goal_i], u._cols[goal_i])
+        assert terminated
+        b = info["behaviour"]
+        hit = next(i for i in range(u.n_objects) if (u._rows[i], u._cols[i]) == (u._ar, u._ac))
+        if hit == t:
+            assert r == 1.0 and b["reached_target"] == 1
+            seen["target"] += 1
+        else:
+            assert r == -1.0 and b["reached_target"] == 0
+            assert b["reached_colour_lure"] + b["reached_shape_lure"] + b["reached_other"] == 1
+            seen["lure"] += 1
+    assert seen["target"] and seen["lure"]
+
+
+def test_binding_grid_obs_binds_by_cell():
+    env = envs.make("lab/Binding-v0", obs_mode="grid")
+    u = env.unwrapped
+    obs, info = env.reset(seed=2)
+    s, nc = u.size, u.n_colours
+    plane = s * s
+    for i in range(u.n_objects):
+        cell = u._rows[i] * s + u._cols[i]
+        assert obs[(1 + u._col_ids[i]) * plane + cell] == 1
+        assert obs[(1 + nc + u._shape_ids[i]) * plane + cell] == 1
+    assert obs[u._ar * s + u._ac] == 1 and obs[:plane].sum() == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"size": 2}, {"size": 13}, {"n_objects": 2}, {"n_objects": 9, "n_colours": 4, "n_shapes": 4},
+     {"n_objects": 5, "n_colours": 2, "n_shapes": 2}, {"n_colours": 5}, {"n_shapes": 1},
+     {"wrong_penalty": -1}, {"reward": 0}, {"max_steps": 0}, {"obs_mode": "pixels"}],
+)
+def test_binding_rejects_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        envs.make("lab/Binding-v0", **kwargs)
+
+
+# ---------------------------------------------------------------------- Chain
+from envs.chain import optimal_policy, true_values  # noqa: E402
+
+
+def _value_iteration_policy(n, gamma, p, slip, reward=1.0, step_reward=0.0, iters=5000):
+    v = np.zeros(n)
+    p = np.broadcast_to(p, (n - 1,))
+    for _ in range(iters):
+        new = np.zeros(n)
+        for s in range(n - 1):
+            q = p[s] * (1 - slip) + (1 - p[s]) * slip
+            right = reward if s + 1 == n - 1 else step_reward + gamma * v[s + 1]
+            left = step_reward + gamma * v[max(s - 1, 0)]
+            new[s] = q * right + (1 - q) * left
+        v = new
+    return v
+
+
+@pytest.mark.parametrize("n,gamma,p,slip", [(5, 0.9, 1.0, 0.0), (8, 0.99, 0.5, 0.0), (6, 0.95, 0.7, 0.2), (4, 0.5, 0.0, 0.3)])
+def test_chain_true_values_solve_bellman(n, gamma, p, slip):
+    v = true_values(n, gamma, p, slip)
+    np.testing.assert_allclose(v, _value_iteration_policy(n, gamma, p, slip), atol=1e-9)
+    assert v[-1] == 0.0
+
+
+def test_chain_closed_form_deterministic():
+    n, gamma = 9, 0.9
+    np.testing.assert_allclose(true_values(n, gamma, 1.0)[:-1], gamma ** np.arange(n - 2, -1, -1))
+
+
+def test_chain_optimal_policy():
+    assert optimal_policy(6, 0.9).tolist() == [1.0] * 5
+    assert optimal_policy(6, 0.9, slip=0.8).tolist() == [0.0] * 5
+    # A large step reward makes lingering better than finishing.
+    assert optimal_policy(6, 0.9, step_reward=0.5)[-1] == 0.0
+    env = envs.make("lab/Chain-v0", n=6, gamma=0.9, slip=0.1)
+    best = env.unwrapped.values_optimal
+    for p in (0.0, 0.3, 0.5, 0.9, 1.0):
+        assert np.all(best >= true_values(6, 0.9, p, 0.1) - 1e-12)
+
+
+def test_chain_td_errors_have_zero_mean_under_their_policy():
+    env = envs.make("lab/Chain-v0", n=6, slip=0.2, gamma=0.9, start=None, max_steps=10_000)
+    rng = np.random.default_rng(0)
+    _, info = env.reset(seed=0)
+    by_state: dict[int, list[float]] = {}
+    for _ in range(40_000):
+        s = info["latents"]["state"]
+        _, r, terminated, truncated, info = env.step(int(rng.integers(2)))  # uniform policy
+        by_state.setdefault(s, []).append(info["latents"]["td_error_uniform"])
+        if terminated or truncated:
+            _, info = env.reset()
+    for s, deltas in by_state.items():
+        assert abs(np.mean(deltas)) < 0.02, (s, np.mean(deltas))
+
+
+def test_chain_latents_and_one_hot_obs():
+    env = envs.make("lab/Chain-v0", n=5, gamma=0.9)
+    obs, info = env.reset(seed=0)
+    assert obs.tolist() == [1, 0, 0, 0, 0] and info["latents"]["state"] == 0
+    total = 0.0
+    for t in range(4):
+        obs, r, terminated, truncated, info = env.step(1)
+        total += r
+        assert info["latents"]["td_error_optimal"] == pytest.approx(0.0, abs=1e-12)
+    assert terminated and total == 1.0 and info["latents"]["at_goal"] == 1
+    assert int(np.argmax(obs)) == 4 and info["latents"]["value_optimal"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"n": 2}, {"n": 5000}, {"slip": 1.0}, {"slip": -0.1}, {"gamma": 1.0}, {"start": 7}, {"start": -1},
+     {"max_steps": 0}, {"n": "8"}],
+)
+def test_chain_rejects_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        envs.make("lab/Chain-v0", **kwargs)
+
+
+# ---------------------------------------------------------------------- docs
+def test_every_latent_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "envs.md").read_text()
+    for env_id in envs.LAB_ENV_IDS:
+        u = envs.make(env_id).unwrapped
+        feature_names = set(getattr(u, "colours", ())) | set(getattr(u, "shapes", ()))
+        for name in list(u.latent_spec) + list(u.behaviour_spec):
+            if name.rsplit("_", 1)[0] in feature_names:
+                continue  # documented by pattern: <colour>_row, <shape>_col
+            assert f"`{name}`" in doc or f"`{name.rsplit('_', 1)[0]}_row`, `{name.rsplit('_', 1)[0]}_col`" in doc, name
+    assert "`<colour>_row`" in doc and "`<shape>_row`" in doc
