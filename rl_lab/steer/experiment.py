@@ -1,0 +1,271 @@
+"""A steering experiment: one direction at one hook, a sweep of scales, random controls, statistics.
+
+``steer(run, SteerConfig(direction="diff:threat@mlp_extractor.policy_net.1"))`` rolls the run's
+policy out under every condition (clean; the direction at each scale; each random control at
+each scale), summarises every behaviour metric with bootstrap CIs, and writes
+``RUN/steer/<time>.json``. The schema is in ``docs/steer.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rl_lab.errors import LabError
+from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
+from rl_lab.steer.analysis import (
+    Bootstrap,
+    expect_verdict,
+    parse_expect,
+    summarise_metric,
+    summary_sentence,
+)
+from rl_lab.steer.directions import Direction, parse_direction, random_controls, resolve_direction
+from rl_lab.steer.intervene import MODES, Edit, make_edit
+
+SCHEMA_VERSION = 1
+DEFAULT_SCALES: dict[str, list[float]] = {
+    "add": [-4.0, -2.0, 0.0, 2.0, 4.0],
+    "erase": [0.0, 0.5, 1.0],
+    "clamp": [-4.0, -2.0, 0.0, 2.0, 4.0],
+}
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class SteerConfig:
+    """Everything that determines a steering experiment."""
+
+    direction: str
+    """``probe:LABEL@HOOK``, ``sae:SAE_NAME/LATENT`` or ``diff:LABEL@HOOK``."""
+    mode: str = "add"
+    """``add`` (scale x unit along the direction), ``erase`` (move the coordinate a fraction
+    ``scale`` of the way to 0, or to its mean for an SAE latent) or ``clamp`` (set the coordinate to
+    ``mean + scale x std``)."""
+    scales: list[float] | None = None
+    """The dose sweep; default per mode (``DEFAULT_SCALES``)."""
+    episodes: int = 20
+    """Episodes per condition (the same seeds for every condition)."""
+    controls: int = 5
+    """Random directions of the same norm, each run at every scale."""
+    seed: int = 0
+    """Episode i uses env seed ``seed + i``; also seeds the action noise, controls and bootstrap."""
+    expect: str | None = None
+    """Optional prediction ``"METRIC up|down"`` checked against the dose-response slope."""
+    deterministic: bool = False
+    """Take each distribution's most likely action instead of sampling."""
+    checkpoint: str | None = None
+    """Checkpoint to steer: a step or a file; default the one the activation file was recorded from."""
+    activations: str | None = None
+    """Activation file for the statistics (and diff directions); default the run's latest."""
+    n_boot: int = 2000
+    """Bootstrap resamples."""
+    max_steps: int | None = None
+    """Optional cap on each episode's length (the env's own limit applies anyway)."""
+
+    def resolved_scales(self) -> list[float]:
+        scales = list(self.scales) if self.scales is not None else list(DEFAULT_SCALES.get(self.mode, []))
+        if not scales:
+            raise LabError("--scales needs at least one value")
+        return scales
+
+
+def _checkpoint_for(run: Run, act_path: Path, which: str | None) -> Path:
+    from rl_lab.record import resolve_checkpoints
+
+    if which:
+        return resolve_checkpoints(run, which)[0]
+    match = run.checkpoints_dir / f"{act_path.stem}.zip"
+    if match.exists():
+        return match
+    return resolve_checkpoints(run, "latest")[0]
+
+
+def _scale_unit(direction: Direction, mode: str) -> str:
+    coord = "the SAE latent's activation" if direction.spec.kind == "sae" else "the projection onto the unit direction"
+    if mode == "add":
+        return (f"1 = one standard deviation of {coord} over the recording ({direction.std:.4g}); "
+                f"added vector norm = |scale| x {direction.std * float(np.linalg.norm(direction.vector)):.4g}")
+    if mode == "erase":
+        target = "its mean (mean-ablation)" if direction.spec.kind == "sae" else "0 (projected out)"
+        return f"fraction of the way {coord} is moved to {target}: 0 = clean, 1 = fully erased"
+    return (f"{coord} clamped to mean + scale x std = {direction.mean:.4g} + scale x {direction.std:.4g}")
+
+
+def build_edits(direction: Direction, mode: str, scales: list[float], controls: np.ndarray
+                ) -> tuple[list[Edit], list[list[Edit]]]:
+    """The direction's edit at each scale, and each control's ([K][S]).
+
+    Controls are unit random vectors; in ``add`` mode each is added with the same norm as the
+    direction at that scale. In ``erase`` and ``clamp`` each uses its own projection's mean and
+    std (the same rule as the direction, applied along the random vector).
+    """
+    sae = direction.spec.kind == "sae"
+    vec = direction.vector
+    vec_norm = float(np.linalg.norm(vec))
+    centre = direction.mean if sae else 0.0
+    dir_edits = [make_edit(mode, vec, s, add_norm=direction.std, mean=direction.mean, std=direction.std,
+                           centre=centre, sae_latent=sae) for s in scales]
+    ctl_edits: list[list[Edit]] = []
+    assert direction.stats is not None
+    for r in controls:
+        mu, sd = direction.stats.projection(r)
+        ctl_edits.append([
+            make_edit(mode, r, s, add_norm=direction.std * vec_norm, mean=mu, std=sd,
+                      centre=mu if sae else 0.0) for s in scales
+        ])
+    return dir_edits, ctl_edits
+
+
+def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = None,
+          progress: ProgressFn | None = None, write: bool = True) -> dict[str, Any]:
+    """Run the experiment and return the result document (also written to ``RUN/steer/<time>.json``)."""
+    import torch
+
+    from rl_lab.record import load_sb3
+    from rl_lab.steer.rollout import SB3Policy, behaviour_kinds, metric_names, rollout_rows
+    from rl_lab.train import make_env
+
+    if cfg.mode not in MODES:
+        raise LabError(f"unknown --mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
+    if cfg.episodes < 2:
+        raise LabError("--episodes must be at least 2 (confidence intervals need several episodes)")
+    if cfg.controls < 0:
+        raise LabError("--controls must be 0 or more")
+    scales = cfg.resolved_scales()
+    spec = parse_direction(cfg.direction)
+    expect = parse_expect(cfg.expect) if cfg.expect else None
+    run = RunStore(runs_dir).get(run_name)
+    if run.info.get("algo") in ("dt", "bc"):
+        raise LabError(f"run {run.name!r} is a decision transformer; steering supports SB3 runs (ppo, a2c, dqn)")
+    act_path = Path(cfg.activations) if cfg.activations else None
+    if act_path is not None and not act_path.exists():
+        raise LabError(f"no activation file {act_path}")
+    direction = resolve_direction(spec, run, act_path)
+    ckpt = _checkpoint_for(run, direction.activations, cfg.checkpoint)
+
+    run_cfg = run.info.get("config", {})
+    env_id = run.info.get("env_id") or run_cfg.get("env_id")
+    env_kwargs = run_cfg.get("env_kwargs") or {}
+
+    def env_factory() -> Any:
+        return make_env(env_id, env_kwargs)
+
+    torch.manual_seed(cfg.seed)
+    model = load_sb3(run, ckpt)
+    policy = SB3Policy(model, direction.hook, sae=direction.sae, latent=direction.spec.latent)
+    env = env_factory()
+    try:
+        obs0, _ = env.reset(seed=cfg.seed)
+    finally:
+        env.close()
+    if expect is not None:
+        spec_b, events, _ = behaviour_kinds(env_factory, cfg.seed)
+        names, _ = metric_names(spec_b, events, policy.has_distribution)
+        if expect[0] not in names:
+            raise LabError(f"--expect names unknown metric {expect[0]!r} (metrics: {', '.join(names)})")
+    d = direction.vector.shape[0]
+    notes: list[str] = []
+    seen = policy.action_path_dim(np.asarray(obs0))
+    if seen is None:
+        notes.append(f"{direction.hook} is not on the action path: choosing an action never runs it, so no "
+                     "edit there can change behaviour (a sanity check, e.g. for a value-head hook)")
+    elif seen != d:
+        raise LabError(f"hook {direction.hook!r} outputs {seen} values but the direction has {d}")
+
+    control_vecs = random_controls(d, cfg.controls, cfg.seed)
+    dir_edits, ctl_edits = build_edits(direction, cfg.mode, scales, control_vecs)
+    E, S, K = cfg.episodes, len(scales), cfg.controls
+    conditions: list[Edit] = [Edit.clean(d)] + dir_edits + [e for row in ctl_edits for e in row]
+    edits = [c for c in conditions for _ in range(E)]
+    episode_index = [e for _ in conditions for e in range(E)]
+    t0 = time.time()
+    metrics = rollout_rows(policy, env_factory, edits, episode_index, cfg.seed, deterministic=cfg.deterministic,
+                           max_steps=cfg.max_steps, progress=progress)
+    elapsed = time.time() - t0
+
+    boot = Bootstrap.make(E, cfg.n_boot, cfg.seed)
+    if cfg.mode in ("add", "erase") and 0.0 not in scales:
+        # Scale 0 of add and erase is the clean policy: it anchors the dose-response line.
+        xs_list: list[float] = [0.0] + scales
+        rows: list[int | None] = [None] + list(range(S))
+    else:
+        xs_list, rows = list(scales), list(range(S))
+    slope_ok = len(set(xs_list)) >= 2
+    effects: dict[str, Any] = {}
+    for name, values in metrics.values.items():
+        blocks = values.reshape(1 + S + K * S, E)
+        effects[name] = summarise_metric(
+            boot, blocks[0], blocks[1:1 + S], blocks[1 + S:].reshape(K, S, E), scales,
+            np.asarray(xs_list) if slope_ok else None, rows if slope_ok else None,
+        )
+        effects[name]["description"] = metrics.descriptions.get(name, "")
+
+    results = [{"scale": s, "metrics": {n: eff["direction"][i] for n, eff in effects.items()}}
+               for i, s in enumerate(scales)]
+    controls_out = [{"scale": s, "metrics": {n: eff["controls"][i] for n, eff in effects.items()}}
+                    for i, s in enumerate(scales)]
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": now_iso(),
+        "run": run.name,
+        "checkpoint": ckpt.stem,
+        "checkpoint_step": _safe_step(ckpt),
+        "env_id": env_id,
+        "direction": direction.describe(),
+        "hook": direction.hook,
+        "mode": cfg.mode,
+        "scales": scales,
+        "scale_unit": _scale_unit(direction, cfg.mode),
+        "episodes": E,
+        "n_controls": K,
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+        "config": asdict(cfg),
+        "metrics": {n: eff["description"] for n, eff in effects.items()},
+        "clean": {n: eff["clean"] for n, eff in effects.items()},
+        "results": results,
+        "controls": controls_out,
+        "control_directions": {
+            "n": K,
+            "seed": cfg.seed,
+            "added_norm_per_unit_scale": direction.std * float(np.linalg.norm(direction.vector)),
+            "cosine_with_direction": [float(c @ direction.vector / np.linalg.norm(direction.vector))
+                                      for c in control_vecs],
+        },
+        "effects": effects,
+        "notes": notes,
+        "elapsed_seconds": round(elapsed, 2),
+    }
+    doc["summary"] = summary_sentence(effects, scales, K, cfg.mode)
+    if expect is not None:
+        metric, sign = expect
+        doc["expect"] = expect_verdict(metric, sign, effects[metric], K)
+    if write:
+        doc["path"] = str(_write(run, doc))
+    return doc
+
+
+def _safe_step(path: Path) -> int | None:
+    try:
+        return checkpoint_step(path)
+    except (ValueError, IndexError):
+        return None
+
+
+def _write(run: Run, doc: dict[str, Any]) -> Path:
+    out_dir = run.path / "steer"  # RUN/steer/<time>.json (docs/design.md)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out_dir / f"{stamp}.json"
+    i = 1
+    while path.exists():
+        path = out_dir / f"{stamp}-{i}.json"
+        i += 1
+    doc["path"] = str(path)
+    write_json_atomic(path, doc)
+    return path

@@ -1,0 +1,128 @@
+"""The edit itself: a forward hook that rewrites one module's output, row by row.
+
+Every intervention the lab makes is one formula on the hooked output ``h`` ([B, d])::
+
+    h' = h + (a + b * p) * U          p = h . U   (or the SAE latent's activation z(h))
+
+with one ``(U, a, b)`` per row of the batch, so a single forward pass can carry the clean
+policy, the direction at every scale and every random control side by side:
+
+=========  ===================  ======================  =========================================
+mode       a                    b                       effect
+=========  ===================  ======================  =========================================
+clean      0                    0                       ``h`` unchanged (exactly)
+add        scale * norm_unit    0                       ``h + scale * norm_unit * U``
+erase      scale * centre       -scale                  the coordinate moves a fraction ``scale``
+                                                        of the way to ``centre`` (0: projected
+                                                        out; the mean: mean-ablated)
+clamp      target               -1                      the coordinate is set to ``target``
+=========  ===================  ======================  =========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+MODES = ("add", "erase", "clamp")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One row's edit: ``h' = h + (a + b * p) * vector``."""
+
+    vector: np.ndarray  # [d]
+    a: float = 0.0
+    b: float = 0.0
+    sae_latent: bool = False
+    """``p`` is the SAE latent's activation instead of ``h . vector`` (``vector`` = its decoder row)."""
+
+    @staticmethod
+    def clean(d: int) -> "Edit":
+        return Edit(vector=np.zeros(d))
+
+
+def make_edit(mode: str, vector: np.ndarray, scale: float, *, add_norm: float, mean: float, std: float,
+              centre: float, sae_latent: bool = False) -> Edit:
+    """The edit for ``mode`` at ``scale``.
+
+    Parameters
+    ----------
+    mode:
+        ``add``, ``erase`` or ``clamp``.
+    vector:
+        The direction (unit, or an SAE decoder row).
+    scale:
+        add: multiples of ``add_norm``; erase: fraction of the way to ``centre`` (1 = all the way);
+        clamp: the target in standard deviations from the mean, ``mean + scale * std``.
+    add_norm:
+        Length of the added vector per unit of scale (in units of ``|vector|``).
+    mean, std:
+        The coordinate's mean and standard deviation over the recording (clamp's units).
+    centre:
+        Where erasure moves the coordinate: 0 (project out) or its mean (mean-ablate).
+    sae_latent:
+        The coordinate is an SAE latent's activation (see ``Edit``).
+    """
+    if mode == "add":
+        return Edit(vector, a=scale * add_norm, b=0.0, sae_latent=sae_latent)
+    if mode == "erase":
+        return Edit(vector, a=scale * centre, b=-scale, sae_latent=sae_latent)
+    if mode == "clamp":
+        return Edit(vector, a=mean + scale * std, b=-1.0, sae_latent=sae_latent)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+class SteeringHook:
+    """A forward hook applying one ``Edit`` per batch row to a module's output.
+
+    Parameters
+    ----------
+    module:
+        The module whose output is edited (found by hook name).
+    sae:
+        An SAE reading this hook (``probes.sae``), needed only for ``sae_latent`` edits.
+    latent:
+        The SAE latent those edits act on.
+    """
+
+    def __init__(self, module: nn.Module, sae: Any = None, latent: int | None = None) -> None:
+        self.sae = sae
+        self.latent = latent
+        self.enabled = False
+        self._U: torch.Tensor | None = None  # [B, d]
+        self._a: torch.Tensor | None = None  # [B]
+        self._b: torch.Tensor | None = None  # [B]
+        self._sae_rows: torch.Tensor | None = None  # [B] bool
+        self._handle = module.register_forward_hook(self._hook)
+
+    def set_edits(self, U: np.ndarray, a: np.ndarray, b: np.ndarray, sae_rows: np.ndarray) -> None:
+        """Set the rows' edits for the next forward pass (arrays of length B, U [B, d])."""
+        self._U = torch.as_tensor(U, dtype=torch.float32)
+        self._a = torch.as_tensor(a, dtype=torch.float32)
+        self._b = torch.as_tensor(b, dtype=torch.float32)
+        self._sae_rows = torch.as_tensor(sae_rows, dtype=torch.bool)
+        if bool(self._sae_rows.any()) and self.sae is None:
+            raise ValueError("SAE-latent edits need the SAE")
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if not self.enabled or self._U is None:
+            return None
+        h = output.reshape(output.shape[0], -1)  # [B, d]
+        if h.shape != self._U.shape:
+            raise ValueError(f"hooked output has shape {tuple(h.shape)}, edits are for {tuple(self._U.shape)}")
+        p = (h * self._U).sum(-1)  # [B]
+        assert self._sae_rows is not None and self._a is not None and self._b is not None
+        if bool(self._sae_rows.any()):
+            z = self.sae.encode(h[self._sae_rows])[:, self.latent]  # [B_sae]
+            p = p.clone()
+            p[self._sae_rows] = z.to(p.dtype)
+        coef = self._a + self._b * p  # [B]
+        return (h + coef[:, None] * self._U).reshape(output.shape)
