@@ -71,13 +71,13 @@ class SB3Adapter:
         self.is_dqn = self.kind == "dqn"
         root = self.policy.q_net if self.is_dqn else self.policy
         prefix = "q_net." if self.is_dqn else ""
-        self._modules: dict[str, nn.Module] = {}
+        self.modules: dict[str, nn.Module] = {}  # hook name -> module (the one address)
         for name, module in root.named_modules():
             if not name or "features_extractor" in name or list(module.children()):
                 continue
             if isinstance(module, nn.Linear) or type(module).__module__ == "torch.nn.modules.activation":
-                self._modules[prefix + name] = module
-        self.hooks = list(self._modules)
+                self.modules[prefix + name] = module
+        self.hooks = list(self.modules)
         self.linear_in: dict[str, list[str]] = {}
         if not self.is_dqn:
             value_layers = [h for h in self.hooks if h.startswith("mlp_extractor.value_net.")]
@@ -85,7 +85,7 @@ class SB3Adapter:
             self.linear_in = {"value": last + ["value_net"]}
         self._captured: dict[str, np.ndarray] = {}
         self._capture = False
-        for name, module in self._modules.items():
+        for name, module in self.modules.items():
             module.register_forward_hook(self._make_hook(name))
 
     def _make_hook(self, name: str) -> Callable[..., None]:

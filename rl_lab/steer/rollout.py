@@ -39,7 +39,7 @@ class SB3Policy:
     model:
         A loaded SB3 model (PPO, A2C or DQN).
     hook:
-        The hook name whose output is edited (a key of ``SB3Adapter(model)._modules``).
+        The hook name whose output is edited (a key of ``SB3Adapter(model).modules``).
     sae, latent:
         For SAE-latent edits (see ``SteeringHook``).
     """
@@ -50,13 +50,13 @@ class SB3Policy:
         from rl_lab.record import SB3Adapter
 
         adapter = SB3Adapter(model)  # its module discovery is the one map hook name -> module
-        if hook not in adapter._modules:
+        if hook not in adapter.modules:
             raise LabError(f"unknown hook {hook!r} for this {adapter.kind.upper()} policy "
                            f"(available: {', '.join(adapter.hooks)})")
         self.model = model
         self.policy = adapter.policy
         self.is_dqn = adapter.is_dqn
-        self.module = adapter._modules[hook]
+        self.module = adapter.modules[hook]
         self.hook = SteeringHook(self.module, sae=sae, latent=latent)
         space = model.action_space
         if isinstance(space, spaces.Discrete):
