@@ -307,6 +307,7 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
     }
     writer = ActivationWriter(out, attrs, meta)
     renders = getattr(env, "render_mode", None) == "ansi"
+    observe = getattr(adapter, "observe", None)
     total = pending_rows = 0
     # Episodes are written in blocks of about ``flush_rows`` rows: HDF5 appends cost per call,
     # and a crash loses at most one block (the file is then left without ``complete``).
@@ -325,6 +326,8 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
                 buf_obs.append(obs)
                 buf_act.append(action)
                 obs, reward, terminated, truncated, info = env.step(action)
+                if observe is not None:
+                    observe(float(reward))  # e.g. a decision transformer lowers its return-to-go
                 buf_rew.append(reward)
             T = len(buf_rew)
             obs_arr = np.asarray(buf_obs, dtype=np.float32)

@@ -8,23 +8,47 @@ import sys
 
 from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
 
+RL_STEPS = 50_000
+DT_STEPS = 2_000
+DT_ALGOS = ("dt", "bc")
+
 HELP = "train an agent (PPO, A2C, DQN; or a decision transformer from a run's trajectories)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", default="lab/Forage-v0", help="Gymnasium id (default: lab/Forage-v0)")
-    parser.add_argument("--algo", default="ppo", help="ppo, a2c or dqn (default: ppo)")
-    parser.add_argument("--steps", type=positive_int, default=50_000, help="environment steps (default: 50000)")
+    parser.add_argument("--env", default=None,
+                        help="Gymnasium id (default: lab/Forage-v0; dt/bc take the source run's)")
+    parser.add_argument("--algo", default="ppo",
+                        help="ppo, a2c or dqn; or dt (decision transformer) / bc (behaviour cloning) "
+                             "with --from RUN (default: ppo)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help=f"environment steps (default: {RL_STEPS}); for dt/bc, gradient steps "
+                             f"(default: {DT_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--name", default=None, help="run name (default: <env>-<algo>-s<seed>-<time>)")
     parser.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the algorithm's)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: the algorithm's; dt/bc: 0.001)")
     parser.add_argument("--n-envs", type=positive_int, default=4, help="parallel environments (default: 4)")
     parser.add_argument("--gamma", type=float, default=0.99, help="discount factor (default: 0.99)")
-    parser.add_argument("--checkpoint-every", type=positive_int, default=10_000,
-                        help="steps between checkpoints (default: 10000)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=None,
+                        help="steps between checkpoints (default: 10000; dt/bc: 500)")
     parser.add_argument("--env-kwargs", default="{}", metavar="JSON",
                         help='environment options as JSON, e.g. \'{"interoception": false}\'')
+    dt = parser.add_argument_group("decision transformer / behaviour cloning (--algo dt|bc)")
+    dt.add_argument("--from", dest="source", metavar="RUN", default=None,
+                    help="the RL run whose checkpoints (plus a random policy) give the offline trajectories")
+    dt.add_argument("--context", type=positive_int, default=10, help="K, timesteps of context (default: 10)")
+    dt.add_argument("--batch-size", type=positive_int, default=64, help="windows per step (default: 64)")
+    dt.add_argument("--d-model", type=positive_int, default=64, help="residual width (default: 64)")
+    dt.add_argument("--layers", type=positive_int, default=2, help="transformer blocks (default: 2)")
+    dt.add_argument("--heads", type=positive_int, default=2, help="attention heads (default: 2)")
+    dt.add_argument("--trajectories", default="default", metavar="NAME",
+                    help="trajectory file RUN/trajectories/NAME.h5, collected if missing (default: default)")
+    dt.add_argument("--episodes-per-policy", type=positive_int, default=20,
+                    help="episodes per source checkpoint when collecting (default: 20)")
+    dt.add_argument("--eval-episodes", type=int, default=5,
+                    help="episodes per target return in the final evaluation, 0 for none (default: 5)")
     add_runs_dir(parser)
 
 
@@ -32,6 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from rl_lab.config import TrainConfig
     from rl_lab.errors import LabError
     from rl_lab.train import tqdm_progress, train
+
+    if args.algo in DT_ALGOS:
+        return _run_dt(args)
+    if args.source is not None:
+        raise LabError(f"--from is for --algo dt or bc, not {args.algo}")
+    env_id = args.env or "lab/Forage-v0"
+    steps = args.steps if args.steps is not None else RL_STEPS
+    checkpoint_every = args.checkpoint_every if args.checkpoint_every is not None else 10_000
 
     try:
         env_kwargs = json.loads(args.env_kwargs)
@@ -42,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.gamma <= 1.0:
         raise LabError(f"--gamma must be in (0, 1], got {args.gamma}")
     cfg = TrainConfig(
-        env_id=args.env, algo=args.algo, total_timesteps=args.steps, seed=args.seed,
+        env_id=env_id, algo=args.algo, total_timesteps=steps, seed=args.seed,
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
-        checkpoint_every=args.checkpoint_every, env_kwargs=env_kwargs,
+        checkpoint_every=checkpoint_every, env_kwargs=env_kwargs,
     )
-    progress, close = tqdm_progress(f"train {args.algo} on {args.env}")
+    progress, close = tqdm_progress(f"train {args.algo} on {env_id}")
     try:
         result = train(cfg, runs_dir(args), name=args.name, resume=args.resume, progress=progress)
     finally:
@@ -56,6 +88,49 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {result.name}: {summary['status']}, {summary['steps_done']} steps, "
           f"latest mean return {ret:.3f}" if ret is not None else
           f"run {result.name}: {summary['status']}, {summary['steps_done']} steps")
+    print(f"run directory: {result.path}")
+    sys.stdout.flush()
+    return 0
+
+
+def _run_dt(args: argparse.Namespace) -> int:
+    """``--algo dt|bc --from RUN``: train a sequence model on the source run's trajectories."""
+    from rl_lab.dt.evaluate import format_table
+    from rl_lab.dt.train import DTTrainConfig, train_dt
+    from rl_lab.errors import LabError
+    from rl_lab.runs import RunStore
+    from rl_lab.train import tqdm_progress
+
+    if args.source is None:
+        raise LabError(f"--algo {args.algo} needs --from RUN (the RL run whose trajectories it learns from)")
+    if args.resume is not None:
+        raise LabError(f"--resume is not supported for --algo {args.algo}; train a new run instead")
+    if args.env_kwargs.strip() not in ("", "{}"):
+        raise LabError(f"--env-kwargs does not apply to --algo {args.algo}: it uses the source run's environment")
+    source = RunStore(runs_dir(args)).get(args.source)
+    if args.env is not None and args.env != source.info.get("env_id"):
+        raise LabError(f"--env {args.env} differs from the source run's environment {source.info.get('env_id')}")
+    cfg = DTTrainConfig(
+        algo=args.algo, source_run=str(args.source), steps=args.steps or DT_STEPS, context=args.context,
+        batch_size=args.batch_size, learning_rate=args.lr if args.lr is not None else 1e-3,
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=4 * args.d_model,
+        seed=args.seed, trajectories=args.trajectories, episodes_per_policy=args.episodes_per_policy,
+        checkpoint_every=args.checkpoint_every or 500, eval_episodes=max(0, args.eval_episodes),
+    )
+    collect_progress, close_collect = tqdm_progress(f"collect trajectories from {source.name}")
+    progress, close = tqdm_progress(f"train {args.algo} from {source.name}")
+    try:
+        result = train_dt(cfg, runs_dir(args), name=args.name, progress=progress, collect_progress=collect_progress)
+    finally:
+        close_collect()
+        close()
+    metrics = [m for m in result.metrics() if "loss" in m]
+    last = metrics[-1] if metrics else {}
+    print(f"run {result.name}: {result.status}, {result.info.get('steps_done')} steps"
+          + (f", loss {last['loss']:.3f}, action accuracy {last['accuracy']:.3f}" if last else ""))
+    eval_path = result.path / "eval.json"
+    if cfg.eval_episodes and eval_path.exists():
+        print(format_table(json.loads(eval_path.read_text())))
     print(f"run directory: {result.path}")
     sys.stdout.flush()
     return 0

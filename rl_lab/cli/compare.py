@@ -1,0 +1,36 @@
+"""``rl-lab compare``: probe results of several runs side by side, grouped, with intervals across seeds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rl_lab.cli._common import add_runs_dir, runs_dir
+
+HELP = "compare probe results across runs (e.g. PPO vs DT vs BC over seeds) on the same labels"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="runs to compare (names or run directories)")
+    parser.add_argument("--label", action="append", default=None, metavar="L",
+                        help="compare this label (repeatable; default: every label probed in all runs)")
+    parser.add_argument("--group-by", default="algo", metavar="KEY",
+                        help="run.json key that groups runs, dotted for nested keys (default: algo)")
+    parser.add_argument("--no-random", action="store_true", help="leave out the random-weights rows")
+    parser.add_argument("--json", action="store_true", help="print the comparison as one JSON document")
+    add_runs_dir(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rl_lab.compare import compare, format_table
+
+    result = compare(args.runs, runs_dir(args), labels=args.label, group_by=args.group_by,
+                     random_baseline=not args.no_random)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(result))
+        print(f"written to {result['path']}")
+    return 0

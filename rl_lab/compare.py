@@ -1,0 +1,258 @@
+"""Probe results of several runs side by side: does RL training make emotion-like labels more
+linearly decodable than supervised training on the same data?
+
+For each run, the probe document of its latest recorded checkpoint (``RUN/probes/<stem>.json``;
+probed on the spot with ``probes.linear.probe_file`` if the run has recordings but no results)
+gives, for each label, the run's score: the best held-out score over its hooks, leaving out
+hooks where the label is linear by construction (the critic's value layer for ``value``).
+The random-weights baseline inside each record gives a second row per run: the same
+architecture untrained (``<group> (random weights)``).
+
+Runs are grouped (by ``algo``, or any ``run.json`` key with ``group_by``, dotted for nested
+keys, e.g. ``config.env_kwargs.interoception``); each group's score per label is the mean over
+its runs (seeds) with a 95% t-interval across them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rl_lab.errors import LabError
+from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
+
+RANDOM_SUFFIX = " (random weights)"
+
+
+def _doc_step(doc: dict[str, Any], path: Path) -> int:
+    step = doc.get("step")
+    if isinstance(step, int):
+        return step
+    return checkpoint_step(Path(str(doc.get("checkpoint") or path.stem)))
+
+
+def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """The probe document of the run's latest probed checkpoint (probing its latest recording if needed).
+
+    ``labels`` restricts a probe run made here (default: every label in the recording).
+    """
+    docs = []
+    if run.probes_dir.is_dir():
+        for path in sorted(run.probes_dir.glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("records"), list) and doc["records"]:
+                docs.append((_doc_step(doc, path), path.name, doc, path))
+    if docs:
+        _, _, doc, path = max(docs, key=lambda d: (d[0], d[1]))
+        return doc, path
+    recordings = run.activation_files()
+    if not recordings:
+        raise LabError(f"run {run.name!r} has no recordings or probe results; run `rl-lab record {run.name}` first")
+    if not probe:
+        raise LabError(f"run {run.name!r} has recordings but no probe results; run the probes on it first")
+    from probes.linear import probe_file
+
+    latest = max(recordings, key=lambda p: (checkpoint_step(p), p.name))
+    out = run.probes_dir / f"{latest.stem}.json"
+    doc = probe_file(latest, out_json=out, labels=list(labels) if labels else None)
+    if not doc.get("records"):
+        notes = "; ".join(doc.get("notes", [])) or "no records"
+        raise LabError(f"probing {latest} gave no results ({notes})")
+    return doc, out
+
+
+def group_key(run: Run, group_by: str) -> str:
+    """The run's group: ``run.json[group_by]`` (dotted path for nested keys)."""
+    value: Any = run.info
+    for part in group_by.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise LabError(f"run {run.name!r} has no {group_by!r} in run.json to group by")
+        value = value[part]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def best_by_label(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each label: the best-scoring hook (not linear by construction) and the best random twin."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        score = rec.get("score")
+        if rec.get("linear_by_construction") or score is None or not math.isfinite(score):
+            continue
+        label = rec["label"]
+        cur = out.get(label)
+        rand = (rec.get("baselines") or {}).get("random_weights")
+        if cur is None or score > cur["score"]:
+            out[label] = {"score": float(score), "hook": rec["hook"], "metric": rec.get("metric"),
+                          "ci": rec.get("ci"), "selectivity": rec.get("selectivity"),
+                          "raw_obs": (rec.get("baselines") or {}).get("raw_obs"),
+                          "random_weights": (cur or {}).get("random_weights")}
+        if rand is not None and math.isfinite(rand):
+            best_rand = out[label].get("random_weights")
+            out[label]["random_weights"] = rand if best_rand is None else max(best_rand, rand)
+    return out
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, list[float] | None]:
+    """Mean and 95% t-interval across seeds (None with fewer than two)."""
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
+    return mean, [mean - half, mean + half]
+
+
+def compare(
+    run_names: Sequence[str],
+    runs_dir: Path | str | None = None,
+    labels: Sequence[str] | None = None,
+    group_by: str = "algo",
+    random_baseline: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Compare probe results across runs; returns (and writes to ``RUNS/compare-<time>.json``) the document."""
+    if not run_names:
+        raise LabError("name at least one run to compare")
+    store = RunStore(runs_dir)
+    runs = [store.get(name) for name in run_names]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise LabError("a run is named twice; name each run once")
+    per_run: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for run in runs:
+        doc, path = probe_doc(run, labels=labels)
+        per_run.append({"name": run.name, "algo": run.info.get("algo"), "group": group_key(run, group_by),
+                        "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.get("checkpoint"),
+                        "best": best_by_label(doc["records"])})
+    common = set.intersection(*(set(r["best"]) for r in per_run))
+    if labels:
+        for label in labels:
+            missing = [r["name"] for r in per_run if label not in r["best"]]
+            if missing:
+                raise LabError(f"label {label!r} has no probe result in run {missing[0]!r}")
+        chosen = list(dict.fromkeys(labels))
+    else:
+        chosen = sorted(common)
+        if not chosen:
+            raise LabError("the runs share no probed label; probe them on the same labels first")
+        dropped = sorted(set().union(*(set(r["best"]) for r in per_run)) - common)
+        if dropped:
+            notes.append(f"labels not probed in every run were left out: {', '.join(dropped)}")
+
+    groups: list[str] = []
+    for r in per_run:
+        for g in (r["group"], r["group"] + RANDOM_SUFFIX if random_baseline else None):
+            if g is not None and g not in groups:
+                groups.append(g)
+    table: dict[str, dict[str, Any]] = {}
+    for label in chosen:
+        metric = next(r["best"][label]["metric"] for r in per_run)
+        row: dict[str, Any] = {}
+        for g in groups:
+            base = g[: -len(RANDOM_SUFFIX)] if g.endswith(RANDOM_SUFFIX) else g
+            key = "random_weights" if g.endswith(RANDOM_SUFFIX) else "score"
+            members = [r for r in per_run if r["group"] == base]
+            scores = [r["best"][label][key] for r in members if r["best"][label].get(key) is not None]
+            if not scores:
+                continue
+            mean, ci = seed_interval(scores)
+            cell: dict[str, Any] = {"mean": mean, "ci": ci, "n": len(scores), "scores": scores,
+                                    "runs": [r["name"] for r in members if r["best"][label].get(key) is not None]}
+            if key == "score":
+                cell["hooks"] = [r["best"][label]["hook"] for r in members]
+            row[g] = cell
+        table[label] = {"metric": metric, "groups": row}
+    if any(len([r for r in per_run if r["group"] == g]) < 2 for g in {r["group"] for r in per_run}):
+        notes.append("a group with one run has no interval across seeds; train 3 or more seeds per group")
+    if random_baseline and any(g.endswith(RANDOM_SUFFIX) and not any(g in t["groups"] for t in table.values())
+                               for g in groups):
+        notes.append("some runs were recorded without the random-weights baseline")
+    result: dict[str, Any] = {
+        "schema_version": 1,
+        "created": now_iso(),
+        "group_by": group_by,
+        "runs": [{k: v for k, v in r.items() if k != "best"} for r in per_run],
+        "labels": chosen,
+        "groups": [g for g in groups if any(g in t["groups"] for t in table.values())],
+        "table": table,
+        "notes": notes,
+    }
+    result["summary"] = summarise(result)
+    if write:
+        out = store.root / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        store.root.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while out.exists():
+            out = store.root / f"compare-{time.strftime('%Y%m%d-%H%M%S')}-{n}.json"
+            n += 1
+        result["path"] = str(out)
+        write_json_atomic(out, result)
+    return result
+
+
+def summarise(result: dict[str, Any]) -> str:
+    """One or two sentences in words: which group decodes the labels best, and how clearly."""
+    table, groups = result["table"], result["groups"]
+    if not table or not groups:
+        return "Nothing to compare."
+    means = {g: [t["groups"][g]["mean"] for t in table.values() if g in t["groups"]] for g in groups}
+    avg = {g: float(np.mean(v)) for g, v in means.items() if v}
+    ranked = sorted(avg, key=avg.get, reverse=True)  # type: ignore[arg-type]
+    wins = {g: 0 for g in groups}
+    clear = {g: 0 for g in groups}
+    for t in table.values():
+        cells = t["groups"]
+        top = max(cells, key=lambda g: cells[g]["mean"])
+        wins[top] += 1
+        others = [c for g, c in cells.items() if g != top]
+        top_ci = cells[top]["ci"]
+        if top_ci is not None and others and all(c["ci"] is not None and top_ci[0] > c["ci"][1] for c in others):
+            clear[top] += 1
+    n = len(table)
+    order = ", ".join(f"{g} {avg[g]:.2f}" for g in ranked)
+    best = ranked[0]
+    sentence = (f"Averaged over {n} label{'s' if n != 1 else ''}, the held-out probe score is {order}; "
+                f"{best} decodes best on {wins[best]} of {n} label{'s' if n != 1 else ''}")
+    if clear[best]:
+        sentence += f", with a 95% interval across seeds above every other group's on {clear[best]}"
+    else:
+        sentence += ", though its intervals across seeds overlap another group's on every label" \
+            if any(t["groups"].get(best, {}).get("ci") for t in table.values()) else \
+            " (no intervals: fewer than two seeds per group)"
+    return sentence + "."
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The comparison as a plain-text table: one row per label, one column per group."""
+    groups = result["groups"]
+    width = max(16, *(len(g) for g in groups)) if groups else 16
+    lw = max(5, *(len(label) for label in result["labels"])) if result["labels"] else 5
+    lines = [f"{'label':<{lw}}  {'metric':<8}  " + "  ".join(f"{g:>{width}}" for g in groups)]
+    for label in result["labels"]:
+        row = result["table"][label]
+        cells = []
+        for g in groups:
+            c = row["groups"].get(g)
+            if c is None:
+                cells.append(f"{'-':>{width}}")
+            elif c["ci"] is None:
+                cells.append(f"{c['mean']:>{width}.3f}")
+            else:
+                half = (c["ci"][1] - c["ci"][0]) / 2
+                cells.append(f"{c['mean']:.3f} ± {half:.3f} (n={c['n']})".rjust(width))
+        lines.append(f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells))
+    lines.append("")
+    lines.append(result["summary"])
+    lines.extend(f"note: {n}" for n in result["notes"])
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""The offline dataset: trajectories of a trained SB3 agent at several quality levels, in HDF5.
+
+``collect`` rolls out every checkpoint of a source run (early checkpoints act badly, late ones
+well) plus a uniformly random policy, and writes ``SOURCE_RUN/trajectories/<name>.h5``::
+
+    /                 attrs: source_run, env_id, env_kwargs, gamma, seed, obs_dim, n_actions,
+                             max_t, policies (JSON list of policy names), complete
+    /steps/obs           (N, obs_dim) float32
+    /steps/action        (N,) int64
+    /steps/reward        (N,) float32
+    /steps/episode       (N,) int64    global episode index
+    /steps/t             (N,) int64    step within the episode
+    /steps/return_to_go  (N,) float32  undiscounted sum of rewards from this step on
+    /steps/policy        (N,) int64    index into the ``policies`` attribute
+    /episodes/start, /episodes/length (E,) int64; /episodes/return (E,) float32;
+    /episodes/policy (E,) int64; /episodes/terminated (E,) bool
+
+The file is written once and reused by every model trained from the run (dt, bc, any seed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+
+from rl_lab.errors import LabError
+from rl_lab.runs import Run
+
+ProgressFn = Callable[[int, int], None]
+RANDOM_POLICY = "random"
+
+
+def trajectories_path(source: Run, name: str = "default") -> Path:
+    return source.path / "trajectories" / f"{name}.h5"
+
+
+def _rollout(env: Any, act: Callable[[np.ndarray], int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    obs, _ = env.reset(seed=seed)
+    buf_obs, buf_act, buf_rew = [], [], []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = int(act(obs))
+        buf_obs.append(np.asarray(obs, dtype=np.float32).reshape(-1))
+        buf_act.append(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        buf_rew.append(float(reward))
+    return (np.asarray(buf_obs, dtype=np.float32), np.asarray(buf_act, dtype=np.int64),
+            np.asarray(buf_rew, dtype=np.float32), bool(terminated))
+
+
+def collect(
+    source: Run,
+    name: str = "default",
+    episodes_per_policy: int = 20,
+    seed: int = 0,
+    include_random: bool = True,
+    max_checkpoints: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Roll out the source run's checkpoints (+ a random policy) into an HDF5 trajectory file.
+
+    Parameters
+    ----------
+    source:
+        A finished SB3 run (ppo, a2c or dqn) with at least one checkpoint.
+    name:
+        File stem under ``SOURCE/trajectories/``.
+    episodes_per_policy:
+        Episodes rolled out by each checkpoint and by the random policy.
+    seed:
+        Episode i of policy p resets the environment with ``seed + 10_000 p + i``; the policies
+        sample their actions (SB3 ``predict(deterministic=False)``), seeded from ``seed``.
+    include_random:
+        Add a uniformly random policy (the lowest quality level).
+    max_checkpoints:
+        Use at most this many checkpoints, evenly spread from first to last (default: all).
+    overwrite:
+        Replace an existing file instead of returning it unchanged.
+    progress:
+        Called as ``progress(policies_done, policies)``.
+    """
+    import torch
+
+    from rl_lab.record import load_sb3
+    from rl_lab.train import make_env
+
+    out = trajectories_path(source, name)
+    if out.exists() and not overwrite:
+        return out
+    algo = source.info.get("algo")
+    if algo in ("dt", "bc"):
+        raise LabError(f"run {source.name!r} is a {algo} run; collect trajectories from an RL (ppo/a2c/dqn) run")
+    ckpts = source.checkpoints()
+    if not ckpts:
+        raise LabError(f"run {source.name!r} has no checkpoint; train it first (rl-lab train)")
+    if max_checkpoints is not None and len(ckpts) > max_checkpoints:
+        idx = np.unique(np.linspace(0, len(ckpts) - 1, max_checkpoints).round().astype(int))
+        ckpts = [ckpts[i] for i in idx]
+    if episodes_per_policy <= 0:
+        raise LabError("episodes per policy must be positive")
+    cfg = source.info.get("config", {})
+    env_id = source.info.get("env_id") or cfg.get("env_id")
+    env_kwargs = cfg.get("env_kwargs") or {}
+    env = make_env(env_id, env_kwargs)
+    if not hasattr(env.action_space, "n"):
+        env.close()
+        raise LabError(f"{env_id} has a continuous action space; the decision transformer needs discrete actions")
+    n_actions = int(env.action_space.n)
+
+    policies: list[tuple[str, Callable[[np.ndarray], int]]] = []
+    for ckpt in ckpts:
+        model = load_sb3(source, ckpt)
+
+        def act(obs: np.ndarray, model: Any = model) -> int:
+            action, _ = model.predict(obs, deterministic=False)
+            return int(action)
+
+        policies.append((ckpt.stem, act))
+    if include_random:
+        rng = np.random.default_rng(seed)
+        policies.append((RANDOM_POLICY, lambda obs: int(rng.integers(n_actions))))
+
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "reward", "episode", "t",
+                                                            "return_to_go", "policy")}
+    episodes: dict[str, list[Any]] = {k: [] for k in ("start", "length", "return", "policy", "terminated")}
+    start = 0
+    torch.manual_seed(seed)
+    try:
+        for p, (_, act) in enumerate(policies):
+            for i in range(episodes_per_policy):
+                obs, actions, rewards, terminated = _rollout(env, act, seed + 10_000 * p + i)
+                T = len(rewards)
+                ep = len(episodes["start"])
+                columns["obs"].append(obs)
+                columns["action"].append(actions)
+                columns["reward"].append(rewards)
+                columns["episode"].append(np.full(T, ep, dtype=np.int64))
+                columns["t"].append(np.arange(T, dtype=np.int64))
+                columns["return_to_go"].append(np.cumsum(rewards[::-1], dtype=np.float64)[::-1].astype(np.float32))
+                columns["policy"].append(np.full(T, p, dtype=np.int64))
+                episodes["start"].append(start)
+                episodes["length"].append(T)
+                episodes["return"].append(float(rewards.sum(dtype=np.float64)))
+                episodes["policy"].append(p)
+                episodes["terminated"].append(terminated)
+                start += T
+            if progress is not None:
+                progress(p + 1, len(policies))
+    finally:
+        env.close()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".h5.tmp")
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs.update({
+            "source_run": source.name, "env_id": env_id, "env_kwargs": json.dumps(env_kwargs),
+            "gamma": float(cfg.get("gamma", 0.99)), "seed": seed, "obs_dim": int(columns["obs"][0].shape[1]),
+            "n_actions": n_actions, "max_t": int(max(episodes["length"])) - 1,
+            "policies": json.dumps([name for name, _ in policies]), "episodes_per_policy": episodes_per_policy,
+        })
+        steps = h5.create_group("steps")
+        for key, parts in columns.items():
+            steps.create_dataset(key, data=np.concatenate(parts))
+        group = h5.create_group("episodes")
+        dtypes = {"start": np.int64, "length": np.int64, "return": np.float32, "policy": np.int64,
+                  "terminated": bool}
+        for key, values in episodes.items():
+            group.create_dataset(key, data=np.asarray(values, dtype=dtypes[key]))
+        h5.attrs["complete"] = True
+    tmp.replace(out)
+    return out
+
+
+@dataclass
+class Trajectories:
+    """A trajectory file loaded into memory (the offline datasets here are a few MB)."""
+
+    path: Path
+    attrs: dict[str, Any]
+    obs: np.ndarray  # [N, obs_dim]
+    action: np.ndarray  # [N]
+    reward: np.ndarray  # [N]
+    t: np.ndarray  # [N]
+    return_to_go: np.ndarray  # [N]
+    episode: np.ndarray  # [N]
+    ep_start: np.ndarray  # [E]
+    ep_length: np.ndarray  # [E]
+    ep_return: np.ndarray  # [E]
+    ep_policy: np.ndarray  # [E]
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Trajectories":
+        path = Path(path)
+        if not path.exists():
+            raise LabError(f"no trajectory file {path}")
+        with h5py.File(path, "r") as h5:
+            if not h5.attrs.get("complete", False):
+                raise LabError(f"trajectory file {path} is incomplete; collect it again")
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in h5.attrs.items()}
+            for key in ("env_kwargs", "policies"):
+                attrs[key] = json.loads(attrs[key])
+            s, e = h5["steps"], h5["episodes"]
+            return cls(path=path, attrs=attrs, obs=s["obs"][:], action=s["action"][:], reward=s["reward"][:],
+                       t=s["t"][:], return_to_go=s["return_to_go"][:], episode=s["episode"][:],
+                       ep_start=e["start"][:], ep_length=e["length"][:], ep_return=e["return"][:],
+                       ep_policy=e["policy"][:])
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.obs.shape[1])
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.attrs["n_actions"])
+
+    def policy_returns(self) -> dict[str, dict[str, float]]:
+        """Mean, max and episode count of the return of each source policy."""
+        out = {}
+        for p, name in enumerate(self.attrs["policies"]):
+            r = self.ep_return[self.ep_policy == p]
+            if len(r):
+                out[name] = {"mean": float(r.mean()), "max": float(r.max()), "episodes": int(len(r))}
+        return out
+
+    def windows(self, ends: np.ndarray, context: int) -> dict[str, np.ndarray]:
+        """Left-padded windows of ``context`` steps ending at the rows ``ends`` (inclusive).
+
+        Returns ``states`` [B, K, obs_dim], ``actions`` [B, K], ``rtg`` [B, K], ``timesteps``
+        [B, K] and ``mask`` [B, K] (False on padding, which is zero-filled).
+        """
+        ends = np.asarray(ends, dtype=np.int64)
+        ep_first = self.ep_start[self.episode[ends]]  # [B]
+        offsets = np.arange(context - 1, -1, -1)  # [K]: K-1 ... 0
+        rows = ends[:, None] - offsets[None, :]  # [B, K]
+        mask = rows >= ep_first[:, None]
+        rows = np.where(mask, rows, ends[:, None])
+        m = mask.astype(np.float32)
+        return {
+            "states": self.obs[rows] * m[..., None],
+            "actions": np.where(mask, self.action[rows], 0),
+            "rtg": self.return_to_go[rows] * m,
+            "timesteps": np.where(mask, self.t[rows], 0),
+            "mask": mask,
+        }
+
+
+def episode_windows(obs: np.ndarray, actions: np.ndarray, rtg: np.ndarray, context: int,
+                    t0: int = 0) -> dict[str, np.ndarray]:
+    """For one episode of T steps: the left-padded window ending at every step [T, K, ...].
+
+    ``obs`` [T, obs_dim], ``actions`` [T], ``rtg`` [T] (the return-to-go the model was given at
+    each step); ``t0`` is the episode step of row 0. Same layout as ``Trajectories.windows``.
+    """
+    T = len(obs)
+    offsets = np.arange(context - 1, -1, -1)  # [K]
+    rows = np.arange(T)[:, None] - offsets[None, :]  # [T, K]
+    mask = rows >= 0
+    rows = np.where(mask, rows, 0)
+    m = mask.astype(np.float32)
+    obs = np.asarray(obs, dtype=np.float32).reshape(T, -1)
+    return {
+        "states": obs[rows] * m[..., None],
+        "actions": np.where(mask, np.asarray(actions, dtype=np.int64).reshape(T)[rows], 0),
+        "rtg": np.asarray(rtg, dtype=np.float32)[rows] * m,
+        "timesteps": np.where(mask, rows + t0, 0),
+        "mask": mask,
+    }

@@ -1,0 +1,99 @@
+"""``rl-lab compare``: grouping, intervals across seeds, output keys, and the error without results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rl_lab.cli import main
+from rl_lab.compare import best_by_label, compare, seed_interval
+from rl_lab.errors import LabError
+from rl_lab.runs import RunStore
+
+
+def _record(hook: str, label: str, score: float, rand: float, by_construction: bool = False) -> dict:
+    return {"hook": hook, "label": label, "metric": "r2", "score": score,
+            "baselines": {"mean": 0.0, "random_weights": rand, "raw_obs": 0.1}, "selectivity": score - 0.05,
+            "ci": [score - 0.1, score + 0.1], "checkpoint": "step_000000100", "linear_by_construction": by_construction}
+
+
+def _make_run(store: RunStore, name: str, algo: str, seed: int, scores: dict[str, float]) -> None:
+    run = store.create(name, {"algo": algo, "seed": seed, "env_id": "lab/Forage-v0", "status": "done"})
+    run.probes_dir.mkdir()
+    records = []
+    for label, score in scores.items():
+        records.append(_record("layer.a", label, score, rand=score / 2))
+        records.append(_record("layer.b", label, score - 0.2, rand=score / 2 + 0.05))
+    records.append(_record("value_net", "value", 0.99, rand=0.0, by_construction=True))
+    doc = {"schema_version": 1, "file": "x.h5", "run": name, "checkpoint": "step_000000100", "step": 100,
+           "records": records, "notes": []}
+    (run.probes_dir / "step_000000100.json").write_text(json.dumps(doc))
+    # An older checkpoint's results must be ignored in favour of the latest.
+    old = dict(doc, checkpoint="step_000000050", step=50, records=[_record("layer.a", "hunger", -5.0, 0.0)])
+    (run.probes_dir / "step_000000050.json").write_text(json.dumps(old))
+
+
+def test_best_by_label_skips_linear_by_construction() -> None:
+    best = best_by_label([_record("a", "value", 0.3, 0.1), _record("v", "value", 0.99, 0.0, True),
+                          _record("b", "value", 0.5, 0.2)])
+    assert best["value"]["hook"] == "b" and best["value"]["score"] == 0.5
+    assert best["value"]["random_weights"] == 0.2
+
+
+def test_seed_interval() -> None:
+    mean, ci = seed_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and ci is not None and ci[0] < 1.0 < 3.0 < ci[1]
+    assert seed_interval([1.0]) == (1.0, None)
+
+
+def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore(tmp_path)
+    for s in range(3):
+        _make_run(store, f"ppo{s}", "ppo", s, {"hunger": 0.6 + 0.01 * s, "value": 0.7})
+        _make_run(store, f"dt{s}", "dt", s, {"hunger": 0.3 + 0.01 * s, "value": 0.4, "fear": 0.2})
+    names = [f"{a}{s}" for a in ("ppo", "dt") for s in range(3)]
+    result = compare(names, tmp_path)
+    assert set(result) >= {"schema_version", "group_by", "runs", "labels", "groups", "table", "summary", "notes", "path"}
+    assert result["labels"] == ["hunger", "value"]  # fear is not probed in the ppo runs
+    assert result["groups"] == ["ppo", "ppo (random weights)", "dt", "dt (random weights)"]
+    cell = result["table"]["hunger"]["groups"]["ppo"]
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(0.61) and cell["hooks"] == ["layer.a"] * 3
+    assert cell["ci"][0] < 0.61 < cell["ci"][1]
+    assert result["table"]["hunger"]["groups"]["ppo (random weights)"]["mean"] == pytest.approx(0.61 / 2 + 0.05)
+    assert result["table"]["value"]["groups"]["ppo"]["mean"] == pytest.approx(0.7)  # not the by-construction 0.99
+    assert result["summary"].startswith("Averaged over 2 labels") and "ppo decodes best on 2 of 2" in result["summary"]
+    assert json.loads(Path(result["path"]).read_text())["table"] == result["table"]
+
+    assert main(["compare", *names, "--label", "hunger", "--json", "--runs-dir", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["labels"] == ["hunger"]
+    assert main(["compare", "ppo0", "dt0", "--group-by", "seed", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunger" in out and "written to" in out
+
+
+def test_compare_error_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore(tmp_path)
+    _make_run(store, "ppo0", "ppo", 0, {"hunger": 0.5})
+    store.create("bare", {"algo": "dt", "seed": 0, "status": "done"})
+    with pytest.raises(LabError, match="rl-lab record bare"):
+        compare(["ppo0", "bare"], tmp_path)
+    assert main(["compare", "ppo0", "bare", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no recordings or probe results" in err
+    with pytest.raises(LabError, match="label 'fear'"):
+        compare(["ppo0"], tmp_path, labels=["fear"])
+
+
+@pytest.mark.slow
+def test_compare_probes_a_recording_without_results(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
+    src_dir, name = tiny_run
+    shutil.copytree(src_dir / name, tmp_path / name)
+    shutil.rmtree(tmp_path / name / "probes", ignore_errors=True)
+    result = compare([name], tmp_path, labels=["hunger", "value"])
+    assert list((tmp_path / name / "probes").glob("*.json"))
+    assert result["table"]["value"]["groups"]["ppo"]["n"] == 1
+    assert result["runs"][0]["probe_file"].endswith(".json")
