@@ -1,0 +1,594 @@
+"""Sparse autoencoders on recorded activations: TopK (with AuxK) and ReLU (with L1).
+
+An SAE maps an activation ``x`` ([..., d_in]) to a sparse code ``z`` ([..., d_sae]) and back::
+
+    z     = act((x - b_dec) @ W_enc + b_enc)      act = TopK-then-ReLU, or ReLU
+    x_hat = z @ W_dec + b_dec
+
+with SAELens's parameter names and shapes (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,
+``b_enc [d_sae]``, ``b_dec [d_in]``) and decoder rows of unit norm. Saved as ``cfg.json`` +
+``sae_weights.safetensors`` (SAELens 6 keys, so ``sae_lens.SAE.load_from_disk`` reads it) and
+``metrics.json``. Training is in ``probes.sae_training``; the data sources in
+``probes.sae_data``. See ``docs/sae.md``.
+
+References: Gao et al. 2024, "Scaling and evaluating sparse autoencoders" (TopK, AuxK);
+Bricken et al. 2023, "Towards Monosemanticity" (ReLU + L1); SAELens (file format).
+
+Script::
+
+    python -m probes.sae FILE.h5 --hook NAME [--arch topk|relu] [--width W] [--k K] [--l1 C]
+        [--steps N | --epochs E] [--lr LR] [--seed S] [--out DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from probes.errors import ProbeError
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+METRICS_FILENAME = "metrics.json"
+SAELENS_COMPAT_VERSION = "6.0.0"
+"""The SAELens major version whose ``cfg.json`` layout we write."""
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass
+class SAEConfig:
+    """What every architecture shares: shapes, provenance and the training schedule."""
+
+    d_in: int
+    """Dimension of the activations (the hook's width)."""
+    d_sae: int
+    """Number of latents (the dictionary size)."""
+    hook_name: str = ""
+    """The hook the SAE reads: the same string as ``/acts/<hook>`` in the activation file."""
+    dtype: str = "float32"
+    """Parameter dtype (SAELens key)."""
+    device: str = "cpu"
+    """Device the SAE is trained and loaded on (SAELens key)."""
+    lr: float = 1e-2
+    """Adam learning rate (inputs are rescaled to mean squared norm ``d_in`` first, so one value
+    suits activations of any scale)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's (beta1, beta2)."""
+    lr_warmup_fraction: float = 0.02
+    """Fraction of the steps over which the learning rate ramps up linearly from 0."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of the steps, at the end, over which it decays linearly to 0."""
+    batch_size: int = 1024
+    """Rows per optimisation step."""
+    steps: int | None = None
+    """Number of optimisation steps; None means: from ``epochs``, else ``train_samples``."""
+    epochs: float | None = None
+    """Passes over the training rows (used when ``steps`` is None)."""
+    train_samples: int = 3_000_000
+    """Default budget in rows seen when neither ``steps`` nor ``epochs`` is given; capped at
+    ``max_epochs`` passes over the data and raised to at least ``min_steps`` steps."""
+    max_epochs: float = 30.0
+    """Cap on passes over the data for the default budget (small files need fewer rows)."""
+    min_steps: int = 200
+    """Floor on the default number of steps (tiny files still get trained)."""
+    b_dec_init: str = "geometric_median"
+    """How the pre-bias ``b_dec`` starts: ``geometric_median``, ``mean`` or ``zeros`` of a sample
+    of training rows."""
+    init_sample: int = 16384
+    """Rows sampled for the pre-bias and the input scale."""
+    normalize_scale: float = 1.0
+    """Factor the raw activations were multiplied by during training (set by the trainer so that
+    the mean squared distance to ``b_dec`` is ``d_in``; folded into ``b_enc``/``b_dec`` when
+    saving, so the saved SAE reads raw activations and this is kept for the record)."""
+    seed: int = 0
+    """Seed for initialisation, the episode split and the data order."""
+    test_fraction: float = 0.2
+    """Fraction of episodes held out for the metrics."""
+
+    architecture: ClassVar[str] = ""
+    saelens_architecture: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """SAELens-6 style ``cfg.json`` content plus every field of this dataclass."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["adam_betas"] = list(self.adam_betas)
+        out.update(
+            architecture=self.saelens_architecture,
+            lab_architecture=self.architecture,
+            apply_b_dec_to_input=True,
+            normalize_activations="none",
+            reshape_activations="none",
+            metadata={
+                "hook_name": self.hook_name,
+                "sae_lens_version": SAELENS_COMPAT_VERSION,
+                "sae_lens_training_version": SAELENS_COMPAT_VERSION,
+                "trained_by": "rl-lab probes.sae",
+            },
+        )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SAEConfig":
+        """Inverse of ``to_dict``; unknown keys (SAELens extras) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "hook_name" not in kwargs and isinstance(data.get("metadata"), Mapping):
+            kwargs["hook_name"] = data["metadata"].get("hook_name") or ""
+        if "adam_betas" in kwargs:
+            kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
+        return cls(**kwargs)
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    """TopK SAE (Gao et al. 2024): exactly ``k`` latents may fire; AuxK revives dead latents."""
+
+    k: int = 16
+    """Latents kept per sample (the L0 of every code)."""
+    aux_k: int | None = None
+    """Dead latents used by the AuxK loss per sample; None means ``d_in // 2`` (Gao et al.)."""
+    aux_k_coefficient: float = 1.0 / 32.0
+    """Weight of the AuxK loss relative to the reconstruction loss (Gao et al. use 1/32)."""
+    dead_window: int = 100_000
+    """A latent is dead (for AuxK) once it has not fired for this many training rows."""
+
+    architecture: ClassVar[str] = "topk"
+    saelens_architecture: ClassVar[str] = "topk"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["rescale_acts_by_decoder_norm"] = False
+        return out
+
+
+@dataclass
+class ReLUConfig(SAEConfig):
+    """ReLU SAE with an L1 penalty on the codes (SAELens's "standard" architecture)."""
+
+    l1_coefficient: float = 1.0
+    """Weight of ``sum_i z_i * ||W_dec[i]||`` (per sample, inputs rescaled to norm² ``d_in``)."""
+    l1_warmup_fraction: float = 0.05
+    """Fraction of the steps over which the L1 weight ramps up from 0."""
+
+    architecture: ClassVar[str] = "relu"
+    saelens_architecture: ClassVar[str] = "standard"
+
+
+# --------------------------------------------------------------------------- models
+class SparseAutoencoder(nn.Module):
+    """Shared parameters and the encode/decode contract; subclasses choose the activation.
+
+    ``encode``, ``decode`` and ``forward`` take torch tensors of any leading shape, so a forward
+    hook on the agent's network can replace an activation by ``sae.forward(act)``.
+    """
+
+    cfg: SAEConfig
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        w_dec = torch.randn(cfg.d_sae, cfg.d_in, dtype=dtype)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)  # [d_sae, d_in]
+        self.W_enc = nn.Parameter(w_dec.T.clone().contiguous())  # [d_in, d_sae], W_enc = W_dec^T
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))  # [d_sae]
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))  # [d_in]
+
+    # -- inference
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations ``(x - b_dec) @ W_enc + b_enc``: [..., d_sae]."""
+        return (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Sparse code of ``x`` ([..., d_in] -> [..., d_sae])."""
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from a code ([..., d_sae] -> [..., d_in])."""
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))``: the reconstruction that can stand in for ``x``."""
+        return self.decode(self.encode(x))
+
+    # -- training
+    def training_loss(
+        self, x: torch.Tensor, dead: torch.Tensor | None, progress: float
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Loss on one batch ``x`` [B, d_in].
+
+        ``dead`` is a [d_sae] bool mask of latents that have not fired recently (None: none),
+        ``progress`` the fraction of training done (for warm-ups). Returns the loss, its named
+        parts (floats, for logging) and a [d_sae] count of how often each latent fired.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every decoder row to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of ``W_dec.grad`` along each (unit) decoder row: it only changes norms."""
+        if self.W_dec.grad is not None:
+            g = self.W_dec.grad
+            g -= (g * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+
+
+class TopKSAE(SparseAutoencoder):
+    """TopK SAE: keep the ``k`` largest pre-activations, ReLU them, zero the rest."""
+
+    cfg: TopKConfig
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+
+    def training_loss(
+        self, x: torch.Tensor, dead: torch.Tensor | None, progress: float
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        # (x - b_dec) @ W_enc + b_enc written as x @ W_enc + (b_enc - b_dec @ W_enc): the same
+        # gradients, but autograd needs no [B, d_sae] x [d_sae, d_in] product for b_dec.
+        pre = torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)  # [B, d_sae]
+        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)  # [B, k]
+        vals = vals.relu()
+        z = torch.zeros_like(pre).scatter(-1, idx, vals)  # [B, d_sae]
+        x_hat = torch.addmm(self.b_dec, z, self.W_dec)  # [B, d_in]
+        err = x - x_hat
+        mse = err.pow(2).sum(dim=-1).mean()
+        loss = mse
+        parts = {"mse": float(mse.detach())}
+        n_dead = int(dead.sum()) if dead is not None else 0
+        if n_dead > 0 and self.cfg.aux_k_coefficient > 0:
+            assert dead is not None
+            k_base = self.cfg.aux_k or max(1, self.cfg.d_in // 2)
+            k_aux = min(k_base, n_dead)
+            # Dead latents, alone, try to explain the live latents' residual (Gao et al. A.2);
+            # the loss is scaled down while few latents are dead, as in SAELens.
+            aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+            e_hat = torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals.relu()) @ self.W_dec
+            aux = (err.detach() - e_hat).pow(2).sum(dim=-1).mean() * min(1.0, n_dead / k_base)
+            loss = loss + self.cfg.aux_k_coefficient * aux
+            parts["aux"] = float(aux.detach())
+        fired = torch.bincount(idx[vals > 0], minlength=self.cfg.d_sae)
+        return loss, parts, fired
+
+
+class ReLUSAE(SparseAutoencoder):
+    """ReLU SAE trained with an L1 penalty weighted by the decoder norms."""
+
+    cfg: ReLUConfig
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre.relu()
+
+    def training_loss(
+        self, x: torch.Tensor, dead: torch.Tensor | None, progress: float
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        z = self.pre_acts(x).relu()  # [B, d_sae]
+        x_hat = z @ self.W_dec + self.b_dec
+        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
+        l1 = (z * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
+        warm = self.cfg.l1_warmup_fraction
+        coef = self.cfg.l1_coefficient * (min(1.0, progress / warm) if warm > 0 else 1.0)
+        loss = mse + coef * l1
+        fired = (z > 0).sum(dim=0)
+        return loss, {"mse": float(mse.detach()), "l1": float(l1.detach())}, fired
+
+
+REGISTRY: dict[str, tuple[type[SparseAutoencoder], type[SAEConfig]]] = {
+    "topk": (TopKSAE, TopKConfig),
+    "relu": (ReLUSAE, ReLUConfig),
+}
+"""Architecture name -> (SAE class, config class)."""
+_FROM_SAELENS = {"topk": "topk", "standard": "relu", "relu": "relu"}
+
+
+def make_sae(cfg: SAEConfig) -> SparseAutoencoder:
+    """A freshly initialised SAE for ``cfg`` (seed torch first for reproducible weights)."""
+    for cls, cfg_cls in REGISTRY.values():
+        if type(cfg) is cfg_cls:
+            return cls(cfg)
+    raise ProbeError(f"no SAE architecture for config {type(cfg).__name__}")
+
+
+def make_config(arch: str, **kwargs: Any) -> SAEConfig:
+    """The config of architecture ``arch`` (a key of ``REGISTRY``) built from ``kwargs``."""
+    if arch not in REGISTRY:
+        raise ProbeError(f"unknown SAE architecture {arch!r} (choose from {', '.join(REGISTRY)})")
+    cfg_cls = REGISTRY[arch][1]
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ProbeError(f"{arch} SAE has no option(s) {', '.join(unknown)}")
+    cfg = cfg_cls(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: SAEConfig) -> None:
+    if cfg.d_in < 1 or cfg.d_sae < 1:
+        raise ProbeError(f"SAE dimensions must be positive (d_in={cfg.d_in}, d_sae={cfg.d_sae})")
+    if isinstance(cfg, TopKConfig) and not 1 <= cfg.k <= cfg.d_sae:
+        raise ProbeError(f"k must be between 1 and the width {cfg.d_sae}, got {cfg.k}")
+    if isinstance(cfg, ReLUConfig) and cfg.l1_coefficient < 0:
+        raise ProbeError(f"the L1 coefficient must be >= 0, got {cfg.l1_coefficient}")
+    if cfg.lr <= 0 or cfg.batch_size < 1:
+        raise ProbeError("the learning rate and the batch size must be positive")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ProbeError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.epochs is not None and cfg.epochs <= 0:
+        raise ProbeError(f"epochs must be > 0, got {cfg.epochs}")
+    if cfg.b_dec_init not in ("geometric_median", "mean", "zeros"):
+        raise ProbeError(f"b_dec_init must be geometric_median, mean or zeros, got {cfg.b_dec_init!r}")
+
+
+# --------------------------------------------------------------------------- save / load
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def save_sae(sae: SparseAutoencoder, out_dir: Path | str) -> Path:
+    """Write ``cfg.json`` and ``sae_weights.safetensors`` (SAELens names and shapes)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
+    save_file(tensors, str(out / WEIGHTS_FILENAME))
+    _write_json(out / CFG_FILENAME, sae.cfg.to_dict())
+    return out
+
+
+def load_sae(sae_dir: Path | str, device: str = "cpu") -> tuple[SparseAutoencoder, SAEConfig]:
+    """Load an SAE saved by ``save_sae`` (or a SAELens topk/standard SAE): ``(sae, cfg)``.
+
+    The SAE is in eval mode; ``sae.forward(x)`` reconstructs raw activations of its hook.
+    """
+    path = Path(sae_dir)
+    cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
+    if not cfg_path.exists() or not weights_path.exists():
+        raise ProbeError(f"{path} is not an SAE directory (needs {CFG_FILENAME} and {WEIGHTS_FILENAME})")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ProbeError(f"{cfg_path} is not valid JSON ({exc})") from None
+    arch = data.get("lab_architecture") or _FROM_SAELENS.get(str(data.get("architecture")), "")
+    if arch not in REGISTRY:
+        raise ProbeError(f"{cfg_path}: unsupported SAE architecture {data.get('architecture')!r}")
+    sae_cls, cfg_cls = REGISTRY[arch]
+    cfg = cfg_cls.from_dict(data)
+    cfg.device = device
+    sae = sae_cls(cfg)
+    state = load_file(str(weights_path), device=device)
+    missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(state)
+    if missing:
+        raise ProbeError(f"{weights_path} lacks {', '.join(sorted(missing))}")
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            param = getattr(sae, name)
+            if tuple(state[name].shape) != tuple(param.shape):
+                raise ProbeError(f"{weights_path}: {name} has shape {tuple(state[name].shape)}, cfg says {tuple(param.shape)}")
+            param.copy_(state[name])
+    sae.to(device).eval()
+    return sae, cfg
+
+
+def read_metrics(sae_dir: Path | str) -> dict[str, Any]:
+    """The SAE's ``metrics.json`` (empty dict if absent)."""
+    path = Path(sae_dir) / METRICS_FILENAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_metrics(sae_dir: Path | str, **extra: Any) -> dict[str, Any]:
+    """Merge ``extra`` (e.g. ``return_recovered=0.93`` from the live agent) into ``metrics.json``.
+
+    Notes that said such metrics were skipped are dropped once they are supplied. Returns the
+    merged metrics.
+    """
+    path = Path(sae_dir)
+    if not (path / CFG_FILENAME).exists():
+        raise ProbeError(f"{path} is not an SAE directory (no {CFG_FILENAME})")
+    metrics = read_metrics(path)
+    metrics.update(extra)
+    if any(key in extra for key in LIVE_METRICS):
+        metrics["notes"] = [n for n in metrics.get("notes", []) if not n.startswith(LIVE_NOTE_PREFIX)]
+    _write_json(path / METRICS_FILENAME, metrics)
+    return metrics
+
+
+LIVE_METRICS = ("return_recovered", "return_clean", "return_spliced", "return_zero_ablated")
+"""Metrics only the live agent can give (SAE spliced into the network); see docs/sae.md."""
+LIVE_NOTE_PREFIX = "return_recovered skipped"
+
+
+# --------------------------------------------------------------------------- file-level API
+def default_out_dir(path: Path | str, hook: str, arch: str, width: int) -> Path:
+    """``RUN/saes/<hook>-<arch>-<width>/`` for ``RUN/activations/X.h5``, else next to the file."""
+    p = Path(path).resolve()
+    name = f"{hook}-{arch}-{width}"
+    if p.parent.name == "activations":
+        return p.parent.parent / "saes" / name
+    return p.parent / f"{p.stem}.saes" / name
+
+
+def train_sae_on_file(
+    path: Path | str,
+    hook: str,
+    *,
+    arch: str = "topk",
+    width: int | None = None,
+    k: int | None = None,
+    l1: float | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    out_dir: Path | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    features: bool = True,
+    extra_metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train an SAE on ``/acts/<hook>`` of an activation file, save it, return its metrics.
+
+    Parameters
+    ----------
+    path, hook:
+        The activation file and the hook to read.
+    arch:
+        ``topk`` or ``relu`` (keys of ``REGISTRY``).
+    width:
+        Number of latents; default ``8 * d_in``.
+    k:
+        TopK's latents per sample (default 16, at most ``width``).
+    l1:
+        ReLU's L1 coefficient (default ``ReLUConfig.l1_coefficient``).
+    steps, epochs:
+        Training length (at most one); default: the config's sample budget.
+    lr, batch_size:
+        Override the config defaults.
+    out_dir:
+        Where to save; default ``default_out_dir``.
+    seed:
+        Seeds initialisation, the episode split and the data order.
+    progress:
+        Show a tqdm bar on stderr.
+    features:
+        Also compute ``features.*`` (``probes.features``) after training.
+    extra_metrics:
+        Metrics measured elsewhere (e.g. ``return_recovered`` from the live agent).
+
+    The returned dict is ``metrics.json``'s content plus ``out_dir``.
+    """
+    from probes.activations import ActivationFile
+    from probes.sae_training import train_on_file
+
+    if steps is not None and epochs is not None:
+        raise ProbeError("give either steps or epochs, not both")
+    if arch not in REGISTRY:
+        raise ProbeError(f"unknown SAE architecture {arch!r} (choose from {', '.join(REGISTRY)})")
+    with ActivationFile(path) as af:
+        d_in = af.hook_dim(hook)
+    width = width or 8 * d_in
+    kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": width, "hook_name": hook, "seed": seed,
+                              "steps": steps, "epochs": epochs}
+    if lr is not None:
+        kwargs["lr"] = lr
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    if arch == "topk":
+        kwargs["k"] = k if k is not None else min(TopKConfig.k, width)
+    elif k is not None:
+        raise ProbeError("--k applies to the topk architecture only")
+    if arch == "relu" and l1 is not None:
+        kwargs["l1_coefficient"] = l1
+    elif arch != "relu" and l1 is not None:
+        raise ProbeError("--l1 applies to the relu architecture only")
+    cfg = make_config(arch, **kwargs)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(path, hook, arch, width)
+    metrics = train_on_file(path, cfg, out, progress=progress, extra_metrics=extra_metrics)
+    if features:
+        from probes.features import compute_features
+
+        compute_features(out, path, progress=progress)
+    metrics["out_dir"] = str(out)
+    return metrics
+
+
+# --------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser, file_arg: bool = True) -> None:
+    """Add the SAE training options (the same for ``python -m probes.sae`` and ``rl-lab sae``).
+
+    ``file_arg=False`` leaves out the positional FILE (a caller that finds the file itself).
+    """
+    if file_arg:
+        parser.add_argument("file", type=Path, help="activation file (.h5)")
+    parser.add_argument("--hook", required=True, help="hook name: which /acts/<hook> to train on")
+    parser.add_argument("--arch", choices=sorted(REGISTRY), default="topk", help="SAE architecture (default topk)")
+    parser.add_argument("--width", type=int, default=None, help="number of latents (default 8 x d_in)")
+    parser.add_argument("--k", type=int, default=None, help="topk: latents per sample (default 16)")
+    parser.add_argument("--l1", type=float, default=None, help=f"relu: L1 coefficient (default {ReLUConfig.l1_coefficient})")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the training rows")
+    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default {SAEConfig.lr})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"rows per step (default {SAEConfig.batch_size})")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN/saes/<hook>-<arch>-<width>/)")
+    parser.add_argument("--no-features", action="store_true", help="skip the per-latent feature statistics")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON document on stdout")
+
+
+def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[str, Any]:
+    """Train from parsed ``add_arguments`` options (``file`` overrides ``args.file``)."""
+    return train_sae_on_file(
+        file if file is not None else args.file,
+        args.hook,
+        arch=args.arch,
+        width=args.width,
+        k=args.k,
+        l1=args.l1,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        seed=args.seed,
+        progress=not args.json or sys.stderr.isatty(),
+        features=not args.no_features,
+    )
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A few human-readable lines summarising ``metrics.json``."""
+    lines = [
+        f"SAE saved to {metrics.get('out_dir', '?')}",
+        f"  L0 {metrics['l0']:.2f}   explained variance {metrics['explained_variance']:.4f}   "
+        f"MSE {metrics['mse']:.4g}   shrinkage {metrics['shrinkage']:.3f}",
+        f"  dead {metrics['dead_fraction']:.1%}   dense {metrics['dense_fraction']:.1%}   "
+        f"{metrics['samples']} samples ({metrics['train_rows']} train / {metrics['test_rows']} held-out rows) "
+        f"in {metrics['seconds']:.1f} s",
+    ]
+    lines += [f"  note: {n}" for n in metrics.get("notes", [])]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m probes.sae", description="Train a sparse autoencoder on one hook of an activation file.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        metrics = run_from_args(args)
+    except ProbeError as exc:
+        print(f"probes.sae: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        print(format_metrics(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the canonical ``probes.sae`` module, not this ``__main__`` copy: the trainer imports
+    # ``probes.sae`` and must see the same config classes.
+    from probes.sae import main as _main
+
+    sys.exit(_main())

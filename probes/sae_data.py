@@ -1,0 +1,175 @@
+"""Where SAE training rows come from: an in-memory tensor or an HDF5 file streamed in blocks.
+
+Both sources give the training loop the same three things: ``sample`` (a random subset, for the
+pre-bias and the input scale), ``batches`` (an endless, reshuffled stream of training batches)
+and ``blocks`` (one ordered pass, for evaluation). ``H5Source`` never holds more than its shuffle
+buffer: blocks of whole HDF5 chunks are read in a random order, pooled into a buffer of a few
+blocks, permuted, and cut into batches; what is left over joins the next buffer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from probes.activations import ActivationFile
+from probes.errors import ProbeError
+
+BUFFER_BYTES = 64 * 1024 * 1024
+"""Upper bound on the shuffle buffer of ``H5Source`` (rows × d_in × 4 bytes)."""
+
+
+def split_episodes(
+    episodes: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Split rows by episode: returns ``(train_mask, test_mask, notes)`` over the rows.
+
+    ``test_fraction`` of the distinct episodes (at least one) are held out, chosen by a numpy
+    Generator seeded with ``seed``. A file with a single episode cannot be split by episode; its
+    last ``test_fraction`` of rows are held out instead and a note says so.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ProbeError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    notes: list[str] = []
+    unique = np.unique(episodes)
+    if len(unique) >= 2:
+        rng = np.random.default_rng(seed)
+        n_test = min(max(1, int(round(test_fraction * len(unique)))), len(unique) - 1)
+        test_eps = rng.choice(unique, size=n_test, replace=False)
+        test = np.isin(episodes, test_eps)
+    else:
+        n = len(episodes)
+        cut = int(n * (1.0 - test_fraction))
+        test = np.zeros(n, dtype=bool)
+        test[cut:] = True
+        notes.append("the file holds a single episode: its last rows were held out instead of whole episodes")
+    if test.all() or not test.any():
+        raise ProbeError("not enough rows to hold some out for evaluation")
+    return ~test, test, notes
+
+
+class TensorSource:
+    """Training rows held in memory (the benchmark's baseline and the tests' fast path).
+
+    Parameters
+    ----------
+    x:
+        ``[n, d_in]`` float32 rows.
+    """
+
+    def __init__(self, x: torch.Tensor | np.ndarray) -> None:
+        self.x = torch.as_tensor(x, dtype=torch.float32).contiguous()
+        if self.x.ndim != 2 or len(self.x) == 0:
+            raise ProbeError("training data must be a non-empty [n, d] array")
+        self.n_rows = int(self.x.shape[0])
+        self.d_in = int(self.x.shape[1])
+
+    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """Up to ``n`` random rows."""
+        idx = rng.choice(self.n_rows, size=min(n, self.n_rows), replace=False)
+        return self.x[torch.from_numpy(np.sort(idx))]
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[torch.Tensor]:
+        """Endless batches; the rows are reshuffled at every epoch."""
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch_size = min(batch_size, self.n_rows)
+        while True:
+            perm = torch.randperm(self.n_rows, generator=gen)
+            for start in range(0, self.n_rows - batch_size + 1, batch_size):
+                yield self.x[perm[start : start + batch_size]]
+
+    def blocks(self, rows: int = 8192) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """One ordered pass: ``(row_indices, block)`` pairs."""
+        for start in range(0, self.n_rows, rows):
+            stop = min(start + rows, self.n_rows)
+            yield np.arange(start, stop), self.x[start:stop]
+
+
+class H5Source:
+    """Rows of one hook of an activation file, restricted to a row mask, streamed in blocks.
+
+    Parameters
+    ----------
+    path:
+        The activation file.
+    hook:
+        The hook name (``/acts/<hook>``).
+    mask:
+        ``[N]`` bool: which rows belong to this source (e.g. the training episodes).
+    block_rows:
+        Rows per read; by default a whole number of HDF5 chunks of at least 4,096 rows.
+    """
+
+    def __init__(self, path: Path | str, hook: str, mask: np.ndarray, block_rows: int | None = None) -> None:
+        self.path = Path(path)
+        self.hook = hook
+        self.file = ActivationFile(self.path)
+        self.d_in = self.file.hook_dim(hook)
+        if len(mask) != self.file.n:
+            raise ProbeError(f"row mask has {len(mask)} rows, the file {self.file.n}")
+        self.mask = np.asarray(mask, dtype=bool)
+        self.n_rows = int(self.mask.sum())
+        if self.n_rows == 0:
+            raise ProbeError("no rows selected for training")
+        chunk = self.file.chunk_size("acts", hook)
+        self.block_rows = block_rows or chunk * max(1, -(-4096 // chunk))
+        starts = np.arange(0, self.file.n, self.block_rows)
+        # Only blocks that hold at least one selected row.
+        self.starts = np.array([s for s in starts if self.mask[s : s + self.block_rows].any()], dtype=np.int64)
+
+    def _read(self, start: int) -> np.ndarray:
+        stop = min(start + self.block_rows, self.file.n)
+        block = self.file.acts(self.hook, slice(start, stop))
+        return block[self.mask[start:stop]]
+
+    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """Up to ``n`` random rows, read from randomly chosen blocks."""
+        parts: list[np.ndarray] = []
+        have = 0
+        for start in rng.permutation(self.starts):
+            block = self._read(int(start))
+            parts.append(block)
+            have += len(block)
+            if have >= n:
+                break
+        rows = np.concatenate(parts)
+        if len(rows) > n:
+            rows = rows[np.sort(rng.choice(len(rows), size=n, replace=False))]
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[torch.Tensor]:
+        """Endless shuffled batches: blocks in random order through a shuffle buffer."""
+        batch_size = min(batch_size, self.n_rows)
+        buffer_rows = max(2 * batch_size, min(BUFFER_BYTES // (4 * self.d_in), 16 * self.block_rows))
+        left = np.empty((0, self.d_in), dtype=np.float32)
+        while True:
+            order = rng.permutation(self.starts)
+            i = 0
+            while i < len(order):
+                parts = [left]
+                have = len(left)
+                while have < buffer_rows and i < len(order):
+                    block = self._read(int(order[i]))
+                    parts.append(block)
+                    have += len(block)
+                    i += 1
+                pool = np.concatenate(parts)
+                pool = torch.from_numpy(pool[rng.permutation(len(pool))])
+                n_full = len(pool) // batch_size
+                for b in range(n_full):
+                    yield pool[b * batch_size : (b + 1) * batch_size]
+                left = pool[n_full * batch_size :].numpy()
+
+    def blocks(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """One ordered pass over the selected rows: ``(row_indices, block)`` pairs."""
+        for start in self.starts:
+            stop = min(int(start) + self.block_rows, self.file.n)
+            m = self.mask[start:stop]
+            block = self.file.acts(self.hook, slice(int(start), stop))[m]
+            yield np.arange(start, stop)[m], torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+
+    def close(self) -> None:
+        self.file.close()
