@@ -24,7 +24,7 @@ _CARTPOLE_SPEC = {
 
 
 def _cartpole_latents(env: gym.Env, obs: Any) -> dict[str, float | int]:
-    x, v, a, w = (float(u) for u in obs)
+    x, v, a, w = obs.tolist()
     return {"cart_position": x, "cart_velocity": v, "pole_angle": a, "pole_angular_velocity": w}
 
 

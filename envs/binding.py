@@ -2,23 +2,31 @@
 
 A ``size x size`` grid holds ``n_objects`` objects, each a conjunction colour x shape (all
 different). The goal, given in the observation as one-hot colour + one-hot shape, names one
-of them, the *target*. Among the others are always a *colour lure* (the target's colour,
-another shape) and a *shape lure* (the target's shape, another colour); any further objects
-are random conjunctions other than the target. So the goal's features are each present
-twice, and only their binding picks the target: a bag-of-features reader of the scene
-("red is there, square is there") and a bound one ("the red square is there") make
-different predictions.
+of them, the *target*. The scene always holds the full crossing of two colours and two
+shapes: the target (c, s), a *colour lure* (c, s'), a *shape lure* (c', s) and a *foil*
+(c', s'); any further objects are random conjunctions other than the target. Every colour
+and shape in the scene is therefore on two objects, each object shares a feature with two
+others, and only the goal's *binding* picks the target: a bag-of-features reader of the
+scene ("red is there, square is there") and a bound one ("the red square is there") make
+different predictions, and nothing but the goal tells the target apart (with three objects
+the target would be the one sharing a feature with both others — a shortcut).
+
+``layout="corners"`` (default): the four objects sit in the four corners (in a random
+assignment) and the agent starts in the centre — a clean four-way choice.
+``layout="random"``: objects and agent on random distinct cells.
 
 Stepping onto an object ends the episode: ``+reward`` for the target, ``-wrong_penalty``
-for any other. Every step also pays ``step_reward`` (default -0.01). Actions: 0 up, 1 right,
-2 down, 3 left.
+for any other. Every step also pays ``step_reward`` (default -0.01) plus
+``shaping * (d_before - d_after)``, the progress made towards the target in Manhattan
+distance (default 0.1; 0 turns it off). Actions: 0 up, 1 right, 2 down, 3 left.
 
-Observation (float32), ``obs_mode="objects"`` (default): for each object slot (the order
-is shuffled every episode) its offset from the agent ``(drow, dcol) / (size-1)``, one-hot
-colour, one-hot shape; then the agent's position / (size-1); then the goal's one-hot colour
-and shape. ``obs_mode="grid"``: flattened planes (agent, one per colour, one per shape,
-each ``size x size``) followed by the goal's one-hot colour and shape — there colour and
-shape meet only through the cell they share.
+Observation (float32), ``obs_mode="objects"`` (default): for each object slot its offset
+from the agent ``(drow, dcol) / (size-1)``, one-hot colour, one-hot shape (which conjunction
+is in which slot is random every episode; with ``layout="corners"`` slot i is corner i:
+top-left, top-right, bottom-left, bottom-right); then the agent's position / (size-1); then
+the goal's one-hot colour and shape. ``obs_mode="grid"``: flattened planes (agent, one per
+colour, one per shape, each ``size x size``) followed by the goal's one-hot colour and
+shape — there colour and shape meet only through the cell they share.
 """
 
 from __future__ import annotations
@@ -43,13 +51,16 @@ class BindingEnv(gym.Env):
 
     Args:
         size: side of the grid (3..12).
-        n_objects: objects on the grid (3..min(n_colours * n_shapes, 8)).
+        n_objects: objects on the grid (4..min(n_colours * n_shapes, 8); 4 with corners).
         n_colours, n_shapes: feature values in play (2..4 each).
         reward: reward for reaching the target.
         wrong_penalty: reward lost for reaching any other object.
         step_reward: reward of every step (a small cost by default).
+        shaping: reward per step of progress towards the target (``shaping * (d_before -
+            d_after)`` in Manhattan distance; 0 turns it off).
         max_steps: episode cap (truncation).
         obs_mode: ``"objects"`` (object list) or ``"grid"`` (feature planes).
+        layout: ``"corners"`` (objects in the corners, agent in the centre) or ``"random"``.
         render_mode: ``None`` or ``"ansi"``.
     """
 
@@ -58,14 +69,16 @@ class BindingEnv(gym.Env):
     def __init__(
         self,
         size: int = 5,
-        n_objects: int = 3,
-        n_colours: int = 3,
-        n_shapes: int = 3,
+        n_objects: int = 4,
+        n_colours: int = 2,
+        n_shapes: int = 2,
         reward: float = 1.0,
         wrong_penalty: float = 1.0,
         step_reward: float = -0.01,
+        shaping: float = 0.1,
         max_steps: int = 50,
         obs_mode: str = "objects",
+        layout: str = "corners",
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -73,10 +86,14 @@ class BindingEnv(gym.Env):
         self.n_colours = check_int("n_colours", n_colours, 2, len(COLOURS))
         self.n_shapes = check_int("n_shapes", n_shapes, 2, len(SHAPES))
         max_obj = min(self.n_colours * self.n_shapes, 8, self.size * self.size - 1)
-        self.n_objects = check_int("n_objects", n_objects, 3, max_obj)
+        self.n_objects = check_int("n_objects", n_objects, 4, max_obj)
+        self.layout = check_choice("layout", layout, ("corners", "random"))
+        if self.layout == "corners" and self.n_objects != 4:
+            raise ValueError(f"layout='corners' holds exactly 4 objects, got n_objects={n_objects}")
         self.reward = check_float("reward", reward, 0.0, 1e6, lo_open=True)
         self.wrong_penalty = check_float("wrong_penalty", wrong_penalty, 0.0, 1e6)
         self.step_reward = check_float("step_reward", step_reward, -1e6, 1e6)
+        self.shaping = check_float("shaping", shaping, 0.0, 1e6)
         self.max_steps = check_int("max_steps", max_steps, 1)
         self.obs_mode = check_choice("obs_mode", obs_mode, ("objects", "grid"))
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -114,6 +131,9 @@ class BindingEnv(gym.Env):
             "shape_lure_row": spec("discrete", "row of the shape lure (target's shape, other colour)", 0, s - 1),
             "shape_lure_col": spec("discrete", "column of the shape lure", 0, s - 1),
             "distance_to_shape_lure": spec("continuous", "Manhattan distance from the agent to the shape lure", 0.0, dmax),
+            "foil_row": spec("discrete", "row of the foil (neither the target's colour nor its shape)", 0, s - 1),
+            "foil_col": spec("discrete", "column of the foil", 0, s - 1),
+            "distance_to_foil": spec("continuous", "Manhattan distance from the agent to the foil", 0.0, dmax),
             "distance_to_nearest_object": spec("continuous", "Manhattan distance from the agent to the nearest object", 0.0, dmax),
             "agent_row": spec("discrete", "agent's row", 0, s - 1),
             "agent_col": spec("discrete", "agent's column", 0, s - 1),
@@ -132,7 +152,8 @@ class BindingEnv(gym.Env):
             "reached_target": "1 if this step reached the target, else 0",
             "reached_colour_lure": "1 if this step reached the colour lure, else 0",
             "reached_shape_lure": "1 if this step reached the shape lure, else 0",
-            "reached_other": "1 if this step reached another non-target object, else 0",
+            "reached_foil": "1 if this step reached the foil (neither goal feature), else 0",
+            "reached_other": "1 if this step reached one of the further random objects, else 0",
         }
 
         self._rand = RandomBuffer(self.np_random)
@@ -141,7 +162,7 @@ class BindingEnv(gym.Env):
         self._cols: list[int] = []
         self._col_ids: list[int] = []
         self._shape_ids: list[int] = []
-        self._target = self._colour_lure = self._shape_lure = 0
+        self._target = self._colour_lure = self._shape_lure = self._foil = 0
         self._ar = self._ac = 0
         self._t = 0
         self._last_reward = 0.0
@@ -151,14 +172,15 @@ class BindingEnv(gym.Env):
     def _layout(self) -> None:
         rand, nc, ns, k, s = self._rand, self.n_colours, self.n_shapes, self.n_objects, self.size
         tc, ts = rand.integer(nc), rand.integer(ns)
-        oc = (tc + 1 + rand.integer(nc - 1)) % nc  # another colour, for the shape lure
-        os_ = (ts + 1 + rand.integer(ns - 1)) % ns  # another shape, for the colour lure
-        conj = [(tc, ts), (tc, os_), (oc, ts)]
+        oc = (tc + 1 + rand.integer(nc - 1)) % nc  # another colour
+        os_ = (ts + 1 + rand.integer(ns - 1)) % ns  # another shape
+        # target, colour lure, shape lure, foil, then random others (never the target)
+        conj = [(tc, ts), (tc, os_), (oc, ts), (oc, os_)]
         while len(conj) < k:
             c = (rand.integer(nc), rand.integer(ns))
             if c not in conj:
                 conj.append(c)
-        # Shuffle the slot order (Fisher-Yates) and remember where each role went.
+        # Shuffle which conjunction goes to which slot (Fisher-Yates); remember the roles.
         order = list(range(k))
         for i in range(k - 1, 0, -1):
             j = rand.integer(i + 1)
@@ -167,9 +189,16 @@ class BindingEnv(gym.Env):
         self._target = order.index(0)
         self._colour_lure = order.index(1)
         self._shape_lure = order.index(2)
+        self._foil = order.index(3)
         self._col_ids = [c for c, _ in conj]
         self._shape_ids = [sh for _, sh in conj]
-        # Distinct cells for the objects and the agent.
+        if self.layout == "corners":
+            last = s - 1
+            self._rows = [0, 0, last, last]
+            self._cols = [0, last, 0, last]
+            self._ar = self._ac = s // 2
+            return
+        # Distinct random cells for the objects and the agent.
         cells: list[int] = []
         while len(cells) < k + 1:
             cell = rand.integer(s * s)
@@ -214,7 +243,7 @@ class BindingEnv(gym.Env):
         return abs(self._rows[i] - self._ar) + abs(self._cols[i] - self._ac)
 
     def _latents(self) -> dict[str, float | int]:
-        t, cl, sl = self._target, self._colour_lure, self._shape_lure
+        t, cl, sl, fo = self._target, self._colour_lure, self._shape_lure, self._foil
         rows, cols = self._rows, self._cols
         dists = [self._dist(i) for i in range(self.n_objects)]
         latents: dict[str, float | int] = {
@@ -230,6 +259,9 @@ class BindingEnv(gym.Env):
             "shape_lure_row": rows[sl],
             "shape_lure_col": cols[sl],
             "distance_to_shape_lure": float(dists[sl]),
+            "foil_row": rows[fo],
+            "foil_col": cols[fo],
+            "distance_to_foil": float(dists[fo]),
             "distance_to_nearest_object": float(min(dists)),
             "agent_row": self._ar,
             "agent_col": self._ac,
@@ -252,7 +284,8 @@ class BindingEnv(gym.Env):
             "reached_target": 1 if hit == self._target else 0,
             "reached_colour_lure": 1 if hit == self._colour_lure else 0,
             "reached_shape_lure": 1 if hit == self._shape_lure else 0,
-            "reached_other": 1 if hit >= 0 and hit not in (self._target, self._colour_lure, self._shape_lure) else 0,
+            "reached_foil": 1 if hit == self._foil else 0,
+            "reached_other": 1 if hit >= 0 and hit not in (self._target, self._colour_lure, self._shape_lure, self._foil) else 0,
         }
 
     # ------------------------------------------------------------------ gym API
@@ -271,6 +304,7 @@ class BindingEnv(gym.Env):
         a = int(action)
         if not 0 <= a < 4:
             raise ValueError(f"action must be in 0..3, got {action!r}")
+        d_before = self._dist(self._target)
         last = self.size - 1
         r = self._ar + _DR[a]
         c = self._ac + _DC[a]
@@ -282,7 +316,7 @@ class BindingEnv(gym.Env):
             if self._rows[i] == self._ar and self._cols[i] == self._ac:
                 hit = i
                 break
-        reward = self.step_reward
+        reward = self.step_reward + self.shaping * (d_before - self._dist(self._target))
         if hit == self._target:
             reward += self.reward
         elif hit >= 0:

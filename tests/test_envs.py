@@ -322,41 +322,51 @@ def test_latent_spec_through_wrappers():
 
 
 # ---------------------------------------------------------------------- Binding
-def _binding_roles(u):
-    t, cl, sl = u._target, u._colour_lure, u._shape_lure
-    return t, cl, sl
-
-
-@pytest.mark.parametrize("n_objects", [3, 4])
-def test_binding_lures_share_exactly_one_feature(n_objects):
-    env = envs.make("lab/Binding-v0", n_objects=n_objects)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"n_colours": 3, "n_shapes": 4}, {"layout": "random"},
+     {"layout": "random", "n_objects": 6, "n_colours": 3, "n_shapes": 3}],
+)
+def test_binding_scene_is_the_full_crossing(kwargs):
+    env = envs.make("lab/Binding-v0", **kwargs)
     u = env.unwrapped
+    n_objects = u.n_objects
     targets = set()
-    for seed in range(50):
+    for seed in range(60):
         obs, info = env.reset(seed=seed)
-        t, cl, sl = _binding_roles(u)
+        t, cl, sl, fo = u._target, u._colour_lure, u._shape_lure, u._foil
         conj = list(zip(u._col_ids, u._shape_ids))
         assert len(set(conj)) == n_objects
-        assert conj[cl][0] == conj[t][0] and conj[cl][1] != conj[t][1]
-        assert conj[sl][1] == conj[t][1] and conj[sl][0] != conj[t][0]
+        (tc, ts), (oc, os_) = conj[t], conj[fo]
+        assert tc != oc and ts != os_
+        assert conj[cl] == (tc, os_) and conj[sl] == (oc, ts)
         cells = set(zip(u._rows, u._cols))
         assert len(cells) == n_objects and (u._ar, u._ac) not in cells
         lat = info["latents"]
         assert (lat["target_row"], lat["target_col"]) == (u._rows[t], u._cols[t])
+        assert (lat["foil_row"], lat["foil_col"]) == (u._rows[fo], u._cols[fo])
         assert lat["target_index"] == t
         # The goal is in the observation as one-hot colour + shape (last nc + ns entries).
         nc, ns = u.n_colours, u.n_shapes
         goal = obs[-(nc + ns):]
         assert goal[lat["target_colour"]] == 1 and goal[nc + lat["target_shape"]] == 1 and goal.sum() == 2
-        # The target's colour and shape each appear on two objects.
+        # The bag-of-features latents point at the nearest object with that feature.
         colour = u.colours[lat["target_colour"]]
-        assert sum(c == lat["target_colour"] for c in u._col_ids) >= 2
-        red_like = [i for i, c in enumerate(u._col_ids) if c == lat["target_colour"]]
-        dists = [abs(u._rows[i] - u._ar) + abs(u._cols[i] - u._ac) for i in red_like]
-        nearest = red_like[int(np.argmin(dists))]
+        same = [i for i, c in enumerate(u._col_ids) if c == lat["target_colour"]]
+        dists = [abs(u._rows[i] - u._ar) + abs(u._cols[i] - u._ac) for i in same]
+        nearest = same[int(np.argmin(dists))]
+        assert len(same) >= 2
         assert (lat[f"{colour}_row"], lat[f"{colour}_col"]) == (u._rows[nearest], u._cols[nearest])
         targets.add(t)
-    assert targets == set(range(n_objects))  # the slot order is shuffled
+    assert targets == set(range(n_objects)) or n_objects > 4  # the slot order is shuffled
+
+
+def test_binding_corners_layout():
+    env = envs.make("lab/Binding-v0", size=5)
+    u = env.unwrapped
+    _, info = env.reset(seed=0)
+    assert list(zip(u._rows, u._cols)) == [(0, 0), (0, 4), (4, 0), (4, 4)]
+    assert (u._ar, u._ac) == (2, 2) and info["latents"]["distance_to_target"] == 4.0
 
 
 def _walk_to(env, row, col):
@@ -371,13 +381,13 @@ def _walk_to(env, row, col):
 
 
 def test_binding_rewards_target_and_penalises_lures():
-    env = envs.make("lab/Binding-v0", step_reward=0.0, size=5)
+    env = envs.make("lab/Binding-v0", step_reward=0.0, shaping=0.0, size=5, layout="random")
     u = env.unwrapped
     seen = {"target": 0, "lure": 0}
     for seed in range(40):
         env.reset(seed=seed)
-        t, cl, sl = _binding_roles(u)
-        goal_i = [t, cl, sl][seed % 3]
+        t, cl, sl, fo = u._target, u._colour_lure, u._shape_lure, u._foil
+        goal_i = [t, cl, sl, fo][seed % 4]
         r, terminated, info = _walk_to(env, u._rows[goal_i], u._cols[goal_i])
         assert terminated
         b = info["behaviour"]
@@ -387,13 +397,24 @@ def test_binding_rewards_target_and_penalises_lures():
             seen["target"] += 1
         else:
             assert r == -1.0 and b["reached_target"] == 0
-            assert b["reached_colour_lure"] + b["reached_shape_lure"] + b["reached_other"] == 1
+            assert b["reached_colour_lure"] + b["reached_shape_lure"] + b["reached_foil"] + b["reached_other"] == 1
             seen["lure"] += 1
     assert seen["target"] and seen["lure"]
 
 
+def test_binding_shaping_rewards_progress():
+    env = envs.make("lab/Binding-v0", step_reward=-0.01, shaping=0.1)
+    _, info = env.reset(seed=4)
+    for a in [0, 1, 2, 3, 0, 0, 1, 1]:
+        d0 = info["latents"]["distance_to_target"]
+        _, r, terminated, truncated, info = env.step(a)
+        if terminated or truncated:
+            break
+        assert r == pytest.approx(-0.01 + 0.1 * (d0 - info["latents"]["distance_to_target"]))
+
+
 def test_binding_grid_obs_binds_by_cell():
-    env = envs.make("lab/Binding-v0", obs_mode="grid")
+    env = envs.make("lab/Binding-v0", obs_mode="grid", layout="random")
     u = env.unwrapped
     obs, info = env.reset(seed=2)
     s, nc = u.size, u.n_colours
@@ -407,9 +428,9 @@ def test_binding_grid_obs_binds_by_cell():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"size": 2}, {"size": 13}, {"n_objects": 2}, {"n_objects": 9, "n_colours": 4, "n_shapes": 4},
-     {"n_objects": 5, "n_colours": 2, "n_shapes": 2}, {"n_colours": 5}, {"n_shapes": 1},
-     {"wrong_penalty": -1}, {"reward": 0}, {"max_steps": 0}, {"obs_mode": "pixels"}],
+    [{"size": 2}, {"size": 13}, {"n_objects": 3}, {"n_objects": 9, "n_colours": 4, "n_shapes": 4},
+     {"n_objects": 5, "n_colours": 2, "n_shapes": 2, "layout": "random"}, {"n_objects": 5}, {"layout": "ring"}, {"n_colours": 5}, {"n_shapes": 1},
+     {"wrong_penalty": -1}, {"reward": 0}, {"max_steps": 0}, {"obs_mode": "pixels"}, {"shaping": -0.1}],
 )
 def test_binding_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
