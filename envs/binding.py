@@ -167,6 +167,8 @@ class BindingEnv(gym.Env):
         self._t = 0
         self._last_reward = 0.0
         self._hit = -1
+        self._agent_cell = -1
+        self._feature_slots: list[tuple[str, str, list[int]]] = []
 
     # ------------------------------------------------------------------ layout
     def _layout(self) -> None:
@@ -209,26 +211,20 @@ class BindingEnv(gym.Env):
         self._ar, self._ac = cells[k] // s, cells[k] % s
 
     # ------------------------------------------------------------------ observation / info
-    def _obs(self) -> np.ndarray:
-        b, ar, ac, k = self._buf, self._ar, self._ac, self._scale
+    def _static_obs(self) -> None:
+        """Write the parts of the observation that stay fixed within an episode."""
+        b = self._buf
         b[:] = 0.0
         nc, ns = self.n_colours, self.n_shapes
         if self.obs_mode == "objects":
             w = self._slot
             for i in range(self.n_objects):
-                o = i * w
-                b[o] = (self._rows[i] - ar) * k
-                b[o + 1] = (self._cols[i] - ac) * k
-                b[o + 2 + self._col_ids[i]] = 1.0
-                b[o + 2 + nc + self._shape_ids[i]] = 1.0
-            o = self.n_objects * w
-            b[o] = ar * k
-            b[o + 1] = ac * k
-            o += 2
+                b[i * w + 2 + self._col_ids[i]] = 1.0
+                b[i * w + 2 + nc + self._shape_ids[i]] = 1.0
+            o = self.n_objects * w + 2
         else:
             s = self.size
             plane = s * s
-            b[ar * s + ac] = 1.0
             for i in range(self.n_objects):
                 cell = self._rows[i] * s + self._cols[i]
                 b[(1 + self._col_ids[i]) * plane + cell] = 1.0
@@ -237,6 +233,24 @@ class BindingEnv(gym.Env):
         t = self._target
         b[o + self._col_ids[t]] = 1.0
         b[o + nc + self._shape_ids[t]] = 1.0
+        self._agent_cell = -1
+
+    def _obs(self) -> np.ndarray:
+        b, ar, ac, k = self._buf, self._ar, self._ac, self._scale
+        if self.obs_mode == "objects":
+            w = self._slot
+            rows, cols = self._rows, self._cols
+            for i in range(self.n_objects):
+                b[i * w] = (rows[i] - ar) * k
+                b[i * w + 1] = (cols[i] - ac) * k
+            o = self.n_objects * w
+            b[o] = ar * k
+            b[o + 1] = ac * k
+        else:
+            if self._agent_cell >= 0:
+                b[self._agent_cell] = 0.0
+            self._agent_cell = ar * self.size + ac
+            b[self._agent_cell] = 1.0
         return b.copy()
 
     def _dist(self, i: int) -> int:
@@ -267,15 +281,16 @@ class BindingEnv(gym.Env):
             "agent_col": self._ac,
             "step": self._t,
         }
-        feature_lists = ((self.colours, self._col_ids), (self.shapes, self._shape_ids))
-        for names, ids in feature_lists:
-            for v, name in enumerate(names):
-                best, best_d = -1, 1 << 30
-                for i, f in enumerate(ids):  # nearest object with this feature; ties -> lowest slot
-                    if f == v and dists[i] < best_d:
-                        best, best_d = i, dists[i]
-                latents[f"{name}_row"] = rows[best] if best >= 0 else -1
-                latents[f"{name}_col"] = cols[best] if best >= 0 else -1
+        for row_key, col_key, slots in self._feature_slots:
+            if not slots:
+                latents[row_key] = latents[col_key] = -1
+                continue
+            best = slots[0]  # nearest object with this feature; ties -> lowest slot
+            for i in slots:
+                if dists[i] < dists[best]:
+                    best = i
+            latents[row_key] = rows[best]
+            latents[col_key] = cols[best]
         return latents
 
     def _behaviour(self, hit: int) -> dict[str, float | int]:
@@ -295,6 +310,12 @@ class BindingEnv(gym.Env):
         super().reset(seed=seed)
         self._rand.reset(self.np_random)
         self._layout()
+        self._feature_slots = [
+            (f"{name}_row", f"{name}_col", [i for i, f in enumerate(ids) if f == v])
+            for names, ids in ((self.colours, self._col_ids), (self.shapes, self._shape_ids))
+            for v, name in enumerate(names)
+        ]
+        self._static_obs()
         self._t = 0
         self._last_reward = 0.0
         self._hit = -1
