@@ -7,9 +7,13 @@ Measures, each in a fresh Python process (so imports count), headless via ``App.
   (cursor down) has been handled;
 - ``reference_first_paint_s`` / ``reference_interactive_s``: the same for a bare Textual app
   with an empty ``DataTable`` (the floor Textual itself sets);
+- ``interactive_cpu_s`` / ``reference_interactive_cpu_s``: CPU time of the process at that
+  point, imports included — unlike wall-clock times, barely affected by other jobs competing
+  for the cores;
 - ``feature_switch_ms``: median time to move from one latent to the next on the Features
-  screen of a 4,096-latent SAE (fake ``features.json``), beside ``reference_switch_ms``, the
-  same key press in a bare 4,096-row ``DataTable``.
+  screen of a 4,096-latent TopK SAE whose statistics ``probes.features.compute_features``
+  wrote (``features.json`` + ``features.npz``) over a 2,000-row activation file, beside ``reference_switch_ms``, the
+  same key press in a bare 4,096-row ``DataTable`` (and ``*_cpu_ms``: CPU time per switch).
 
 Usage: ``python benchmarks/tui_startup.py`` (about a minute on 2 cores). The last line is JSON.
 """
@@ -50,26 +54,40 @@ def make_runs(root: Path, n: int = N_RUNS, metrics_lines: int = 50) -> None:
             for k in range(metrics_lines):
                 fh.write(json.dumps({"step": k * 1000, "time": k, "episode_return": rng.random() * 100,
                                      "episode_length": 100, "fps": 900}) + "\n")
-    sae = root / "run-0000" / "saes" / "sae-4096"
-    sae.mkdir(parents=True)
-    latents = [{"index": j, "density": rng.random() * 0.05,
-                "associations": {"hunger": rng.uniform(-1, 1), "threat": rng.uniform(-1, 1)},
-                "histogram": {"edges": [0, 1, 2, 3, 4, 5, 6, 7, 8], "counts": [rng.randint(0, 99) for _ in range(8)]},
-                "top_steps": [{"row": rng.randint(0, 99), "activation": rng.random()} for _ in range(10)]}
-               for j in range(N_LATENTS)]
-    (sae / "features.json").write_text(json.dumps({"hook": "mlp_extractor.policy_net.1", "features": latents}))
-    import h5py
-    import numpy as np
+    make_sae_features(root / "run-0000")
 
-    acts = root / "run-0000" / "activations"
-    acts.mkdir()
-    with h5py.File(acts / "step_000050000.h5", "w") as f:
-        f.attrs.update({"schema_version": 1, "complete": True, "env_id": "lab/Forage-v0"})
-        s = f.create_group("steps")
-        s.create_dataset("episode", data=np.repeat(np.arange(10), 10))
-        s.create_dataset("t", data=np.tile(np.arange(10), 10))
-        s.create_dataset("text", data=[f"step {r}\n#..@..#" for r in range(100)], dtype=h5py.string_dtype("utf-8"))
-        f.create_group("acts").create_dataset("mlp_extractor.policy_net.1", data=np.zeros((100, 4), "float32"))
+
+def make_sae_features(run: Path, n_latents: int = N_LATENTS, rows: int = 2000, d_in: int = 16) -> Path:
+    """A real activation file, a TopK SAE with ``n_latents`` latents and its feature statistics,
+    written by ``probes.activations.ActivationWriter``, ``probes.sae.save_sae`` and
+    ``probes.features.compute_features`` (the format the Features screen reads)."""
+    import numpy as np
+    import torch
+
+    from probes.activations import ActivationWriter
+    from probes.features import compute_features
+    from probes.sae import make_config, make_sae, save_sae
+
+    hook = "mlp_extractor.policy_net.1"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, d_in)).astype(np.float32)
+    ep_len = 50
+    t = np.arange(rows) % ep_len
+    meta = {"hunger": {"kind": "continuous", "description": "how hungry", "linear_in": []},
+            "threat": {"kind": "discrete", "description": "predator near", "linear_in": []}}
+    path = run / "activations" / "step_000050000.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ActivationWriter(path, {"run": run.name, "env_id": "lab/Forage-v0"}, label_meta=meta) as w:
+        w.append({"obs": x[:, :4], "action": np.zeros(rows, np.int64), "reward": np.zeros(rows, np.float32),
+                  "done": t == ep_len - 1, "episode": np.arange(rows) // ep_len, "t": t,
+                  "text": [f"step {r}\n#..@..#\n#.....#" for r in range(rows)]},
+                 {"hunger": x[:, 0] + 0.1 * rng.standard_normal(rows), "threat": (x[:, 1] > 0.5).astype(np.int64)},
+                 {hook: x})
+    torch.manual_seed(0)
+    sae_dir = run / "saes" / f"sae-{n_latents}"
+    save_sae(make_sae(make_config("topk", d_in=d_in, d_sae=n_latents, k=8, hook_name=hook)), sae_dir)
+    compute_features(sae_dir, path, progress=False)
+    return sae_dir
 
 
 async def child_lab(runs: Path) -> dict[str, float]:
@@ -86,7 +104,8 @@ async def child_lab(runs: Path) -> dict[str, float]:
         await pilot.press("down")
         assert table.cursor_row == 1
         interactive = time.perf_counter()
-    return {"first_paint_s": app.first_paint_at - T0, "interactive_s": interactive - T0}
+        cpu = time.process_time()
+    return {"first_paint_s": app.first_paint_at - T0, "interactive_s": interactive - T0, "interactive_cpu_s": cpu}
 
 
 async def child_reference() -> dict[str, float]:
@@ -108,32 +127,37 @@ async def child_reference() -> dict[str, float]:
             await pilot.pause(0.001)
         await pilot.press("down")
         interactive = time.perf_counter()
-    return {"first_paint_s": app.painted - T0, "interactive_s": interactive - T0}
+        cpu = time.process_time()
+    return {"first_paint_s": app.painted - T0, "interactive_s": interactive - T0, "interactive_cpu_s": cpu}
 
 
 async def child_features(runs: Path) -> dict[str, float]:
     from textual.app import App, ComposeResult
-    from textual.widgets import DataTable, Static
+    from textual.widgets import DataTable
 
     from tui.app import LabApp
     from tui.screens.features import FeaturesScreen
+    from tui.widgets.panel import TextPanel
 
     app = LabApp(runs)
-    times = []
+    times: list[float] = []
+    cpu: list[float] = []
     async with app.run_test(size=SIZE) as pilot:
         app.push_screen(FeaturesScreen("run-0000"))
         screen = app.screen
         while screen.current is None:
             await pilot.pause(0.005)
-        summary = screen.query_one("#latent-summary", Static)
+        assert len(screen.order) == N_LATENTS, len(screen.order)
+        summary = screen.query_one("#latent-summary", TextPanel)
         for _ in range(60):
-            before = screen.current.index
-            t = time.perf_counter()
+            before = screen.current
+            t, c = time.perf_counter(), time.process_time()
             await pilot.press("down")
-            while screen.current.index == before:
+            while screen.current == before:
                 await pilot.pause(0)
             times.append(time.perf_counter() - t)
-            assert f"latent {screen.current.index}" in str(summary.render())
+            cpu.append(time.process_time() - c)
+            assert f"latent {screen.current} " in str(summary.render())
 
     class Bare(App[None]):
         def compose(self) -> ComposeResult:
@@ -142,7 +166,8 @@ async def child_features(runs: Path) -> dict[str, float]:
             table.add_rows([(str(i), "0.01") for i in range(N_LATENTS)])
             yield table
 
-    ref = []
+    ref: list[float] = []
+    ref_cpu: list[float] = []
     bare = Bare()
     async with bare.run_test(size=SIZE) as pilot:
         table = bare.query_one(DataTable)
@@ -150,13 +175,16 @@ async def child_features(runs: Path) -> dict[str, float]:
         await pilot.pause()
         for _ in range(60):
             before = table.cursor_row
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             await pilot.press("down")
             while table.cursor_row == before:
                 await pilot.pause(0)
             ref.append(time.perf_counter() - t)
+            ref_cpu.append(time.process_time() - c)
     return {"feature_switch_ms": statistics.median(times[10:]) * 1000,
-            "reference_switch_ms": statistics.median(ref[10:]) * 1000}
+            "reference_switch_ms": statistics.median(ref[10:]) * 1000,
+            "feature_switch_cpu_ms": statistics.median(cpu[10:]) * 1000,
+            "reference_switch_cpu_ms": statistics.median(ref_cpu[10:]) * 1000}
 
 
 def run_child(kind: str, runs: Path) -> dict[str, float]:
@@ -196,9 +224,13 @@ def main() -> None:
         "interactive_s": med(lab, "interactive_s"),
         "reference_first_paint_s": med(ref, "first_paint_s"),
         "reference_interactive_s": med(ref, "interactive_s"),
+        "interactive_cpu_s": med(lab, "interactive_cpu_s"),
+        "reference_interactive_cpu_s": med(ref, "interactive_cpu_s"),
         "n_latents": N_LATENTS,
         "feature_switch_ms": round(feats["feature_switch_ms"], 2),
         "reference_switch_ms": round(feats["reference_switch_ms"], 2),
+        "feature_switch_cpu_ms": round(feats["feature_switch_cpu_ms"], 2),
+        "reference_switch_cpu_ms": round(feats["reference_switch_cpu_ms"], 2),
     }))
 
 

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Input, Static
 
 from rl_lab.runs import RunStore
 from tui.app import LabApp
-from tui.data import RunIndex, filter_rows, sort_rows
+from tui.data import RunIndex, filter_rows, group_sweeps, sort_rows
 from tui.screens.runs import RunsScreen
 
 SIZE = (100, 40)
@@ -118,6 +118,11 @@ def test_filter_and_sort_helpers(runs_dir: Path) -> None:
     assert [r.name for r in filter_rows(rows, "algo:ppo status:done")] == ["alpha"]
     assert [r.name for r in sort_rows(rows, "best_return", True)][:2] == ["gamma", "alpha"]
     assert [r.name for r in sort_rows(rows, "name", False)] == ["alpha", "beta", "delta", "gamma", "zeta"]
+    make_sweep(RunStore(runs_dir))
+    rows = RunIndex(runs_dir).scan()
+    assert sorted(r.name for r in filter_rows(rows, "sweep:sw lr_0.01")) == [f"sw-CartPole-v1-ppo-s{s}-lr_0.01" for s in range(3)]
+    groups = group_sweeps(rows)
+    assert list(groups) == ["sw"] and [r.seed for r in groups["sw"]["CartPole-v1 ppo lr_0.001"]] == [0, 1, 2]
 
 
 async def test_runs_screen_lists_filters_and_sorts(runs_dir: Path) -> None:
@@ -162,10 +167,10 @@ async def test_runs_screen_updates_live(runs_dir: Path) -> None:
         make_run(RunStore(runs_dir), "omega", created="2024-02-01T00:00:00+00:00", returns=[0.5])
         for _ in range(100):
             await pilot.pause(0.05)
-            if table.row_count == 6 and str(table.get_cell("alpha", "best_return")) == "42":
+            if table.row_count == 6 and str(table.get_cell("alpha", "best_return")).strip() == "42":
                 break
         assert table_keys(table)[0] == "omega"
-        assert str(table.get_cell("alpha", "latest_return")) == "42"
+        assert str(table.get_cell("alpha", "latest_return")).strip() == "42"
 
 
 async def test_empty_runs_dir_says_how_to_start(tmp_path: Path) -> None:
@@ -425,48 +430,267 @@ async def test_replay_of_half_written_file_is_marked(runs_dir: Path) -> None:
         assert "INCOMPLETE" in str(screen.query_one("#replay-info", Static).render())
 
 
+def write_sae_features(run_dir: Path, name: str = "sae-a", episodes: int = 6, length: int = 20) -> Path:
+    """An activation file, a TopK SAE and its feature statistics, all written by the real writers
+    (``ActivationWriter``, ``probes.sae.save_sae``, ``probes.features.compute_features``).
+
+    Latent 0 reads the first activation dimension, which carries the label ``hunger``.
+    """
+    import numpy as np
+    import torch
+
+    from probes.activations import ActivationWriter
+    from probes.features import compute_features
+    from probes.sae import make_config, make_sae, save_sae
+
+    hook, n, d = "mlp_extractor.policy_net.1", episodes * length, 8
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    ep, t = np.repeat(np.arange(episodes), length), np.tile(np.arange(length), episodes)
+    meta = {"hunger": {"kind": "continuous", "description": "how hungry", "linear_in": []},
+            "threat": {"kind": "discrete", "description": "predator near", "linear_in": []}}
+    path = run_dir / "activations" / "step_000000512.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ActivationWriter(path, {"run": run_dir.name, "env_id": "lab/Forage-v0"}, label_meta=meta) as w:
+        w.append({"obs": x[:, :2], "action": np.zeros(n, np.int64), "reward": np.zeros(n, np.float32),
+                  "done": t == length - 1, "episode": ep, "t": t,
+                  "text": [f"ep{e} t{k}\n#..@..#" for e, k in zip(ep, t)]},
+                 {"hunger": x[:, 0] * 2 + 0.05 * rng.standard_normal(n), "threat": (x[:, 1] > 0.5).astype(np.int64)},
+                 {hook: x})
+    torch.manual_seed(0)
+    sae = make_sae(make_config("topk", d_in=d, d_sae=16, k=3, hook_name=hook))
+    with torch.no_grad():
+        sae.W_enc[:, 0] = 0
+        sae.W_enc[0, 0] = 3.0
+    sae_dir = run_dir / "saes" / name
+    save_sae(sae, sae_dir)
+    compute_features(sae_dir, path, n_top=5, context=1, bins=8, progress=False)
+    return sae_dir
+
+
+async def wait_features(app: LabApp, pilot: Any) -> Any:
+    from tui.screens.features import FeaturesScreen
+
+    screen = app.screen
+    assert isinstance(screen, FeaturesScreen)
+    for _ in range(300):  # the worker imports torch on first use
+        await pilot.pause(0.05)
+        if screen.store is not None or screen.error is not None:
+            break
+    return screen
+
+
 async def test_features_screen_sorts_latents_and_shows_top_steps(runs_dir: Path) -> None:
-    from tui.screens.features import FeaturesScreen
+    from probes.features import FeatureStore
+    from tui.widgets.panel import TextPanel
 
-    write_activation_file(runs_dir / "alpha" / "activations" / "step_000000512.h5")
-    sae = runs_dir / "alpha" / "saes" / "sae-a"
-    sae.mkdir(parents=True)
-    latents = [{"index": i, "density": d, "associations": {"hunger": a},
-                "histogram": {"edges": [0, 1, 2], "counts": [3, 1]}, "top_steps": [{"row": 13, "activation": 2.5}]}
-               for i, (d, a) in enumerate([(0.1, 0.0), (0.5, -0.9), (0.3, 0.4)])]
-    (sae / "features.json").write_text(json.dumps({"hook": "mlp_extractor.policy_net.1", "features": latents}))
+    sae_dir = write_sae_features(runs_dir / "alpha")
+    store = FeatureStore(sae_dir)
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "alpha", "f")
-        screen = app.screen
-        assert isinstance(screen, FeaturesScreen)
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if screen.order:
-                break
-        assert screen.order == [1, 2, 0]  # by density, highest first
-        await pilot.press("a")  # by |association with hunger|
-        assert screen.order == [1, 2, 0] and screen.sort_label == "hunger"
+        screen = await wait_features(app, pilot)
+        assert screen.error is None
+        assert screen.order == [int(i) for i in store.sorted_by("density")]
+        info = str(screen.query_one("#features-info", Static).render())
+        assert "16 latents" in info and "hunger (cont)" in info and "threat (disc)" in info
+        await pilot.press("a")  # by association with hunger: latent 0 carries it
+        assert screen.sort_label == "hunger" and screen.order[0] == 0
+        await pilot.pause()
+        summary = str(screen.query_one("#latent-summary", TextPanel).render())
+        r = store.latent(0)["labels"]["hunger"]["pearson"]
+        assert summary.startswith("latent 0 ") and f"hunger r {r:+.2f}" in summary and r > 0.8
+        top = store.latent(0)["top"]
+        steps = str(screen.query_one("#latent-steps", TextPanel).render())
+        first = top[0]
+        assert f"top step 1/{len(top)}: row {first['row']} · episode {first['episode']} · t {first['t']}" in steps
+        assert f"▶ row {first['row']}" in steps and f"ep{first['episode']} t{first['t']}" in steps
+        for ctx in first["context"]:  # neighbours in the same episode only
+            assert f"ep{first['episode']} t{first['t'] + ctx['offset']}" in steps
+        await pilot.press("right_square_bracket")
+        steps = str(screen.query_one("#latent-steps", TextPanel).render())
+        assert f"top step 2/{len(top)}: row {top[1]['row']}" in steps
         await pilot.press("d", "d")  # back to density, then ascending
-        assert screen.order == [0, 2, 1]
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if "ep1 t1" in str(screen.query_one("#latent-steps", Static).render()):
-                break
-        steps = str(screen.query_one("#latent-steps", Static).render())
-        assert "▶ row 13" in steps and "ep1 t0" in steps and "ep1 t3" in steps and "ep0" not in steps
+        assert screen.sort_label is None
+        assert screen.order == [int(i) for i in store.sorted_by("density", descending=False)]
+        await pilot.press("down")
+        await pilot.pause()
+        assert screen.current == screen.order[1]
+        assert str(screen.query_one("#latent-summary", TextPanel).render()).startswith(f"latent {screen.order[1]} ")
 
 
-async def test_features_screen_without_features_json_says_so(runs_dir: Path) -> None:
-    from tui.screens.features import FeaturesScreen
-
-    (runs_dir / "alpha" / "saes" / "sae-b").mkdir(parents=True)
+@pytest.mark.parametrize("content", [None, "old"])
+async def test_features_screen_without_feature_statistics_says_so(runs_dir: Path, content: str | None) -> None:
+    sae = runs_dir / "alpha" / "saes" / "sae-b"
+    sae.mkdir(parents=True)
+    if content == "old":  # an analysis from before probes.features: features.json alone
+        (sae / "features.json").write_text(json.dumps({"features": [{"index": 0, "density": 0.1}]}))
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "alpha", "f")
-        assert isinstance(app.screen, FeaturesScreen)
+        screen = await wait_features(app, pilot)
+        assert screen.store is None and screen.order == []
+        info = str(screen.query_one("#features-info", Static).render())
+        assert "sae-b has no feature statistics yet" in info and "python -m probes.features" in info
+
+
+def test_quick_scan_reads_large_metrics_from_the_tail(runs_dir: Path) -> None:
+    big = runs_dir / "alpha" / "metrics.jsonl"
+    with open(big, "a") as fh:
+        for i in range(3000):  # > RunIndex.TAIL_BYTES
+            fh.write(json.dumps({"step": 10_000 + i, "time": 0.0, "episode_return": 100.0 if i == 5 else float(i % 7),
+                                 "episode_length": 20, "fps": 500}) + "\n")
+    assert big.stat().st_size > RunIndex.TAIL_BYTES
+    index = RunIndex(runs_dir)
+    quick = {r.name: r for r in index.scan(quick=True)}
+    assert quick["alpha"].latest_return == float(2999 % 7) and quick["alpha"].best_return is None
+    assert quick["alpha"].returns_partial and not quick["gamma"].returns_partial
+    assert quick["gamma"].best_return == 9.0  # small files are read whole even by a quick scan
+    full = {r.name: r for r in index.scan()}
+    assert (full["alpha"].latest_return, full["alpha"].best_return) == (float(2999 % 7), 100.0)
+    assert not full["alpha"].returns_partial
+
+
+def test_quick_scan_reads_metrics_of_the_newest_runs_only(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RunIndex, "QUICK_ROWS", 2)
+    index = RunIndex(runs_dir)
+    quick = index.scan(quick=True)
+    assert [r.name for r in quick] == ["delta", "gamma", "beta", "alpha", "zeta"]  # newest first, as before
+    assert [r.returns_partial for r in quick] == [False, False, True, True, True]
+    assert quick[1].latest_return == 7.0 and quick[3].latest_return is None and quick[3].best_return is None
+    full = {r.name: r for r in index.scan()}
+    assert (full["alpha"].latest_return, full["alpha"].best_return) == (3.0, 5.0)
+    assert not any(r.returns_partial for r in full.values())
+
+
+async def test_runs_table_completes_returns_after_a_quick_scan(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RunIndex, "QUICK_ROWS", 1)
+    app = LabApp(runs_dir, poll_interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_rows(app, pilot, 5)
+        table = app.screen.query_one("#runs", DataTable)
+        first = (str(table.get_cell("alpha", "latest_return")).strip(), str(table.get_cell("alpha", "best_return")).strip())
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if str(table.get_cell("alpha", "latest_return")).strip() != "…":
+                break
+        assert first == ("…", "…")  # not read by the quick scan (only the newest run was)
+        assert str(table.get_cell("alpha", "latest_return")).strip() == "3"
+        assert str(table.get_cell("alpha", "best_return")).strip() == "5"
+
+
+def make_sweep(store: RunStore) -> None:
+    """Sweep ``sw``: two conditions x three seeds, known returns; a record with one pending trial."""
+    conditions = {"CartPole-v1 ppo lr_0.001": 10.0, "CartPole-v1 ppo lr_0.01": 40.0}
+    for c, (cond, base) in enumerate(conditions.items()):
+        for seed in range(3):
+            name = f"sw-CartPole-v1-ppo-s{seed}-{cond.split()[-1]}"
+            path = make_run(store, name, returns=[base * (k + 1) / 4 + seed for k in range(4)],
+                            created=f"2024-03-01T00:0{c}:0{seed}+00:00")
+            info = json.loads((path / "run.json").read_text())
+            info.update(seed=seed, sweep="sw", sweep_condition=cond)
+            (path / "run.json").write_text(json.dumps(info))
+    record = {"schema_version": 1, "name": "sw", "status": "running", "backend": "local",
+              "trials": [{"name": "sw-CartPole-v1-ppo-s3-lr_0.01", "condition": "CartPole-v1 ppo lr_0.01", "status": "pending"}],
+              "summary": {"trials": 7, "done": 6, "failed": 0}}
+    (store.root / "sweeps").mkdir()
+    (store.root / "sweeps" / "sw.json").write_text(json.dumps(record))
+
+
+def test_aggregate_curves_mean_and_band() -> None:
+    from tui.data import aggregate_curves
+
+    band = aggregate_curves([([1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 4.0, 6.0]), ([2.0, 4.0], [4.0, 8.0])], points=4)
+    assert band.steps == [1.75, 2.5, 3.25, 4.0] and band.n_curves == 2
+    assert band.seeds == [1, 2, 2, 2]  # the second seed starts at step 2
+    assert band.mean == [0.0, 3.0, 5.0, 7.0]  # the second seed is interpolated at 3.25
+    assert band.high[1] - band.mean[1] == pytest.approx(2 ** 0.5) and band.low[0] == band.high[0] == 0.0
+
+
+async def test_sweeps_screen_groups_trials_by_condition(runs_dir: Path) -> None:
+    from tui.screens.sweeps import SweepsScreen
+    from tui.widgets.chart import BandChart
+
+    make_sweep(RunStore(runs_dir))
+    app = LabApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_rows(app, pilot, 11)
+        runs = app.screen.query_one("#runs", DataTable)
+        runs.move_cursor(row=runs.get_row_index("sw-CartPole-v1-ppo-s1-lr_0.01"))
+        await pilot.press("w")  # the sweeps screen, on the selected run's sweep
+        screen = app.screen
+        assert isinstance(screen, SweepsScreen)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if screen.view is not None:
+                break
+        assert screen.view is not None and screen.view.name == "sw"
+        table = screen.query_one("#sweep-conditions", DataTable)
+        assert table_keys(table) == ["CartPole-v1 ppo lr_0.001", "CartPole-v1 ppo lr_0.01"]
+        assert [str(c) for c in table.get_row_at(0)] == ["CartPole-v1 ppo lr_0.001", "3/3", "7.25 ± 1"]
+        assert [str(c) for c in table.get_row_at(1)][1:] == ["3/4", "26 ± 1"]  # one trial still pending
+        info = str(screen.query_one("#sweep-info", Static).render())
+        assert "sw  running  trials 6 done / 0 failed of 7" in info and "2 conditions, 6 trial runs" in info
+        chart = screen.query_one("#sweep-chart", BandChart)
+        assert chart.mean[-1] == pytest.approx(11.0) and chart.high[-1] == pytest.approx(12.0)  # seeds 10, 11, 12
+        assert "lr_0.001" in chart.title and "3 seeds" in chart.title
+        await pilot.press("down")
+        await pilot.pause()
+        assert "lr_0.01:" in chart.title and chart.mean[-1] == pytest.approx(41.0)
+        await pilot.press("o")
+        await pilot.pause()
+        from tui.screens.detail import RunDetailScreen
+
+        assert isinstance(app.screen, RunDetailScreen) and app.screen.run_name == "sw-CartPole-v1-ppo-s0-lr_0.01"
+
+
+async def test_sweeps_screen_without_sweeps_says_so(runs_dir: Path) -> None:
+    app = LabApp(runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_rows(app, pilot, 5)
+        await pilot.press("w")
         for _ in range(50):
             await pilot.pause(0.05)
-            if app.screen.features is not None:
+            if "No sweeps" in str(app.screen.query_one("#sweep-info", Static).render()):
                 break
-        assert "no features.json" in str(app.screen.query_one("#features-info", Static).render())
+        assert "No sweeps" in str(app.screen.query_one("#sweep-info", Static).render())
+
+
+async def test_fast_table_matches_data_table() -> None:
+    """FastTable's batch insert and cheap column sizing give what DataTable's own methods give."""
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+    from textual.widgets.data_table import DuplicateKey
+
+    from tui.widgets.table import FastTable
+
+    rows = [(f"k{i}", (f"name-{i}" * (1 + i % 3), Text("done", style="green"), f"{i * 1.5:8.2f}", "[b]bold[/b]" if i == 7 else "x"))
+            for i in range(40)]
+
+    class Two(App[None]):
+        def compose(self) -> ComposeResult:
+            for id_ in ("plain", "fast"):
+                table = (FastTable if id_ == "fast" else DataTable)(id=id_)
+                table.add_columns("a", "b", "c", "d")
+                yield table
+
+    app = Two()
+    async with app.run_test(size=(120, 30)) as pilot:
+        plain, fast = app.query_one("#plain", DataTable), app.query_one("#fast", FastTable)
+        for key, cells in rows:
+            plain.add_row(*cells, key=key)
+        fast.add_keyed_rows(rows)
+        await pilot.pause()
+        assert fast.row_count == plain.row_count == 40
+        assert [fast.get_row_at(i) for i in range(40)] == [plain.get_row_at(i) for i in range(40)]
+        assert [c.content_width for c in fast.ordered_columns] == [c.content_width for c in plain.ordered_columns]
+        assert fast.virtual_size == plain.virtual_size
+        assert fast.get_row_index("k39") == 39
+        for value in ("a much longer value than before", "short", Text("styled, wider still than those")):
+            for table in (plain, fast):
+                table.update_cell("k5", table.ordered_columns[0].key, value, update_width=True)
+                table.update_cell("k9", table.ordered_columns[3].key, "[i]x[/i]", update_width=True)
+            await pilot.pause()
+            assert [c.content_width for c in fast.ordered_columns] == [c.content_width for c in plain.ordered_columns]
+        with pytest.raises(DuplicateKey):
+            fast.add_keyed_rows([("k3", ("again",))])

@@ -13,9 +13,15 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
-from tui.commands import LabCommands
 from tui.data import RunRow
 from tui.jobs import JobManager, logs_dir
+
+
+def _lab_commands() -> type:
+    """The command-palette provider, imported when the palette first opens (keeps start-up light)."""
+    from tui.commands import LabCommands
+
+    return LabCommands
 
 
 class LabApp(App[None]):
@@ -23,7 +29,7 @@ class LabApp(App[None]):
 
     TITLE = "RL Lab"
     CSS_PATH = "app.tcss"
-    COMMANDS = App.COMMANDS | {LabCommands}
+    COMMANDS = App.COMMANDS | {_lab_commands}
     BINDINGS = [
         Binding("question_mark", "help", "Help", id="help"),
         Binding("ctrl+q", "quit", "Quit", id="quit", show=False, priority=True),
@@ -111,6 +117,12 @@ class LabApp(App[None]):
         from tui.screens.replay import ReplayScreen
 
         self.push_screen(ReplayScreen(name))
+
+    def open_sweeps(self, sweep: str | None = None) -> None:
+        """Push the sweeps screen, showing ``sweep`` (default: the first sweep)."""
+        from tui.screens.sweeps import SweepsScreen
+
+        self.push_screen(SweepsScreen(sweep))
 
     def open_jobs(self) -> None:
         """Push the list of jobs started from this app."""

@@ -167,3 +167,46 @@ def heat_style(score: float | None, lo: float = 0.0, hi: float = 1.0) -> str:
     r, g, b = (round(a + (c - a) * f) for a, c in zip(anchors[i], anchors[i + 1]))
     fg = "black" if t > 0.55 else "white"
     return f"{fg} on rgb({r},{g},{b})"
+
+
+def band_cells(
+    xs: Sequence[float],
+    mean: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    width: int,
+    height: int,
+    y_range: tuple[float, float],
+) -> list[list[tuple[str, bool]]]:
+    """A mean curve in Braille over a shaded band: ``height`` rows of ``width`` ``(char, in_band)``.
+
+    Args:
+        xs: x values (steps), increasing.
+        mean: the curve, one value per x.
+        low, high: the band's edges, one value per x.
+        width, height: size in character cells.
+        y_range: ``(low, high)`` of the y axis.
+    """
+    width, height = max(1, width), max(1, height)
+    line = braille_plot(xs, mean, width, height, y_range)
+    band = [[False] * width for _ in range(height)]
+    if xs:
+        x0, x1 = min(xs), max(xs)
+        y0, y1 = y_range
+        xspan, yspan = (x1 - x0) or 1.0, (y1 - y0) or 1.0
+
+        def row_of(y: float) -> int:
+            frac = max(0.0, min(1.0, (y - y0) / yspan))
+            return (height - 1) - min(height - 1, int(frac * height))
+
+        for x, lo, hi in zip(xs, low, high):
+            col = min(width - 1, int((x - x0) / xspan * (width - 1) + 0.5)) if x1 > x0 else width // 2
+            for r in range(row_of(hi), row_of(lo) + 1):
+                band[r][col] = True
+        for r in range(height):  # fill the gaps between sampled columns
+            cols = [c for c in range(width) if band[r][c]]
+            for a, b in zip(cols, cols[1:]):
+                if b - a <= max(2, width // max(1, len(xs))):
+                    for c in range(a, b):
+                        band[r][c] = True
+    return [[(line[r][c], band[r][c]) for c in range(width)] for r in range(height)]

@@ -22,7 +22,10 @@ class LabCommands(Provider):
         app = self.lab
         yield "Launch training", app.open_launch, "Open the launch form"
         yield "Jobs", app.open_jobs, "Sub-processes started from this app"
+        yield "Sweeps", app.open_sweeps, "Sweeps: conditions and learning curves over seeds"
         yield "Help", app.action_help, "Keys and a guide to every screen"
+        for sweep in sorted({r.sweep for r in app.rows if r.sweep}):
+            yield f"Sweep {sweep}", partial(app.open_sweeps, sweep), "Conditions and learning curves over seeds"
         for row in app.rows:
             yield f"Open run {row.name}", partial(app.open_run, row.name), f"{row.status} · {row.env_id} · {row.algo}"
             yield f"Probes of {row.name}", partial(app.open_probes, row.name), "Hook × label probe scores"
@@ -32,7 +35,7 @@ class LabCommands(Provider):
                 yield f"Stop run {row.name}", partial(app.stop_run, row.name), "Send SIGINT; it checkpoints"
 
     async def discover(self) -> Hits:
-        for text, command, help_text in list(self._commands())[:3]:
+        for text, command, help_text in list(self._commands())[:4]:
             yield DiscoveryHit(text, command, help=help_text)
 
     async def search(self, query: str) -> Hits:

@@ -50,6 +50,10 @@ class RunRow:
     updated: str
     pid: int | None
     error: str | None
+    seed: int | None = None
+    sweep: str | None = None
+    sweep_condition: str | None = None
+    returns_partial: bool = False  # metrics not (fully) read yet by a quick scan: best (maybe latest) unknown
 
     @property
     def progress(self) -> float | None:
@@ -76,13 +80,16 @@ class _MetricsState:
     inode: int = 0
     latest: float | None = None
     best: float | None = None
+    partial: bool = False  # latest came from the file's tail; nothing consumed yet
 
 
 @dataclass
 class _Entry:
+    path: Path
     stamp: tuple[int, int] = (0, 0)
     info: dict[str, Any] = field(default_factory=dict)
     metrics: _MetricsState = field(default_factory=_MetricsState)
+    row: RunRow | None = None  # the last row built, reused while nothing it shows changed
 
 
 def _as_int(value: Any, default: int = 0) -> int:
@@ -100,7 +107,7 @@ def _as_float(value: Any) -> float | None:
     return out if out == out else None  # NaN -> None
 
 
-def read_new_lines(path: Path, offset: int, inode: int) -> tuple[list[dict[str, Any]], int, int]:
+def read_new_lines(path: Path | str, offset: int, inode: int) -> tuple[list[dict[str, Any]], int, int]:
     """Complete JSON-object lines appended to ``path`` since byte ``offset``.
 
     Args:
@@ -152,7 +159,7 @@ def parse_lines(block: bytes) -> list[dict[str, Any]]:
 _RETURN = re.compile(rb'"episode_return":\s*(-?[0-9][0-9.eE+-]*)')
 
 
-def scan_returns(path: Path, offset: int, inode: int) -> tuple[list[float], int, int]:
+def scan_returns(path: Path | str, offset: int, inode: int) -> tuple[list[float], int, int]:
     """Like :func:`read_new_lines` but only extracts ``episode_return`` values (fast, for the runs table)."""
     try:
         st = os.stat(path)
@@ -179,70 +186,140 @@ def scan_returns(path: Path, offset: int, inode: int) -> tuple[list[float], int,
     return values, offset + end + 1, st.st_ino
 
 
+def _read_info(info_path: str, run_path: Path) -> dict[str, Any]:
+    """``run.json`` as a dict; an unreadable one becomes a *failed* run that says why."""
+    try:
+        with open(info_path, "rb") as fh:
+            info = json.loads(fh.read())
+        if isinstance(info, dict):
+            return info
+    except (OSError, ValueError):
+        pass
+    try:  # the rare bad file: let the run store word the reason
+        return read_run_json(run_path)
+    except LabError as exc:
+        return {"name": run_path.name, "status": "failed", "error": str(exc)}
+
+
+def last_return(path: Path | str, max_bytes: int = 16 * 1024) -> float | None:
+    """The last ``episode_return`` in the complete lines of the last ``max_bytes`` of ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            chunk = fh.read()
+    except OSError:
+        return None
+    end = chunk.rfind(b"\n")
+    found = _RETURN.findall(chunk, 0, end + 1) if end >= 0 else []
+    for raw in reversed(found):
+        value = _as_float(raw.decode())
+        if value is not None:
+            return value
+    return None
+
+
 class RunIndex:
     """All runs under one directory, re-read only where files changed since the last scan.
 
     ``scan()`` stats ``run.json`` and ``metrics.jsonl`` of every run; it parses a ``run.json``
     only when its mtime or size changed and reads only the bytes appended to a
     ``metrics.jsonl`` since the previous scan, so polling every second is cheap even with
-    thousands of runs.
+    thousands of runs. ``scan(quick=True)`` (the app's first pass, which only has to fill the
+    screen) reads the metrics of the newest :attr:`QUICK_ROWS` runs only, and a large
+    ``metrics.jsonl`` only from its tail: those rows show their latest return at once; the
+    other returns, and the best of a large file, come with the next full scan.
     """
+
+    #: A never-read ``metrics.jsonl`` larger than this is read from its tail by a quick scan.
+    TAIL_BYTES = 64 * 1024
+    #: Runs (newest first, the runs table's default order) whose metrics a quick scan reads.
+    QUICK_ROWS = 64
 
     def __init__(self, root: Path | str) -> None:
         """Args: root: the runs directory (``--runs-dir``)."""
         self.root = Path(root)
         self._cache: dict[str, _Entry] = {}
 
-    def scan(self) -> list[RunRow]:
-        """Every run directory as a :class:`RunRow`, newest first."""
-        rows: list[RunRow] = []
+    def scan(self, quick: bool = False) -> list[RunRow]:
+        """Every run directory as a :class:`RunRow`, newest first.
+
+        Args:
+            quick: a first pass that reads the metrics of the :attr:`QUICK_ROWS` newest runs
+                only (a large file from its tail); the other rows are marked
+                ``returns_partial`` until the next full scan (see the class).
+        """
         seen: set[str] = set()
         try:
             entries = list(os.scandir(self.root))
         except OSError:
             entries = []
-        for entry in entries:
+        found: list[tuple[_Entry, str, bool]] = []
+        for entry in entries:  # plain strings, not pathlib: Path arithmetic was a third of a scan
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
-            path = Path(entry.path)
+            info_path = os.path.join(entry.path, "run.json")
             try:
-                st = os.stat(path / "run.json")
+                st = os.stat(info_path)
             except OSError:
                 continue
             seen.add(entry.name)
-            cached = self._cache.setdefault(entry.name, _Entry())
+            cached = self._cache.get(entry.name)
+            if cached is None:
+                cached = self._cache[entry.name] = _Entry(Path(entry.path))
             stamp = (st.st_mtime_ns, st.st_size)
-            if stamp != cached.stamp:
+            changed = stamp != cached.stamp
+            if changed:
                 cached.stamp = stamp
-                try:
-                    cached.info = read_run_json(path)
-                except LabError as exc:
-                    cached.info = {"name": entry.name, "status": "failed", "error": str(exc)}
-            m = cached.metrics
-            before, old_inode = m.offset, m.inode
-            new, m.offset, m.inode = scan_returns(path / "metrics.jsonl", m.offset, m.inode)
-            if m.inode != old_inode or m.offset < before or m.offset == 0:  # new, replaced or emptied
-                m.latest = m.best = None
-            if new:
-                m.latest = new[-1]
-                top = max(new)
-                m.best = top if m.best is None else max(m.best, top)
-            rows.append(self._row(path, cached))
+                cached.info = _read_info(info_path, cached.path)
+            found.append((cached, entry.path, changed))
         for gone in set(self._cache) - seen:
             del self._cache[gone]
-        rows.sort(key=lambda r: (r.created, r.name), reverse=True)
+        found.sort(key=lambda f: (str(f[0].info.get("created") or ""), f[0].path.name), reverse=True)
+        rows: list[RunRow] = []
+        for i, (cached, path, changed) in enumerate(found):
+            m = cached.metrics
+            before = (m.offset, m.inode, m.partial)
+            if quick and i >= self.QUICK_ROWS and m.offset == 0:
+                m.partial = True
+            else:
+                self._read_metrics(os.path.join(path, "metrics.jsonl"), m, quick)
+            row = cached.row
+            if row is None or changed or before != (m.offset, m.inode, m.partial) or row.status == "running":
+                row = cached.row = self._row(cached)
+            rows.append(row)
         return rows
 
+    def _read_metrics(self, path: str, m: _MetricsState, quick: bool) -> None:
+        if quick and m.offset == 0 and not m.partial:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = 0
+            if size > self.TAIL_BYTES:
+                m.latest, m.best, m.partial = last_return(path), None, True
+                return
+        before, old_inode = m.offset, m.inode
+        new, m.offset, m.inode = scan_returns(path, m.offset, m.inode)
+        if m.inode != old_inode or m.offset < before or m.offset == 0:  # new, replaced or emptied
+            m.latest = m.best = None
+        m.partial = False
+        if new:
+            m.latest = new[-1]
+            top = max(new)
+            m.best = top if m.best is None else max(m.best, top)
+
     @staticmethod
-    def _row(path: Path, entry: _Entry) -> RunRow:
+    def _row(entry: _Entry) -> RunRow:
         info = entry.info
-        status = Run(path, info).status
+        status = Run(entry.path, info).status
         if status not in ("running", "done", "failed", "interrupted"):
             status = str(status)
         pid = info.get("pid")
         return RunRow(
-            name=path.name,
-            path=path,
+            name=entry.path.name,
+            path=entry.path,
             status=status,
             env_id=str(info.get("env_id") or "?"),
             algo=str(info.get("algo") or "?"),
@@ -254,10 +331,14 @@ class RunIndex:
             updated=str(info.get("updated") or ""),
             pid=_as_int(pid) or None,
             error=(str(info["error"]) if info.get("error") else None),
+            seed=_as_int(info.get("seed"), -1) if info.get("seed") is not None else None,
+            sweep=str(info["sweep"]) if info.get("sweep") else None,
+            sweep_condition=str(info["sweep_condition"]) if info.get("sweep_condition") else None,
+            returns_partial=entry.metrics.partial,
         )
 
 
-_FIELD_ALIASES = {"status": "status", "env": "env_id", "env_id": "env_id", "algo": "algo", "name": "name"}
+_FIELD_ALIASES = {"status": "status", "env": "env_id", "env_id": "env_id", "algo": "algo", "name": "name", "sweep": "sweep"}
 
 
 def filter_rows(rows: Iterable[RunRow], query: str) -> list[RunRow]:
@@ -266,7 +347,7 @@ def filter_rows(rows: Iterable[RunRow], query: str) -> list[RunRow]:
     Args:
         rows: the rows to filter.
         query: whitespace-separated tokens; ``field:value`` (field one of status, env, algo,
-            name) matches that field by substring, a bare token matches name, env, algo or
+            name, sweep) matches that field by substring, a bare token matches name, env, algo or
             status by substring. Matching ignores case.
     """
     tokens = query.lower().split()
@@ -279,6 +360,7 @@ def filter_rows(rows: Iterable[RunRow], query: str) -> list[RunRow]:
             "status": row.status.lower(),
             "env_id": row.env_id.lower(),
             "algo": row.algo.lower(),
+            "sweep": (row.sweep or "").lower(),
         }
         ok = True
         for tok in tokens:
@@ -514,147 +596,115 @@ def checkpoint_order(name: str) -> int:
     return checkpoint_step(Path(name))
 
 
-# ----------------------------------------------------------------------------- SAE features
+# ----------------------------------------------------------------------------- sweeps
+
+
+def group_sweeps(rows: Iterable[RunRow]) -> dict[str, dict[str, list[RunRow]]]:
+    """Trials of every sweep: sweep name -> condition -> runs (by seed, then name).
+
+    A trial is a run whose ``run.json`` carries ``sweep`` (see ``docs/sweep.md``); a trial
+    without ``sweep_condition`` is put under the condition ``"?"``.
+    """
+    out: dict[str, dict[str, list[RunRow]]] = {}
+    for row in rows:
+        if row.sweep:
+            out.setdefault(row.sweep, {}).setdefault(row.sweep_condition or "?", []).append(row)
+    for conditions in out.values():
+        for runs in conditions.values():
+            runs.sort(key=lambda r: (r.seed if r.seed is not None else -1, r.name))
+    return dict(sorted(out.items()))
+
+
+def sweep_names(runs_dir: Path, rows: Iterable[RunRow]) -> list[str]:
+    """Sweeps known from trial runs or from records in ``RUNS_DIR/sweeps/<name>.json``, sorted."""
+    names = {r.sweep for r in rows if r.sweep}
+    folder = Path(runs_dir) / "sweeps"
+    if folder.is_dir():
+        names.update(p.stem for p in folder.glob("*.json"))
+    return sorted(names)
+
+
+_STEP = re.compile(rb'"step":\s*(-?[0-9][0-9.eE+-]*)')
+
+
+def read_return_curve(path: Path) -> tuple[list[float], list[float]]:
+    """``(steps, episode returns)`` of one ``metrics.jsonl`` (lines without a return are skipped)."""
+    records, _, _ = read_new_lines(path, 0, 0)
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, rec in enumerate(records):
+        y = _as_float(rec.get("episode_return"))
+        if y is None:
+            continue
+        x = _as_float(rec.get("step"))
+        xs.append(float(i) if x is None else x)
+        ys.append(y)
+    return xs, ys
 
 
 @dataclass(frozen=True)
-class Latent:
-    """One SAE latent as far as ``features.json`` describes it."""
+class Band:
+    """A learning curve aggregated over seeds on a common step grid."""
 
-    index: int
-    density: float | None
-    associations: dict[str, float]
-    histogram: tuple[list[float], list[float]] | None  # (bin edges or centres, counts)
-    top_steps: list[tuple[int, float | None]]  # (row in activation file, activation)
-    extra: dict[str, Any]
-
-
-@dataclass
-class FeatureSet:
-    """A parsed ``features.json``; ``error`` says why there is nothing to show."""
-
-    path: Path
-    latents: list[Latent]
-    labels: list[str]
-    activation_file: str | None
-    hook: str | None
-    error: str | None = None
+    steps: list[float]
+    mean: list[float]
+    low: list[float]  # mean - 1 sd over seeds (the mean where one seed has data)
+    high: list[float]  # mean + 1 sd
+    seeds: list[int]  # how many seeds have data at each step
+    n_curves: int
 
 
-_DENSITY_KEYS = ("density", "frequency", "freq", "fire_rate", "activation_density")
-_ASSOC_KEYS = ("associations", "label_associations", "label_corr", "correlations", "labels", "assoc")
-_TOP_KEYS = ("top_steps", "top_activations", "top", "top_examples", "examples")
-_HIST_KEYS = ("histogram", "hist")
+def aggregate_curves(curves: Iterable[tuple[list[float], list[float]]], points: int = 80) -> Band:
+    """Mean and a ±1 standard-deviation band over seeds of several learning curves.
 
+    Each curve is resampled onto ``points`` steps evenly spaced up to the largest step of all
+    curves: the value at a grid step is the mean of the curve's returns in the interval that
+    ends there, interpolated linearly across intervals without episodes, carried forward after
+    the curve's last episode, and missing before its first (a seed that has not logged yet does
+    not drag the mean down).
 
-def _parse_top(raw: Any) -> list[tuple[int, float | None]]:
-    out: list[tuple[int, float | None]] = []
-    if isinstance(raw, dict):  # {"rows": [...], "values": [...]} or {"index": [...], "activation": [...]}
-        idx = next((raw[k] for k in ("rows", "steps", "index", "indices", "step") if isinstance(raw.get(k), list)), [])
-        val = next((raw[k] for k in ("values", "activations", "activation", "acts") if isinstance(raw.get(k), list)), [])
-        raw = [(i, val[n] if n < len(val) else None) for n, i in enumerate(idx)]
-    if not isinstance(raw, list):
-        return out
-    for item in raw:
-        if isinstance(item, dict):
-            i = next((item[k] for k in ("row", "step", "index", "i", "idx") if k in item), None)
-            v = next((item[k] for k in ("activation", "value", "act", "a") if k in item), None)
-        elif isinstance(item, (list, tuple)) and item:
-            i, v = item[0], (item[1] if len(item) > 1 else None)
-        else:
-            i, v = item, None
-        ii = _as_int(i, -1)
-        if ii >= 0:
-            out.append((ii, _as_float(v)))
-    return out
-
-
-def _parse_hist(raw: Any) -> tuple[list[float], list[float]] | None:
-    if isinstance(raw, dict):
-        counts = next((raw[k] for k in ("counts", "count", "hist", "values") if isinstance(raw.get(k), list)), None)
-        edges = next((raw[k] for k in ("edges", "bins", "bin_edges", "centers", "centres") if isinstance(raw.get(k), list)), None)
-        if counts is None:
-            return None
-        c = [_as_float(x) or 0.0 for x in counts]
-        e = [_as_float(x) or 0.0 for x in edges] if edges else list(map(float, range(len(c) + 1)))
-        return e, c
-    if isinstance(raw, list) and raw:
-        c = [_as_float(x) or 0.0 for x in raw]
-        return list(map(float, range(len(c) + 1))), c
-    return None
-
-
-def parse_latent(raw: Any, position: int) -> Latent | None:
-    """One latent from whatever shape ``features.json`` uses; None if unrecognisable."""
-    if not isinstance(raw, dict):
-        return None
-    index = _as_int(next((raw[k] for k in ("index", "latent", "id", "feature") if k in raw), position), position)
-    density = next((_as_float(raw[k]) for k in _DENSITY_KEYS if k in raw), None)
-    assoc: dict[str, float] = {}
-    for k in _ASSOC_KEYS:
-        v = raw.get(k)
-        if isinstance(v, dict):
-            for lk, lv in v.items():
-                if isinstance(lv, dict):  # {"label": {"score": x}} or {"corr": x}
-                    lv = next((lv[s] for s in ("score", "corr", "r", "auc", "value") if s in lv), None)
-                f = _as_float(lv)
-                if f is not None:
-                    assoc[str(lk)] = f
-            break
-        if isinstance(v, list):  # [{"label": ..., "score": ...}]
-            for item in v:
-                if isinstance(item, dict) and "label" in item:
-                    f = _as_float(next((item[s] for s in ("score", "corr", "r", "auc", "value") if s in item), None))
-                    if f is not None:
-                        assoc[str(item["label"])] = f
-            break
-    hist = next((_parse_hist(raw[k]) for k in _HIST_KEYS if k in raw), None)
-    top = next((_parse_top(raw[k]) for k in _TOP_KEYS if k in raw), [])
-    known = set(_DENSITY_KEYS) | set(_ASSOC_KEYS) | set(_TOP_KEYS) | set(_HIST_KEYS) | {"index", "latent", "id", "feature"}
-    return Latent(index, density, assoc, hist, top, {k: v for k, v in raw.items() if k not in known})
-
-
-def load_features(sae_dir: Path) -> FeatureSet:
-    """Read ``saes/<name>/features.json`` defensively (never raises).
-
-    Accepts a list of latent objects, or an object whose ``features``/``latents`` member is
-    such a list (or a dict keyed by latent index). Recognised latent fields: an index
-    (``index``/``latent``/``id``), a density (``density``/``frequency``), label associations
-    (``associations``: label -> score), a ``histogram`` (``counts`` and ``edges``) and top
-    activating steps (``top_steps``: rows of the activation file with their activation).
+    Args:
+        curves: ``(steps, returns)`` per seed.
+        points: grid size.
     """
-    path = Path(sae_dir) / "features.json"
-    if not path.exists():
-        return FeatureSet(path, [], [], None, None, error=f"no features.json in {Path(sae_dir).name} yet (the SAE has not been analysed)")
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return FeatureSet(path, [], [], None, None, error=f"cannot read {path}: {exc}")
-    meta: dict[str, Any] = doc if isinstance(doc, dict) else {}
-    raw = doc
-    if isinstance(doc, dict):
-        raw = next((doc[k] for k in ("features", "latents") if k in doc), None)
-    if isinstance(raw, dict):
-        items = [dict(v, index=_as_int(k, i)) if isinstance(v, dict) and "index" not in v else v for i, (k, v) in enumerate(raw.items())]
-    elif isinstance(raw, list):
-        items = raw
-    else:
-        return FeatureSet(path, [], [], None, None, error=f"{path.name} has no list of features or latents")
-    latents = [lat for i, r in enumerate(items) if (lat := parse_latent(r, i)) is not None]
-    labels: dict[str, None] = {str(x): None for x in meta.get("labels") or [] if isinstance(x, str)}
-    for lat in latents:
-        for k in lat.associations:
-            labels.setdefault(k, None)
-    act = meta.get("activation_file") or meta.get("file")
-    hook = meta.get("hook") or meta.get("hook_name")
-    if not hook:
-        cfg = Path(sae_dir) / "cfg.json"
-        cfg_doc, _ = read_json_quiet(cfg)
-        if isinstance(cfg_doc, dict):
-            hook = cfg_doc.get("hook") or cfg_doc.get("hook_name")
-    err = None if latents else f"{path.name} lists no readable latents"
-    return FeatureSet(path, latents, list(labels), str(act) if act else None, str(hook) if hook else None, error=err)
+    curves = [(xs, ys) for xs, ys in curves if xs]
+    if not curves:
+        return Band([], [], [], [], [], 0)
+    top = max(max(xs) for xs, _ in curves)
+    lo = min(min(xs) for xs, _ in curves)
+    span = (top - lo) or 1.0
+    grid = [lo + span * (k + 1) / points for k in range(points)]
+    per_seed: list[list[float | None]] = []
+    for xs, ys in curves:
+        sums = [0.0] * points
+        counts = [0] * points
+        for x, y in zip(xs, ys):
+            k = min(points - 1, max(0, int((x - lo) / span * points - 1e-9)))
+            sums[k] += y
+            counts[k] += 1
+        values: list[float | None] = [sums[k] / counts[k] if counts[k] else None for k in range(points)]
+        known = [k for k in range(points) if counts[k]]
+        for a, b in zip(known, known[1:]):  # linear between intervals with episodes
+            va, vb = values[a], values[b]
+            assert va is not None and vb is not None
+            for k in range(a + 1, b):
+                values[k] = va + (vb - va) * (k - a) / (b - a)
+        for k in range(known[-1] + 1, points):  # the last value carries forward
+            values[k] = values[known[-1]]
+        per_seed.append(values)
+    steps, mean, low, high, seeds = [], [], [], [], []
+    for k in range(points):
+        vals = [v[k] for v in per_seed if v[k] is not None]
+        if not vals:
+            continue
+        m = sum(vals) / len(vals)
+        sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+        steps.append(grid[k])
+        mean.append(m)
+        low.append(m - sd)
+        high.append(m + sd)
+        seeds.append(len(vals))
+    return Band(steps, mean, low, high, seeds, len(curves))
 
 
 def read_json_quiet(path: Path) -> tuple[Any, str | None]:

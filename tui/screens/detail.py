@@ -282,8 +282,8 @@ class RunDetailScreen(Screen[None]):
             for p in art.probes:
                 rows.append((f"probes:{p}", "probes", p.name, "enter: probe grid"))
             for p in art.saes:
-                has = (p / "features.json").exists()
-                rows.append((f"sae:{p}", "sae", p.name, "enter: features" if has else "no features.json yet"))
+                has = (p / "features.json").exists() and (p / "features.npz").exists()
+                rows.append((f"sae:{p}", "sae", p.name, "enter: features" if has else "no feature statistics yet"))
             for p in art.steer:
                 rows.append((f"steer:{p}", "steer", p.name, _size(p)))
             for p in art.logs:

@@ -1,13 +1,16 @@
 """Features: an SAE's latents, sortable by density or by association with a label.
 
-``saes/<name>/features.json`` is read defensively (``tui.data.load_features``). Switching
-latents only re-renders already-parsed data; the environment text views of the latent's
-top-activating steps (and the steps around them) are read from the activation file in a
-worker, a few rows at a time.
+The statistics are the ones ``probes.features`` writes next to the SAE
+(``RUN/saes/<name>/features.json`` + ``features.npz``), read once in a worker through
+``probes.features.FeatureStore``. The store holds everything a latent shows, the text views of
+its top-activating steps and their neighbours included, so switching latents is a dictionary
+look-up (a cache of rendered panels, filled from ``FeatureStore.latent``) and two redraws of
+fixed-size panels: no file is read and no worker is started per switch.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,72 +18,106 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Select, Static
+from textual.widgets import Header, Select, Static
 
 from tui.charts import fmt_num, sparkline
-from tui.data import FeatureSet, Latent, load_features
 from tui.messages import Loaded
+from tui.widgets.panel import TextPanel
+from tui.widgets.footer import LabFooter
+from tui.widgets.table import FastTable
 
 if TYPE_CHECKING:
+    from probes.features import FeatureStore
+
     from tui.app import LabApp
 
-CONTEXT = 2  # steps shown before and after a top-activating step
+
+def label_score_text(name: str, score: dict[str, Any]) -> str:
+    """``fear r +0.53`` or ``threat AUROC 0.91 (1)`` for one entry of ``FeatureStore.label_scores``."""
+    if score.get("kind") == "continuous":
+        r = score.get("pearson")
+        return f"{name} r " + ("—" if r is None else f"{r:+.2f}")
+    auc = score.get("auroc")
+    return f"{name} AUROC " + ("—" if auc is None else f"{auc:.2f}") + f" ({score.get('class')})"
 
 
-def latent_summary(lat: Latent, labels: list[str]) -> Text:
-    """Density, strongest label associations and the activation histogram of one latent."""
-    text = Text(f"latent {lat.index}", style="bold")
-    text.append(f"   density {fmt_num(lat.density)}\n")
-    if lat.associations:
-        text.append("associations ", style="dim")
-        ranked = sorted(lat.associations.items(), key=lambda kv: -abs(kv[1]))[:6]
-        text.append("  ".join(f"{k} {v:+.2f}" for k, v in ranked))
+def _strength(score: dict[str, Any]) -> float:
+    """How strongly a label score departs from chance: |r|, or |AUROC - 0.5| * 2."""
+    if score.get("kind") == "continuous":
+        return abs(score.get("pearson") or 0.0)
+    auc = score.get("auroc")
+    return 0.0 if auc is None else abs(auc - 0.5) * 2
+
+
+def latent_summary(info: dict[str, Any]) -> Text:
+    """Density, activation range, label associations, histogram and top steps of one latent.
+
+    Args:
+        info: ``FeatureStore.latent(i)``.
+    """
+    text = Text(f"latent {info['index']}", style="bold")
+    text.append(f"   density {fmt_num(info['density'])}   max {fmt_num(info['max_activation'])}"
+                f"   mean when firing {fmt_num(info['mean_activation'])}\n")
+    labels = info.get("labels") or {}
+    if labels:
+        ranked = sorted(labels.items(), key=lambda kv: -_strength(kv[1]))[:4]
+        text.append("labels ", style="dim")
+        text.append("   ".join(label_score_text(k, v) for k, v in ranked))
         text.append("\n")
-    if lat.histogram is not None:
-        edges, counts = lat.histogram
+    hist = info.get("histogram") or {}
+    counts = hist.get("counts") or []
+    if any(counts):
+        edges = hist.get("edges") or []
         text.append("histogram ", style="dim")
-        text.append(sparkline(counts, 48), style="green")
+        text.append(sparkline([math.log1p(c) for c in counts], 40), style="green")
         if edges:
-            text.append(f"  [{fmt_num(edges[0])} … {fmt_num(edges[-1])}]", style="dim")
+            text.append(f"  (0 … {fmt_num(edges[-1])}, log counts; silent on {hist.get('zero', 0)} rows)", style="dim")
         text.append("\n")
-    if lat.top_steps:
+    else:
+        text.append("never fires on the analysed file\n", style="italic")
+    top = info.get("top") or []
+    if top:
         text.append("top steps ", style="dim")
-        text.append(", ".join(f"{row}" + (f" ({fmt_num(v)})" if v is not None else "") for row, v in lat.top_steps[:8]))
-        text.append("\n")
-    for key, value in list(lat.extra.items())[:4]:
-        if isinstance(value, (str, int, float)):
-            text.append(f"{key} {value}\n", style="dim")
+        text.append(", ".join(f"{s['row']} ({fmt_num(s['activation'])})" for s in top[:8]))
     return text
 
 
-def read_context(path: Path, row: int, context: int = CONTEXT) -> list[tuple[int, int, int, str]]:
-    """``(row, episode, t, text)`` for ``row`` and up to ``context`` steps around it in its episode."""
-    from probes.activations import ActivationFile
+def top_step_text(info: dict[str, Any], pos: int) -> str:
+    """The text views of top step ``pos`` of a latent and of its stored neighbours (same episode)."""
+    top = info.get("top") or []
+    if not top:
+        return "This latent never fires on the analysed file, so it has no top-activating steps."
+    step = top[pos % len(top)]
+    lines = [f"top step {pos % len(top) + 1}/{len(top)}: row {step['row']} · episode {step['episode']} · "
+             f"t {step['t']} · activation {fmt_num(step['activation'])}   ([ ] for the others)"]
+    context = step.get("context") or [{"offset": 0, "row": step["row"], "text": step.get("text", "")}]
+    for ctx in context:
+        marker = "▶" if ctx["offset"] == 0 else " "
+        lines.append(f"{marker} row {ctx['row']} · t {step['t'] + ctx['offset']}")
+        body = ctx.get("text") or "(no text view recorded)"
+        lines.extend("  " + line for line in body.splitlines())
+    return "\n".join(lines)
 
-    with ActivationFile(path, allow_incomplete=True) as f:
-        if row >= f.n:
-            raise IndexError(f"row {row} is beyond the {f.n} steps of {path.name}")
-        lo, hi = max(0, row - context), min(f.n, row + context + 1)
-        eps = f.steps("episode", slice(lo, hi))
-        ts = f.steps("t", slice(lo, hi))
-        has_text = "text" in f._h5["steps"]
-        texts = f.steps("text", slice(lo, hi)) if has_text else [b""] * (hi - lo)
-        ep = eps[row - lo]
-        out = []
-        for i, r in enumerate(range(lo, hi)):
-            if eps[i] != ep:
-                continue
-            raw = texts[i]
-            s = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            out.append((r, int(eps[i]), int(ts[i]), s or "(no text view recorded)"))
-        return out
+
+def load_store(sae_dir: Path) -> tuple["FeatureStore | None", str | None]:
+    """``(store, None)`` or ``(None, reason)`` for the feature statistics of one SAE directory."""
+    if not (sae_dir / "features.json").exists() or not (sae_dir / "features.npz").exists():
+        return None, (f"{sae_dir.name} has no feature statistics yet: run "
+                      f"`python -m probes.features {sae_dir} RUN/activations/FILE.h5` to compute them.")
+    try:
+        from probes.features import FeatureStore
+
+        return FeatureStore(sae_dir), None
+    except Exception as exc:  # noqa: BLE001 - an unreadable or old-format file is shown, never raised
+        return None, f"cannot read the feature statistics of {sae_dir.name}: {exc}"
 
 
 class FeaturesScreen(Screen[None]):
     """An SAE's latents, their statistics and the environment states that activate them."""
 
+    AUTO_FOCUS = "#latents"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="features.back"),
         Binding("d", "sort_density", "Sort density", id="features.density"),
@@ -94,13 +131,16 @@ class FeaturesScreen(Screen[None]):
         super().__init__()
         self.run_name = run_name
         self.sae_name = sae_name
-        self.features: FeatureSet | None = None
-        self.by_index: dict[int, Latent] = {}
+        self.store: FeatureStore | None = None
+        self.error: str | None = None
         self.order: list[int] = []
         self.sort_label: str | None = None
         self.sort_desc = True
         self.top_pos = 0
-        self.current: Latent | None = None
+        self.current: int | None = None
+        self._infos: dict[int, dict[str, Any]] = {}
+        self._summaries: dict[int, Text] = {}
+        self._steps: dict[tuple[int, int], str] = {}
 
     @property
     def lab(self) -> "LabApp":
@@ -111,12 +151,11 @@ class FeaturesScreen(Screen[None]):
         yield Select([], prompt="SAE", id="sae-select", compact=True)
         yield Static("Reading SAE features…", id="features-info")
         with Horizontal(id="features-body"):
-            yield DataTable(id="latents", cursor_type="row")
+            yield FastTable(id="latents", cursor_type="row")
             with Vertical(id="latent-side"):
-                yield Static("", id="latent-summary")
-                with VerticalScroll(id="latent-steps-box"):
-                    yield Static("", id="latent-steps", markup=False)
-        yield Footer()
+                yield TextPanel(id="latent-summary")
+                yield TextPanel(id="latent-steps")
+        yield LabFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"features — {self.run_name}"
@@ -128,6 +167,7 @@ class FeaturesScreen(Screen[None]):
                 "(or A on the run's detail screen).", style="italic"))
             return
         chosen = self.sae_name if self.sae_name in saes else saes[-1]
+        self.sae_name = chosen  # before the select announces it, so it is loaded once
         select = self.query_one("#sae-select", Select)
         select.set_options([(s, s) for s in saes])
         select.value = chosen
@@ -140,116 +180,96 @@ class FeaturesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="features")
     def load(self, sae: str) -> None:
-        """Parse ``features.json`` of SAE ``sae`` in a worker."""
+        """Open the feature statistics of SAE ``sae`` in a worker."""
         self.sae_name = sae
-        self.post_message(Loaded("features", load_features(self.lab.runs_dir / self.run_name / "saes" / sae)))
+        store, error = load_store(self.lab.runs_dir / self.run_name / "saes" / sae)
+        self.post_message(Loaded("features", store, error))
 
     def on_loaded(self, message: Loaded) -> None:
-        if message.what == "features":
-            message.stop()
-            self._show_features(message.payload)
-        elif message.what == "feature-steps":
-            message.stop()
-            index, payload = message.payload
-            if self.current is not None and self.current.index == index:
-                self.query_one("#latent-steps", Static).update(
-                    Text(message.error, style="red") if message.error else payload)
-
-    def _show_features(self, fs: FeatureSet) -> None:
-        self.features = fs
-        info = self.query_one("#features-info", Static)
-        if fs.error:
-            info.update(Text(fs.error, style="bold red" if "cannot" in fs.error else "italic"))
-            self.query_one("#latents", DataTable).clear(columns=True)
+        if message.what != "features":
             return
-        self.by_index = {lat.index: lat for lat in fs.latents}
-        alive = sum(1 for lat in fs.latents if (lat.density or 0) > 0)
-        info.update(f"{self.sae_name}: {len(fs.latents)} latents ({alive} ever active) · hook {fs.hook or '?'} · "
-                    f"labels: {', '.join(fs.labels) or 'none'}")
-        self.sort_label = None
+        message.stop()
+        self.store, self.error = message.payload, message.error
+        self._infos.clear()
+        self._summaries.clear()
+        self._steps.clear()
+        self.current = None
+        info = self.query_one("#features-info", Static)
+        if self.store is None:
+            info.update(Text(message.error or "no feature statistics", style="bold red" if "cannot" in (message.error or "") else "italic"))
+            self.query_one("#latents", FastTable).clear(columns=True)
+            self.order = []
+            for panel in self.query(TextPanel):
+                panel.text = ""
+            return
+        store = self.store
+        alive = int((store.arrays["density"] > 0).sum())
+        labels = ", ".join(f"{n} ({m['kind'][:4]})" for n, m in store.labels.items()) or "none"
+        info.update(f"{self.sae_name}: {store.d_sae} latents ({alive} fire) · hook {store.index.get('hook_name', '?')} · "
+                    f"{store.index.get('n_rows', '?')} rows · labels: {labels}")
+        self.sort_label, self.sort_desc = None, True
         self._fill_table()
 
     def _fill_table(self) -> None:
-        fs = self.features
-        if fs is None:
+        store = self.store
+        if store is None:
             return
-        table = self.query_one("#latents", DataTable)
+        table = self.query_one("#latents", FastTable)
         table.clear(columns=True)
         table.add_column("latent", key="index")
         table.add_column("density", key="density")
         label = self.sort_label
+        density = store.arrays["density"]
+        shown = None
         if label:
-            table.add_column(label[:14], key="assoc")
-            key = lambda lat: abs(lat.associations.get(label, 0.0))  # noqa: E731
+            kind = store.labels[label]["kind"]
+            table.add_column(f"{label[:10]} {'r' if kind == 'continuous' else 'AUC'}", key="assoc")
+            order = store.sorted_by("association", label, self.sort_desc)
+            shown = store.scores("pearson" if kind == "continuous" else "auroc", label)
         else:
-            key = lambda lat: lat.density if lat.density is not None else -1.0  # noqa: E731
-        ordered = sorted(fs.latents, key=key, reverse=self.sort_desc)
-        self.order = [lat.index for lat in ordered]
-        rows: list[list[Any]] = []
-        for lat in ordered:
-            row: list[Any] = [str(lat.index), fmt_num(lat.density)]
-            if label:
-                v = lat.associations.get(label)
-                row.append("—" if v is None else f"{v:+.3f}")
-            rows.append(row)
-        for lat, row in zip(ordered, rows):
-            table.add_row(*row, key=str(lat.index))
-        table.focus()
-        if ordered:
-            table.move_cursor(row=0)
-            self.show_latent(ordered[0].index)
+            order = store.sorted_by("density", None, self.sort_desc)
+        self.order = [int(i) for i in order]
+        rows = []
+        for i in self.order:
+            row = [str(i), fmt_num(float(density[i]))]
+            if shown is not None:
+                v = float(shown[i])
+                row.append("—" if v != v else f"{v:+.3f}")
+            rows.append((str(i), row))
+        table.add_keyed_rows(rows)
+        if self.order:
+            table.move_cursor(row=0, animate=False)
+            self.show_latent(self.order[0])
 
-    @on(DataTable.RowHighlighted, "#latents")
-    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+    @on(FastTable.RowHighlighted, "#latents")
+    def _highlighted(self, event: FastTable.RowHighlighted) -> None:
         if event.row_key.value is not None:
             self.show_latent(int(event.row_key.value))
 
+    def latent_info(self, index: int) -> dict[str, Any]:
+        """``FeatureStore.latent(index)``, computed once per latent."""
+        info = self._infos.get(index)
+        if info is None:
+            assert self.store is not None
+            info = self._infos[index] = self.store.latent(index)
+        return info
+
     def show_latent(self, index: int) -> None:
-        """Show latent ``index``: its statistics now, its top steps' text views when read."""
-        lat = self.by_index.get(index)
-        if lat is None or self.features is None:
+        """Show latent ``index``: cached panels, two redraws, no layout."""
+        if self.store is None:
             return
-        if self.current is None or self.current.index != index:
+        if self.current != index:
             self.top_pos = 0
-        self.current = lat
-        self.query_one("#latent-summary", Static).update(latent_summary(lat, self.features.labels))
-        steps = self.query_one("#latent-steps", Static)
-        if not lat.top_steps:
-            steps.update("features.json lists no top-activating steps for this latent.")
-            return
-        row, value = lat.top_steps[self.top_pos % len(lat.top_steps)]
-        steps.update(f"reading step {row}…")
-        path = self._activation_path()
-        if path is None:
-            steps.update("No activation file found for this SAE, so its steps cannot be shown.")
-            return
-        self._read_steps(index, path, row, value, self.top_pos % len(lat.top_steps), len(lat.top_steps))
-
-    def _activation_path(self) -> Path | None:
-        fs = self.features
-        run = self.lab.runs_dir / self.run_name
-        if fs is not None and fs.activation_file:
-            p = Path(fs.activation_file)
-            for cand in (p, run / p, run / "activations" / p.name):
-                if cand.exists():
-                    return cand
-        files = sorted((run / "activations").glob("*.h5")) if (run / "activations").is_dir() else []
-        return files[-1] if files else None
-
-    @work(thread=True, exclusive=True, group="feature-steps")
-    def _read_steps(self, index: int, path: Path, row: int, value: float | None, pos: int, count: int) -> None:
-        try:
-            context = read_context(path, row)
-        except Exception as exc:  # noqa: BLE001 - shown, never raised
-            self.post_message(Loaded("feature-steps", (index, None), f"cannot read step {row} of {path.name}: {exc}"))
-            return
-        lines = [f"top step {pos + 1}/{count}: row {row}" + (f", activation {fmt_num(value)}" if value is not None else "")
-                 + f"  ({path.name}; [ ] for other top steps)"]
-        for r, ep, t, text in context:
-            marker = "▶" if r == row else " "
-            lines.append(f"{marker} row {r} · episode {ep} · t {t}")
-            lines.extend("  " + line for line in text.splitlines())
-        self.post_message(Loaded("feature-steps", (index, "\n".join(lines))))
+        self.current = index
+        summary = self._summaries.get(index)
+        if summary is None:
+            summary = self._summaries[index] = latent_summary(self.latent_info(index))
+        key = (index, self.top_pos)
+        steps = self._steps.get(key)
+        if steps is None:
+            steps = self._steps[key] = top_step_text(self.latent_info(index), self.top_pos)
+        self.query_one("#latent-summary", TextPanel).text = summary
+        self.query_one("#latent-steps", TextPanel).text = steps
 
     # ------------------------------------------------------------------ actions
 
@@ -261,17 +281,19 @@ class FeaturesScreen(Screen[None]):
         self._fill_table()
 
     def action_sort_label(self) -> None:
-        labels = self.features.labels if self.features else []
+        labels = list(self.store.labels) if self.store else []
         if not labels:
-            self.notify("features.json has no label associations", severity="warning")
+            self.notify("these feature statistics have no labels", severity="warning")
             return
         i = labels.index(self.sort_label) if self.sort_label in labels else -1
-        self.sort_label, self.sort_desc = labels[(i + 1) % len(labels)], True
-        self.notify(f"sorted by |association| with {self.sort_label}")
+        self.sort_label, self.sort_desc = labels[(i + 1) % len(labels)], True  # the column header names it
         self._fill_table()
 
     def action_top(self, delta: int) -> None:
-        if self.current is None or not self.current.top_steps:
+        if self.current is None or self.store is None:
             return
-        self.top_pos = (self.top_pos + delta) % len(self.current.top_steps)
-        self.show_latent(self.current.index)
+        top = self.latent_info(self.current).get("top") or []
+        if not top:
+            return
+        self.top_pos = (self.top_pos + delta) % len(top)
+        self.show_latent(self.current)

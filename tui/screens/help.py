@@ -19,6 +19,7 @@ GUIDE = """\
 [b]Probes[/b]    hook × label heat map of held-out scores with baselines and selectivity.
 [b]Features[/b]  an SAE's latents by density or label association; histogram, top steps.
 [b]Replay[/b]    step through a recorded episode: text view, labels, hook activations.
+[b]Sweeps[/b]    (w) a sweep's conditions: trials, final return, learning curve mean ± sd over seeds.
 [b]Jobs[/b]      sub-processes started from the app, with their logs.
 
 ctrl+p opens the command palette (open a run, launch, probes, ...); ? toggles this help.

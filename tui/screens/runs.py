@@ -12,11 +12,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from tui.charts import fmt_num
 from tui.data import RUN_COLUMNS, SORT_KEYS, RunIndex, RunRow, filter_rows, sort_rows
 from tui.messages import RunsScanned
+from tui.widgets.footer import LabFooter
+from tui.widgets.table import FastTable
 
 if TYPE_CHECKING:
     from tui.app import LabApp
@@ -25,12 +27,17 @@ STATUS_STYLE = {"running": "bold yellow", "done": "green", "failed": "bold red",
 
 
 def status_text(status: str) -> Text:
-    """The status word coloured by status."""
-    return Text(status, style=STATUS_STYLE.get(status, "dim"))
+    """The status word coloured by status (shared, immutable instances for the four statuses)."""
+    return _STATUS_TEXT.get(status) or Text(status, style="dim")
+
+
+#: Width the return columns are right-aligned to (plain strings, no per-cell Rich objects).
+NUM_WIDTH = 8
+_STATUS_TEXT = {s: Text(s, style=style) for s, style in STATUS_STYLE.items()}
 
 
 def row_cells(row: RunRow) -> tuple[object, ...]:
-    """The table cells of one run, in :data:`RUN_COLUMNS` order."""
+    """The table cells of one run, in :data:`RUN_COLUMNS` order (plain strings but the status)."""
     steps = fmt_num(row.steps_done)
     if row.total_timesteps:
         steps += f"/{fmt_num(row.total_timesteps)}"
@@ -42,14 +49,21 @@ def row_cells(row: RunRow) -> tuple[object, ...]:
         row.env_id,
         row.algo,
         steps,
-        Text(fmt_num(row.latest_return), justify="right"),
-        Text(fmt_num(row.best_return), justify="right"),
+        ("…" if row.returns_partial and row.latest_return is None else fmt_num(row.latest_return)).rjust(NUM_WIDTH),
+        ("…" if row.returns_partial else fmt_num(row.best_return)).rjust(NUM_WIDTH),
         row.created[:19].replace("T", " "),
     )
 
 
 class RunsScreen(Screen[None]):
-    """Every run in the runs directory; refreshed from disk every ``poll_interval`` seconds."""
+    """Every run in the runs directory; refreshed from disk every ``poll_interval`` seconds.
+
+    Start-up: the first scan is a quick one (metrics of the newest runs only, large files from
+    their tail) and the table is filled in one pass of plain-string rows; the first poll
+    completes the returns. Later scans re-render only the cells that changed.
+    """
+
+    AUTO_FOCUS = "#runs"
 
     BINDINGS = [
         Binding("enter", "open", "Open", id="runs.open", show=False),
@@ -57,6 +71,7 @@ class RunsScreen(Screen[None]):
         Binding("p", "probes", "Probes", id="runs.probes"),
         Binding("f", "features", "Features", id="runs.features"),
         Binding("e", "replay", "Replay", id="runs.replay"),
+        Binding("w", "sweeps", "Sweeps", id="runs.sweeps"),
         Binding("x", "stop", "Stop run", id="runs.stop"),
         Binding("j", "jobs", "Jobs", id="runs.jobs", show=False),
         Binding("slash", "filter", "Filter", id="runs.filter"),
@@ -87,44 +102,49 @@ class RunsScreen(Screen[None]):
         with Horizontal(id="runs-bar"):
             yield Input(placeholder="filter: text, status:running, env:forage, algo:ppo  (/ to focus)", id="filter")
             yield Static("", id="sort-info")
-        table: DataTable[object] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        table = FastTable(id="runs", cursor_type="row", zebra_stripes=True)
         for key, header in RUN_COLUMNS:
             table.add_column(header, key=key)
         yield table
         yield Static("Reading runs…", id="run-info")
-        yield Footer()
+        yield LabFooter()
 
     def on_mount(self) -> None:
         self.sub_title = str(self.lab.runs_dir)
         self._index = RunIndex(self.lab.runs_dir)
         self._update_sort_info()
-        self.query_one("#runs", DataTable).focus()
-        self.scan()
+        self.scan(quick=True)
         self.set_interval(self.lab.poll_interval, self.scan)
 
     # ------------------------------------------------------------------ data
 
     @work(thread=True, group="scan")
-    def scan(self) -> None:
-        """Re-read the runs directory (skipped while a previous scan is still running)."""
+    def scan(self, quick: bool = False) -> None:
+        """Re-read the runs directory (skipped while a previous scan is still running).
+
+        Args:
+            quick: the first pass: metrics of the newest runs only, large files from their tail
+                (``RunIndex.scan``).
+        """
         if not self._scan_lock.acquire(blocking=False):
             return
         try:
             assert self._index is not None
             t0 = time.perf_counter()
-            rows = self._index.scan()
+            rows = self._index.scan(quick=quick)
             self.post_message(RunsScanned(rows, time.perf_counter() - t0))
         finally:
             self._scan_lock.release()
 
     def on_runs_scanned(self, message: RunsScanned) -> None:
-        changed = message.rows != self._rows or self.scans == 0
+        first = self.scans == 0
+        changed = message.rows != self._rows or first
         self._rows = message.rows
         self.lab.rows = message.rows
         self.scans += 1
         if changed:
             self._refresh_table()
-        if self.lab.runs_ready_at is None:
+        if first:  # the next poll reads what this quick scan left (rows off screen, tails of big files)
             self.lab.runs_ready_at = time.perf_counter()
 
     def _refresh_table(self) -> None:
@@ -139,16 +159,13 @@ class RunsScreen(Screen[None]):
                     continue
                 for (col, _), new, prev in zip(RUN_COLUMNS, cells, old or (None,) * len(cells)):
                     if new != prev:
-                        table.update_cell(row.name, col, new)
+                        table.update_cell(row.name, col, new, update_width=True)
                 self._cells[row.name] = cells
         else:
             current = self.selected_name()
             table.clear()
-            self._cells = {}
-            for row in visible:
-                cells = row_cells(row)
-                table.add_row(*cells, key=row.name)
-                self._cells[row.name] = cells
+            self._cells = {row.name: row_cells(row) for row in visible}
+            table.add_keyed_rows(self._cells.items())
             self._shown = keys
             if current in keys:
                 table.move_cursor(row=keys.index(current), animate=False)
@@ -256,6 +273,10 @@ class RunsScreen(Screen[None]):
 
     def action_jobs(self) -> None:
         self.lab.open_jobs()
+
+    def action_sweeps(self) -> None:
+        row = self.selected_row()
+        self.lab.open_sweeps(row.sweep if row is not None else None)
 
     def action_filter(self) -> None:
         self.query_one("#filter", Input).focus()
