@@ -74,7 +74,7 @@ def _minigrid_latents(env: gym.Env, obs: Any) -> dict[str, float | int]:
 
 
 def _minigrid_text(env: gym.Env, latents: dict[str, float | int]) -> str:
-    return str(env.unwrapped)
+    return env.unwrapped.pprint_grid()
 
 
 def _known_latents(
@@ -191,6 +191,8 @@ def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
         if "unexpected keyword argument" in str(exc):
             raise ValueError(f"{env_id} got an unknown option: {str(exc).split(' was raised')[0]}") from exc
         raise
+    except gym.error.Error as exc:  # e.g. DependencyNotInstalled for Box2D or MuJoCo ids
+        raise ValueError(f"cannot make {env_id}: {str(exc).splitlines()[0]}") from exc
     if is_lab:
         return env
     spec_, latent_fn, text_fn = _known_latents(env_id, env)

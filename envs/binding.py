@@ -325,6 +325,11 @@ class BindingEnv(gym.Env):
         a = int(action)
         if not 0 <= a < 4:
             raise ValueError(f"action must be in 0..3, got {action!r}")
+        if self._hit >= 0:  # stepped past the end of an episode: stay on the object, no reward
+            self._t += 1
+            self._last_reward = 0.0
+            info = {"latents": self._latents(), "behaviour": self._behaviour(-1)}
+            return self._obs(), 0.0, True, False, info
         d_before = self._dist(self._target)
         last = self.size - 1
         r = self._ar + _DR[a]

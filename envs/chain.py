@@ -209,16 +209,19 @@ class ChainEnv(gym.Env):
         if a not in (0, 1):
             raise ValueError(f"action must be 0 (left) or 1 (right), got {action!r}")
         s = self._s
+        goal = self.n - 1
         slipped = 1 if self.slip > 0.0 and self._rand.random() < self.slip else 0
         right = (a == 1) != bool(slipped)
-        s_next = s + 1 if right else (s - 1 if s > 0 else 0)
-        goal = self.n - 1
+        if s == goal:  # stepped past the end of an episode: the goal is absorbing
+            s_next = goal
+        else:
+            s_next = s + 1 if right else (s - 1 if s > 0 else 0)
         terminated = s_next == goal
-        reward = self.reward if terminated else self.step_reward
+        reward = self.reward if terminated and s != goal else (0.0 if terminated else self.step_reward)
         self._t += 1
         truncated = (not terminated) and self._t >= self.max_steps
         g = self.gamma
-        td_u = reward + g * self._vu[s_next] - self._vu[s]  # V[goal] = 0
+        td_u = reward + g * self._vu[s_next] - self._vu[s]  # V[goal] = 0 (terminal)
         td_o = reward + g * self._vo[s_next] - self._vo[s]
         self._s = s_next
         self._last_reward = reward
@@ -227,7 +230,7 @@ class ChainEnv(gym.Env):
             "behaviour": {
                 "distance_to_goal": float(goal - s_next),
                 "pressed_right": a,
-                "reached_goal": 1 if terminated else 0,
+                "reached_goal": 1 if terminated and s != goal else 0,
             },
         }
         return self._eye[s_next].copy(), float(reward), terminated, truncated, info

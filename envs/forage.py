@@ -83,8 +83,8 @@ class ForageEnv(gym.Env):
         reward_mode: str = "plain",
         interoception: bool = True,
         obs_mode: str = "vector",
-        energy_decay: float = 0.01,
-        water_decay: float = 0.01,
+        energy_decay: float = 0.005,
+        water_decay: float = 0.005,
         food_gain: float = 0.3,
         water_gain: float = 0.3,
         energy_set_point: float = 0.8,
@@ -94,7 +94,7 @@ class ForageEnv(gym.Env):
         drive_n: float = 4.0,
         drive_m: float = 2.0,
         reward_scale: float = 1.0,
-        predator_speed: float = 0.5,
+        predator_speed: float = 0.3,
         chase_prob: float = 0.5,
         predator_damage: float = 0.4,
         predator_penalty: float = 1.0,
@@ -150,7 +150,7 @@ class ForageEnv(gym.Env):
 
         dmax = 2.0 * (s - 1)
         e_sp, w_sp = self.energy_set_point, self.water_set_point
-        d_max = self._drive(0.0, 0.0, 0.0)
+        d_max = self._drive(0.0 if e_sp >= 0.5 else 1.0, 0.0 if w_sp >= 0.5 else 1.0, 0.0)
         self.latent_spec: dict[str, dict[str, Any]] = {
             "energy": spec("continuous", "internal energy level (0 = starved)", 0.0, 1.0),
             "water": spec("continuous", "internal water level (0 = dehydrated)", 0.0, 1.0),

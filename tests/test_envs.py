@@ -65,9 +65,10 @@ def test_unknown_id_is_value_error_listing_lab_ids(env_id):
         assert "lab/Forage-v0" in message
 
 
-def test_unknown_option_is_value_error():
+@pytest.mark.parametrize("env_id", ["lab/Forage-v0", "lab/Binding-v0", "lab/Chain-v0", "CartPole-v1"])
+def test_unknown_option_is_value_error(env_id):
     with pytest.raises(ValueError, match="bogus"):
-        envs.make("lab/Forage-v0", bogus=3)
+        envs.make(env_id, bogus=3)
 
 
 def test_minigrid_without_package_is_value_error():
@@ -167,9 +168,25 @@ def test_observation_is_a_fresh_array(env_id):
     env = envs.make(env_id)
     obs0, _ = env.reset(seed=0)
     keep = obs0.copy()
-    for _ in range(10):
-        env.step(env.action_space.sample())
+    for a in range(10):
+        env.step(a % env.action_space.n)
     np.testing.assert_array_equal(obs0, keep)
+
+
+@pytest.mark.parametrize("env_id", READY_IDS)
+def test_stepping_past_the_end_does_not_crash(env_id):
+    env = envs.make(env_id, disable_env_checker=True)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(2000):
+        _, r, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        if terminated:
+            ended += 1
+            _, r2, terminated2, _, _ = env.step(int(rng.integers(env.action_space.n)))
+            assert terminated2 and r2 <= 0.0
+            env.reset()
+    assert ended
 
 
 # ---------------------------------------------------------------------- Forage
@@ -529,3 +546,28 @@ def test_every_latent_is_documented():
                 continue  # documented by pattern: <colour>_row, <shape>_col
             assert f"`{name}`" in doc or f"`{name.rsplit('_', 1)[0]}_row`, `{name.rsplit('_', 1)[0]}_col`" in doc, name
     assert "`<colour>_row`" in doc and "`<shape>_row`" in doc
+
+
+@pytest.mark.parametrize(
+    "env_id,kwargs",
+    [("lab/Forage-v0", {"energy_set_point": 0.3, "water_set_point": 1.0, "size": 4, "obs_mode": "grid",
+                        "reward_mode": "drive", "food_gain": 1.0}),
+     ("lab/Forage-v0", {"size": 12, "interoception": False, "predator_speed": 1.0, "chase_prob": 1.0}),
+     ("lab/Binding-v0", {"layout": "random", "size": 8, "n_objects": 8, "n_colours": 4, "n_shapes": 4,
+                         "obs_mode": "grid"}),
+     ("lab/Chain-v0", {"n": 30, "slip": 0.7, "step_reward": -0.05, "start": None})],
+)
+def test_latents_in_range_for_other_settings(env_id, kwargs):
+    env = envs.make(env_id, **kwargs)
+    spec = envs.latent_spec(env)
+    assert env.observation_space.contains(env.reset(seed=0)[0])
+    _, info = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        for name, value in info["latents"].items():
+            lo, hi = spec[name]["range"]
+            assert lo - 1e-6 <= value <= hi + 1e-6, (name, value, spec[name]["range"])
+        obs, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        assert env.observation_space.contains(obs)
+        if terminated or truncated:
+            _, info = env.reset()
