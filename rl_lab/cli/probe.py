@@ -42,6 +42,7 @@ def targets(target: str, args: argparse.Namespace) -> tuple[list[Path], list[str
     if path.suffix in (".h5", ".hdf5"):
         if not path.exists():
             raise LabError(f"no such activation file: {path}")
+        ActivationFile(path).close()  # unreadable, foreign or cut files fail here, before any work
         return [path], []
     run = RunStore(runs_dir(args)).get(target)
     files = run.activation_files()
