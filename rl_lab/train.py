@@ -210,6 +210,9 @@ def train(
         )
         ckpt = None
 
+    import torch
+
+    torch.set_num_threads(max(1, cfg.torch_threads))
     cls = algo_class(cfg.algo)
     vec = make_vec_env(cfg)
     if ckpt is not None:

@@ -11,7 +11,7 @@ from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
 HELP = "train a small PPO agent on lab/Forage-v0, record it, probe it, and explain what its layers encode"
 
 DEMO_ENV = "lab/Forage-v0"
-DEMO_STEPS = 60_000
+DEMO_STEPS = 100_000
 DEMO_EPISODES = 40
 # The demo probes the hidden layers (after each Tanh) of the actor and the critic for the
 # emotion-like labels and the homeostatic/threat latents; `rl-lab probe RUN` probes everything.
