@@ -85,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"  run directory : {run_.path}")
     print(f"  run.json      : {run_.run_json}")
     print(f"  metrics       : {run_.metrics_path}")
-    for ckpt in run_.checkpoints():
-        print(f"  checkpoint    : {ckpt}")
+    ckpts = run_.checkpoints()
+    print(f"  checkpoints   : {run_.checkpoints_dir} ({len(ckpts)} files, last {ckpts[-1].name})")
     print(f"  activations   : {h5}")
     print(f"  probe results : {out_json}")
     print(f"  probe weights : {weights}")
     print()
     print(f"Next: `rl-lab tui --runs-dir {root}` to browse it, "
-          f"`rl-lab steer {run_.name} --runs-dir {root} --direction probe:hunger@<hook>` to test a direction.")
+          f"`rl-lab steer {run_.name} --runs-dir {root} --direction probe:threat@mlp_extractor.policy_net.3` to test a direction.")
     return 0
 
 
