@@ -431,9 +431,11 @@ def _fit_logistic_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes
                 continue
             mu, scale = _standardiser(X[tr])
             xt, xv = (X[tr] - mu) / scale, (X[va] - mu) / scale
+            xtb = np.concatenate([xt, np.ones((len(xt), 1))], axis=1)
             w = None
+            state: dict = {}  # the Hessian preconditioner travels along the C path
             for i, C in enumerate(CS):
-                w = fit_logistic(xt, y[tr], n_classes, float(C), w0=w)
+                w = fit_logistic(xt, y[tr], n_classes, float(C), w0=w, xb=xtb, state=state)
                 losses[i] += log_loss(predict_proba(xv, w, n_classes), y[va])
         best_C = float(CS[int(np.argmin(losses))])
     mu, scale = _standardiser(X)
