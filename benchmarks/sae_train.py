@@ -1,27 +1,36 @@
 """Benchmark: the lab's SAE trainer against a plain PyTorch TopK loop, and streaming vs memory.
 
 On the issue's planted-dictionary instance (512 unit directions in 128 dimensions, ~8 active per
-sample; TopK SAE of width 1024, k 16) it measures, per seed:
+sample, 200k samples; TopK SAE of width 1024, k 16) it measures, per seed:
 
 - ``lab_recovery`` / ``reference_recovery``: fraction of planted directions matched by a decoder
   row at cosine > 0.9, for ``probes.sae`` with its default settings and for a straightforward
-  TopK loop (Adam, random init, no AuxK, no pre-bias init, decoder renormalised) with the same
-  number of steps and batch size;
-- ``lab_samples_per_s`` / ``reference_samples_per_s``: training rows per second;
-- ``streaming_vs_memory``: speed of the lab streaming the same rows from an HDF5 file divided by
-  its speed on an in-memory tensor (same steps).
+  TopK loop (Adam at the lab's learning rate, random init, no AuxK, no pre-bias init, decoder
+  rows renormalised) with the same width, k, batch size and number of steps;
+- ``lab_samples_per_s`` / ``reference_samples_per_s``: training rows per second. The two loops
+  run interleaved, one reference step after every lab step (through ``fit``'s callback), so a
+  machine shared with other jobs slows both alike; the lab's time includes its initialisation;
+- ``lab_explained_variance``: of the lab SAE on 20,000 of the rows.
 
-Last line: one JSON object with "name". ``--quick`` shrinks everything (for a smoke run).
+Once per run, ``streaming_vs_memory``: the lab's speed streaming the rows from an HDF5 file
+(``H5Source``) divided by its speed on an in-memory tensor, same steps, alternated twice, best
+of each. ``peak_rss_mb`` is the process's peak resident memory.
+
+By default as many seeds run as fit in ``--budget`` seconds (at least one); ``--seeds N`` runs
+exactly seeds 0..N-1, ``--lab-only`` skips the reference (for checking recovery on more seeds).
+The last line is one JSON object with "name". ``--quick`` shrinks everything (a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,73 +42,95 @@ from probes.sae_data import H5Source, TensorSource
 from probes.sae_training import fit
 
 
-def reference_topk(x: np.ndarray, width: int, k: int, steps: int, batch: int, lr: float, seed: int) -> tuple[torch.Tensor, float]:
-    """A plain TopK SAE loop; returns (W_dec [width, d], seconds)."""
-    torch.manual_seed(seed)
-    data = torch.from_numpy(x)
-    d = data.shape[1]
-    W_enc = torch.nn.Parameter(torch.randn(d, width) / d**0.5)
-    W_dec = torch.nn.Parameter(torch.randn(width, d) / d**0.5)
-    b_enc = torch.nn.Parameter(torch.zeros(width))
-    b_dec = torch.nn.Parameter(torch.zeros(d))
-    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        xb = data[torch.randint(len(data), (batch,), generator=gen)]
-        pre = (xb - b_dec) @ W_enc + b_enc
-        vals, idx = pre.topk(k, dim=-1)
-        z = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        loss = (z @ W_dec + b_dec - xb).pow(2).sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            W_dec /= W_dec.norm(dim=1, keepdim=True)
-    return W_dec.detach(), time.perf_counter() - t0
+class ReferenceTopK:
+    """A plain TopK SAE loop, advanced one step at a time so it can interleave with the lab."""
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds for the recovery comparison (each adds a full lab + reference run)")
-    args = parser.parse_args()
-    if args.quick:
-        n, d, n_dirs, width, k = 20_000, 32, 64, 128, 8
-    else:
-        n, d, n_dirs, width, k = 200_000, 128, 512, 1024, 16
-    torch.set_num_threads(2)
-    out: dict[str, object] = {"name": "sae_train", "samples": n, "d_in": d, "planted_directions": n_dirs,
-                              "width": width, "k": k}
-    lab_rec, ref_rec, lab_sps, ref_sps = [], [], [], []
-    for seed in range(args.seeds):
-        data = planted_dictionary(n, d, n_dirs, active=8, seed=seed)
-        cfg = make_config("topk", d_in=d, d_sae=width, k=k, seed=seed)
+    def __init__(self, x: np.ndarray, width: int, k: int, batch: int, lr: float, seed: int) -> None:
         torch.manual_seed(seed)
-        sae = make_sae(cfg)
-        res = fit(sae, TensorSource(data.x), progress=False)
-        lab_rec.append(recovery(sae.W_dec, data.directions))
-        lab_sps.append(res.samples / res.seconds)
-        w_ref, secs = reference_topk(data.x, width, k, res.steps, cfg.batch_size, cfg.lr, seed)
-        ref_rec.append(recovery(w_ref, data.directions))
-        ref_sps.append(res.samples / secs)
-        print(f"seed {seed}: lab recovery {lab_rec[-1]:.3f} ({lab_sps[-1]:.0f} rows/s, {res.steps} steps), "
-              f"reference {ref_rec[-1]:.3f} ({ref_sps[-1]:.0f} rows/s)", file=sys.stderr)
+        self.data = torch.from_numpy(x)
+        d = self.data.shape[1]
+        self.k, self.batch = k, batch
+        self.W_enc = torch.nn.Parameter(torch.randn(d, width) / d**0.5)
+        self.W_dec = torch.nn.Parameter(torch.randn(width, d) / d**0.5)
+        self.b_enc = torch.nn.Parameter(torch.zeros(width))
+        self.b_dec = torch.nn.Parameter(torch.zeros(d))
+        self.opt = torch.optim.Adam([self.W_enc, self.W_dec, self.b_enc, self.b_dec], lr=lr)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.seconds = 0.0
+        self.samples = 0
 
-    # Streaming vs memory: the same fixed number of steps from a tensor and from an HDF5 file.
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        xb = self.data[torch.randint(len(self.data), (self.batch,), generator=self.gen)]
+        pre = (xb - self.b_dec) @ self.W_enc + self.b_enc
+        vals, idx = pre.topk(self.k, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        loss = (z @ self.W_dec + self.b_dec - xb).pow(2).sum(-1).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+        self.seconds += time.perf_counter() - t0
+        self.samples += self.batch
+
+
+def explained_variance(sae: torch.nn.Module, x: np.ndarray) -> float:
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        err = (xt - sae(xt)).pow(2).sum()
+        var = (xt - xt.mean(0)).pow(2).sum()
+    return float(1 - err / var)
+
+
+def run_seed(seed: int, sizes: dict[str, int], lab_only: bool) -> dict[str, Any]:
+    """Train the lab (and, unless ``lab_only``, the reference, interleaved) on one seed."""
+    n, d, n_dirs, width, k = (sizes[key] for key in ("n", "d", "n_dirs", "width", "k"))
+    data = planted_dictionary(n, d, n_dirs, active=8, seed=seed)
+    cfg = make_config("topk", d_in=d, d_sae=width, k=k, seed=seed)
+    ref = None if lab_only else ReferenceTopK(data.x, width, k, cfg.batch_size, cfg.lr, seed)
+    callback: Callable[[int], None] | None = (lambda _step: ref.step()) if ref is not None else None
+    torch.manual_seed(seed)
+    sae = make_sae(cfg)
+    res = fit(sae, TensorSource(data.x), progress=False, callback=callback)
+    lab_seconds = res.seconds - (ref.seconds if ref is not None else 0.0)
+    row: dict[str, Any] = {
+        "seed": seed,
+        "steps": res.steps,
+        "lab_recovery": recovery(sae.W_dec, data.directions),
+        "lab_explained_variance": explained_variance(sae, data.x[:20_000]),
+        "lab_samples_per_s": res.samples / lab_seconds,
+        "lab_seconds": lab_seconds,
+    }
+    if ref is not None:
+        row.update(
+            reference_recovery=recovery(ref.W_dec, data.directions),
+            reference_samples_per_s=ref.samples / ref.seconds,
+            reference_seconds=ref.seconds,
+        )
+        row["speedup_vs_reference"] = row["lab_samples_per_s"] / row["reference_samples_per_s"]
+    return row
+
+
+def streaming_vs_memory(sizes: dict[str, int], steps: int) -> dict[str, float]:
+    """The lab's rows/s from an HDF5 file and from memory (same rows, same steps)."""
+    n, d, n_dirs, width, k = (sizes[key] for key in ("n", "d", "n_dirs", "width", "k"))
     data = planted_dictionary(n, d, n_dirs, active=8, seed=0)
-    steps = 60 if not args.quick else 30
-    speeds = {}
+    speeds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "acts.h5"
+        per_episode = 50_000
         with ActivationWriter(path, {"run": "bench"}) as w:
-            for start in range(0, n, 50_000):
-                rows = data.x[start : start + 50_000]
+            for start in range(0, n, per_episode):
+                rows = data.x[start : start + per_episode]
                 m = len(rows)
                 w.append({"obs": np.zeros((m, 1), np.float32), "action": np.zeros(m, np.int64),
                           "reward": np.zeros(m, np.float32), "done": np.zeros(m, bool),
-                          "episode": np.full(m, start // 50_000), "t": np.arange(m)}, {}, {"h": rows})
-        sources = {"memory": lambda: TensorSource(data.x), "stream": lambda: H5Source(path, "h", np.ones(n, bool))}
+                          "episode": np.full(m, start // per_episode), "t": np.arange(m)}, {}, {"h": rows})
+        sources: dict[str, Callable[[], Any]] = {
+            "memory": lambda: TensorSource(data.x),
+            "stream": lambda: H5Source(path, "h", np.ones(n, bool)),
+        }
         for _ in range(2):  # alternate twice, keep the best of each (the machine may be shared)
             for name, make in sources.items():
                 cfg = make_config("topk", d_in=d, d_sae=width, k=k, steps=steps)
@@ -109,17 +140,71 @@ def main() -> None:
                 t0 = time.perf_counter()
                 res = fit(sae, src, progress=False)
                 speeds[name] = max(speeds.get(name, 0.0), res.samples / (time.perf_counter() - t0))
+                if isinstance(src, H5Source):
+                    src.close()
+    return speeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="run seeds 0..N-1 (default: as many as fit in --budget, at least one)")
+    parser.add_argument("--budget", type=float, default=270.0,
+                        help="seconds the default run may take (default 270, under the 5-minute limit)")
+    parser.add_argument("--lab-only", action="store_true", help="skip the reference loop and the streaming test")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops (default 1)")
+    args = parser.parse_args()
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        sizes = dict(n=20_000, d=32, n_dirs=64, width=128, k=8)
+    else:
+        sizes = dict(n=200_000, d=128, n_dirs=512, width=1024, k=16)
+    out: dict[str, Any] = {"name": "sae_train", "samples": sizes["n"], "d_in": sizes["d"],
+                           "planted_directions": sizes["n_dirs"], "width": sizes["width"], "k": sizes["k"],
+                           "threads": args.threads}
+    speeds: dict[str, float] = {}
+    if not args.lab_only:
+        speeds = streaming_vs_memory(sizes, steps=30 if args.quick else 150)
+        print(f"streaming {speeds['stream']:.0f} rows/s, memory {speeds['memory']:.0f} rows/s", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    seed = 0
+    while True:
+        t_seed = time.perf_counter()
+        rows.append(run_seed(seed, sizes, args.lab_only))
+        r = rows[-1]
+        print(f"seed {seed}: lab recovery {r['lab_recovery']:.3f} ({r['lab_samples_per_s']:.0f} rows/s, "
+              f"{r['steps']} steps)" + ("" if args.lab_only else
+              f", reference {r['reference_recovery']:.3f} ({r['reference_samples_per_s']:.0f} rows/s)"),
+              file=sys.stderr)
+        seed += 1
+        per_seed = time.perf_counter() - t_seed
+        if args.seeds is not None:
+            if seed >= args.seeds:
+                break
+        elif time.perf_counter() - t_start + per_seed > args.budget:
+            break
     out.update(
-        lab_recovery=lab_rec,
-        reference_recovery=ref_rec,
-        lab_recovery_min=min(lab_rec),
-        reference_recovery_min=min(ref_rec),
-        lab_samples_per_s=float(np.median(lab_sps)),
-        reference_samples_per_s=float(np.median(ref_sps)),
-        memory_samples_per_s=speeds["memory"],
-        streaming_samples_per_s=speeds["stream"],
-        streaming_vs_memory=speeds["stream"] / speeds["memory"],
+        seeds_run=seed,
+        seed_mode="fixed" if args.seeds is not None else f"as many as fit in {args.budget:.0f} s",
+        per_seed=rows,
+        steps=rows[0]["steps"],
+        lab_recovery_min=min(r["lab_recovery"] for r in rows),
+        lab_explained_variance_min=min(r["lab_explained_variance"] for r in rows),
+        lab_samples_per_s=float(np.median([r["lab_samples_per_s"] for r in rows])),
     )
+    if not args.lab_only:
+        out.update(
+            reference_recovery_min=min(r["reference_recovery"] for r in rows),
+            reference_samples_per_s=float(np.median([r["reference_samples_per_s"] for r in rows])),
+            speedup_vs_reference=float(np.median([r["speedup_vs_reference"] for r in rows])),
+            memory_samples_per_s=speeds["memory"],
+            streaming_samples_per_s=speeds["stream"],
+            streaming_vs_memory=speeds["stream"] / speeds["memory"],
+        )
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["total_seconds"] = time.perf_counter() - t_start
     print(json.dumps(out))
 
 

@@ -285,6 +285,10 @@ class ActivationFile:
         """The episode id of every row (small: one int per step)."""
         return self.steps("episode")
 
+    def has_step(self, name: str) -> bool:
+        """Whether ``/steps/<name>`` exists (e.g. the optional ``text``)."""
+        return name in self._h5["steps"]
+
     def text(self, row: int) -> str:
         if "text" not in self._h5["steps"]:
             return ""

@@ -84,7 +84,7 @@ def _read_labels(af: ActivationFile) -> tuple[list[dict[str, Any]], np.ndarray, 
 
 def _read_texts(af: ActivationFile, rows: np.ndarray) -> list[str]:
     """Texts of the sorted unique ``rows``, reading only the chunks that hold them."""
-    if len(rows) == 0 or "text" not in af._h5["steps"]:
+    if len(rows) == 0 or not af.has_step("text"):
         return [""] * len(rows)
     out: list[str] = []
     step = max(af.chunk_size("steps", "text"), 4096)

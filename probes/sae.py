@@ -75,7 +75,7 @@ class SAEConfig:
     """Number of optimisation steps; None means: from ``epochs``, else ``train_samples``."""
     epochs: float | None = None
     """Passes over the training rows (used when ``steps`` is None)."""
-    train_samples: int = 3_000_000
+    train_samples: int = 2_000_000
     """Default budget in rows seen when neither ``steps`` nor ``epochs`` is given; capped at
     ``max_epochs`` passes over the data and raised to at least ``min_steps`` steps."""
     max_epochs: float = 30.0
@@ -209,12 +209,13 @@ class SparseAutoencoder(nn.Module):
     # -- training
     def training_loss(
         self, x: torch.Tensor, dead: torch.Tensor | None, progress: float
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss on one batch ``x`` [B, d_in].
 
         ``dead`` is a [d_sae] bool mask of latents that have not fired recently (None: none),
         ``progress`` the fraction of training done (for warm-ups). Returns the loss, its named
-        parts (floats, for logging) and a [d_sae] count of how often each latent fired.
+        parts (detached 0-d tensors, for logging) and a [d_sae] count of how often each latent
+        fired.
         """
         raise NotImplementedError
 
@@ -242,32 +243,101 @@ class TopKSAE(SparseAutoencoder):
 
     def training_loss(
         self, x: torch.Tensor, dead: torch.Tensor | None, progress: float
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        # (x - b_dec) @ W_enc + b_enc written as x @ W_enc + (b_enc - b_dec @ W_enc): the same
-        # gradients, but autograd needs no [B, d_sae] x [d_sae, d_in] product for b_dec.
-        pre = torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)  # [B, d_sae]
-        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)  # [B, k]
-        vals = vals.relu()
-        z = torch.zeros_like(pre).scatter(-1, idx, vals)  # [B, d_sae]
-        x_hat = torch.addmm(self.b_dec, z, self.W_dec)  # [B, d_in]
-        err = x - x_hat
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        # Only k (and aux_k) latents per row are non-zero, so the step is written sparsely: the
+        # dense [B, d_sae] pre-activations are computed once without autograd, the kept latents
+        # are gathered (``_SparseEncode``: its backward touches only their encoder columns) and
+        # decoded as a weighted sum of k decoder rows (``_SparseDecode``). The gradients are
+        # those of the dense formulation; the dense backward matmuls are never formed.
+        with torch.no_grad():
+            xc = x - self.b_dec  # [B, d_in]
+            pre = torch.addmm(self.b_enc, xc, self.W_enc)  # [B, d_sae]
+            idx = pre.topk(self.cfg.k, dim=-1, sorted=False).indices  # [B, k]
+        vals = _SparseEncode.apply(xc, pre, idx, self.W_enc, self.b_enc, self.b_dec).relu()  # [B, k]
+        x_hat = _SparseDecode.apply(vals, idx, self.W_dec) + self.b_dec  # [B, d_in]
+        err = x - x_hat  # [B, d_in]
         mse = err.pow(2).sum(dim=-1).mean()
         loss = mse
-        parts = {"mse": float(mse.detach())}
+        parts = {"mse": mse.detach()}
         n_dead = int(dead.sum()) if dead is not None else 0
         if n_dead > 0 and self.cfg.aux_k_coefficient > 0:
             assert dead is not None
             k_base = self.cfg.aux_k or max(1, self.cfg.d_in // 2)
             k_aux = min(k_base, n_dead)
             # Dead latents, alone, try to explain the live latents' residual (Gao et al. A.2);
-            # the loss is scaled down while few latents are dead, as in SAELens.
-            aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
-            e_hat = torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals.relu()) @ self.W_dec
+            # the loss is scaled down while few latents are dead, as in SAELens. Only the dead
+            # columns are computed and ranked: densely while they are at most a quarter of the
+            # latents, else through their top aux_k alone.
+            dead_idx = dead.nonzero().squeeze(1)  # [n_dead]
+            if 4 * n_dead <= self.cfg.d_sae:
+                pre_d = (x - self.b_dec) @ self.W_enc[:, dead_idx] + self.b_enc[dead_idx]  # [B, n_dead]
+                aux_vals, local = pre_d.topk(k_aux, dim=-1, sorted=False)  # [B, k_aux]
+                z_d = torch.zeros_like(pre_d).scatter(-1, local, aux_vals.relu())
+                e_hat = z_d @ self.W_dec[dead_idx]  # [B, d_in]
+            else:
+                with torch.no_grad():
+                    local = pre.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False).indices
+                    aux_idx = dead_idx[local]  # [B, k_aux]
+                aux_vals = _SparseEncode.apply(xc, pre, aux_idx, self.W_enc, self.b_enc, self.b_dec).relu()
+                e_hat = _SparseDecode.apply(aux_vals, aux_idx, self.W_dec)  # [B, d_in]
             aux = (err.detach() - e_hat).pow(2).sum(dim=-1).mean() * min(1.0, n_dead / k_base)
             loss = loss + self.cfg.aux_k_coefficient * aux
-            parts["aux"] = float(aux.detach())
-        fired = torch.bincount(idx[vals > 0], minlength=self.cfg.d_sae)
+            parts["aux"] = aux.detach()
+        with torch.no_grad():
+            fired = torch.bincount(idx[vals > 0], minlength=self.cfg.d_sae)
         return loss, parts, fired
+
+
+def _scatter_rows(idx: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``out[idx[b, j]] += coef[b, j] * rows[b]`` as one sparse-dense product: ``M^T @ rows`` with
+    ``M`` the [B, n_out] matrix holding ``coef`` at ``idx`` ([B, k], [B, k], [B, d] -> [n_out, d])."""
+    b, k = idx.shape
+    src = torch.arange(b).repeat_interleave(k)  # [B * k]
+    m = torch.sparse_coo_tensor(
+        torch.stack([idx.reshape(-1), src]), coef.reshape(-1), (n_out, b), check_invariants=False
+    )
+    return torch.sparse.mm(m, rows)
+
+
+class _SparseEncode(torch.autograd.Function):
+    """``pre.gather(1, idx)`` where ``pre = (x - b_dec) @ W_enc + b_enc`` was computed outside
+    autograd; the backward gives the gradients for ``W_enc``, ``b_enc`` and ``b_dec`` by scattering
+    into the ``idx`` columns only (``B * k * d_in`` work instead of ``B * d_sae * d_in``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, xc: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor,
+        W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(xc, idx, W_enc)
+        return pre.gather(1, idx)  # [B, k]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        xc, idx, W_enc = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        g_w = _scatter_rows(idx, grad, xc, d_sae)  # [d_sae, d_in]
+        g_b = torch.zeros(d_sae, dtype=grad.dtype).index_add_(0, idx.reshape(-1), grad.reshape(-1))  # [d_sae]
+        return None, None, None, g_w.T.contiguous(), g_b, -(W_enc @ g_b)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``sum_j vals[:, j] * W_dec[idx[:, j]]`` ([B, k], [B, k], [d_sae, d_in] -> [B, d_in]): the
+    decode of a code with k non-zeros per row, whose backward scatters into the k used rows."""
+
+    @staticmethod
+    def forward(ctx: Any, vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(vals, idx, W_dec)
+        return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        vals, idx, W_dec = ctx.saved_tensors
+        if 16 * idx.shape[1] >= len(W_dec):  # many rows per sample: one dense product is cheaper
+            g_vals = (grad @ W_dec.T).gather(1, idx)  # [B, k]
+        else:  # gather the k rows: memory-bound, but B * k * d_in instead of B * d_sae * d_in
+            g_vals = torch.bmm(W_dec[idx], grad.unsqueeze(-1)).squeeze(-1)  # [B, k]
+        return g_vals, None, _scatter_rows(idx, vals, grad, len(W_dec))
 
 
 class ReLUSAE(SparseAutoencoder):
@@ -280,7 +350,7 @@ class ReLUSAE(SparseAutoencoder):
 
     def training_loss(
         self, x: torch.Tensor, dead: torch.Tensor | None, progress: float
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         z = self.pre_acts(x).relu()  # [B, d_sae]
         x_hat = z @ self.W_dec + self.b_dec
         mse = (x - x_hat).pow(2).sum(dim=-1).mean()
@@ -289,7 +359,7 @@ class ReLUSAE(SparseAutoencoder):
         coef = self.cfg.l1_coefficient * (min(1.0, progress / warm) if warm > 0 else 1.0)
         loss = mse + coef * l1
         fired = (z > 0).sum(dim=0)
-        return loss, {"mse": float(mse.detach()), "l1": float(l1.detach())}, fired
+        return loss, {"mse": mse.detach(), "l1": l1.detach()}, fired
 
 
 REGISTRY: dict[str, tuple[type[SparseAutoencoder], type[SAEConfig]]] = {

@@ -123,7 +123,8 @@ class H5Source:
     def _read(self, start: int) -> np.ndarray:
         stop = min(start + self.block_rows, self.file.n)
         block = self.file.acts(self.hook, slice(start, stop))
-        return block[self.mask[start:stop]]
+        keep = self.mask[start:stop]
+        return block if keep.all() else block[keep]  # no copy when the whole block is selected
 
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
         """Up to ``n`` random rows, read from randomly chosen blocks."""

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class FitResult:
     samples: int
     """Training rows seen (steps × batch size)."""
     seconds: float
-    """Wall-clock time of the loop (initialisation included)."""
+    """Wall-clock time of ``fit`` (initialisation and any callback included)."""
     final: dict[str, float] = field(default_factory=dict)
     """Loss parts of the last step."""
     dead_at_end: float = 0.0
@@ -121,12 +121,19 @@ def _init_from_data(sae: SparseAutoencoder, sample: torch.Tensor) -> float:
     return scale
 
 
-def fit(sae: SparseAutoencoder, source: Source, progress: bool = True, desc: str = "SAE") -> FitResult:
+def fit(
+    sae: SparseAutoencoder,
+    source: Source,
+    progress: bool = True,
+    desc: str = "SAE",
+    callback: Callable[[int], bool | None] | None = None,
+) -> FitResult:
     """Train ``sae`` in place on ``source`` with the schedule of ``sae.cfg``.
 
     The caller seeds torch before building ``sae``; the data order comes from a numpy Generator
-    seeded with ``cfg.seed``. On return the input scale is folded into ``b_enc``/``b_dec`` and
-    recorded in ``cfg.normalize_scale``.
+    seeded with ``cfg.seed``. ``callback(step)`` runs after every optimisation step; returning
+    ``False`` stops training early. On return the input scale is folded into
+    ``b_enc``/``b_dec`` and recorded in ``cfg.normalize_scale``.
     """
     cfg = sae.cfg
     t0 = time.perf_counter()
@@ -140,8 +147,8 @@ def fit(sae: SparseAutoencoder, source: Source, progress: bool = True, desc: str
     )
     use_dead = isinstance(cfg, TopKConfig) and cfg.aux_k_coefficient > 0
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.int64)
-    parts: dict[str, float] = {}
-    samples = 0
+    parts: dict[str, torch.Tensor] = {}
+    samples = steps_done = 0
     sae.train()
     bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, mininterval=0.5, leave=False)
     batches = source.batches(cfg.batch_size, rng)
@@ -158,9 +165,12 @@ def fit(sae: SparseAutoencoder, source: Source, progress: bool = True, desc: str
         since_fired += len(xb)
         since_fired[fired > 0] = 0
         samples += len(xb)
+        steps_done = step + 1
         if progress and (step % 20 == 0 or step == total - 1):
-            bar.set_postfix({k: f"{v:.4g}" for k, v in parts.items()}, refresh=False)
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in parts.items()}, refresh=False)
             bar.update(step + 1 - bar.n)
+        if callback is not None and callback(step) is False:
+            break
     bar.close()
     with torch.no_grad():
         sae.b_dec /= scale
@@ -168,7 +178,8 @@ def fit(sae: SparseAutoencoder, source: Source, progress: bool = True, desc: str
     cfg.normalize_scale = scale
     sae.eval()
     dead_end = float((since_fired > getattr(cfg, "dead_window", 10**18)).float().mean())
-    return FitResult(total, samples, time.perf_counter() - t0, dict(parts), dead_end)
+    final = {k: float(v) for k, v in parts.items()}
+    return FitResult(steps_done, samples, time.perf_counter() - t0, final, dead_end)
 
 
 @torch.no_grad()

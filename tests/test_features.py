@@ -17,7 +17,7 @@ from probes.features import FeatureStore, compute_features
 from probes.sae import load_sae, make_config, make_sae, save_sae
 
 
-def make_case(tmp_path: Path) -> tuple[Path, Path]:
+def make_case(tmp_path: Path, with_text: bool = True) -> tuple[Path, Path]:
     """A file with a continuous label, a binary and a 3-class label, and an SAE for its hook.
 
     Latent 0 of the SAE reads direction e0, which carries the continuous label ``fear``.
@@ -35,9 +35,11 @@ def make_case(tmp_path: Path) -> tuple[Path, Path]:
             "threat": {"kind": "discrete", "description": "", "linear_in": []},
             "room": {"kind": "discrete", "description": "", "linear_in": []}}
     with ActivationWriter(path, {"run": "r"}, label_meta=meta, chunk_rows=128) as w:
-        w.append({"obs": x[:, :2], "action": np.zeros(n, np.int64), "reward": np.zeros(n, np.float32),
-                  "done": t == t.max(), "episode": ep, "t": t, "text": [f"row {i}" for i in range(n)]},
-                 {"fear": fear, "threat": threat, "room": room}, {"h": x})
+        steps = {"obs": x[:, :2], "action": np.zeros(n, np.int64), "reward": np.zeros(n, np.float32),
+                 "done": t == t.max(), "episode": ep, "t": t}
+        if with_text:
+            steps["text"] = [f"row {i}" for i in range(n)]
+        w.append(steps, {"fear": fear, "threat": threat, "room": room}, {"h": x})
     torch.manual_seed(0)
     sae = make_sae(make_config("topk", d_in=d, d_sae=16, k=3, hook_name="h"))
     with torch.no_grad():
@@ -84,6 +86,16 @@ def test_statistics_match_direct_computation(tmp_path: Path) -> None:
     # binary labels report one AUROC (for class 1); multi-class one per class
     assert list(store.latent(0)["labels"]["threat"]["per_class"]) == ["1"]
     assert list(store.latent(0)["labels"]["room"]["per_class"]) == ["0", "1", "2"]
+
+
+def test_file_without_text_gives_empty_texts(tmp_path: Path) -> None:
+    path, sae_dir = make_case(tmp_path, with_text=False)
+    with ActivationFile(path) as af:
+        assert not af.has_step("text") and af.has_step("episode")
+    compute_features(sae_dir, path, n_top=3, context=1, progress=False)
+    top = FeatureStore(sae_dir).latent(0)["top"]
+    assert top and all(s["text"] == "" for s in top)
+    assert all(c["text"] == "" for s in top for c in s["context"])
 
 
 def test_store_errors_and_sorting(tmp_path: Path) -> None:

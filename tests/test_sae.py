@@ -22,8 +22,17 @@ from probes.sae import (
     train_sae_on_file,
     update_metrics,
 )
-from probes.sae_data import H5Source, split_episodes
-from probes.sae_training import evaluate, geometric_median, train_in_memory
+from probes.sae_data import H5Source, TensorSource, split_episodes
+from probes.sae_training import evaluate, fit, geometric_median, train_in_memory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small SAEs train fastest on one thread, and a shared machine does not stall them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_planted_file(path: Path, n: int = 6000, d: int = 16, n_dirs: int = 24, episodes: int = 12, seed: int = 0) -> np.ndarray:
@@ -55,6 +64,54 @@ def test_topk_recovers_planted_dictionary_with_defaults(seed: int) -> None:
         var = (x - x.mean(0)).pow(2).sum()
     assert 1 - float(err / var) > 0.9
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(256), atol=1e-4)
+
+
+def _dense_topk_loss(sae: torch.nn.Module, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """The TopK + AuxK loss written densely, as the textbook formulation (no sparse kernels)."""
+    cfg = sae.cfg
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    vals, idx = pre.topk(cfg.k, dim=-1)
+    err = x - (torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ sae.W_dec + sae.b_dec)
+    loss = err.pow(2).sum(-1).mean()
+    n_dead, k_base = int(dead.sum()), cfg.d_in // 2
+    if n_dead:
+        a_vals, a_idx = pre.masked_fill(~dead, float("-inf")).topk(min(k_base, n_dead), dim=-1)
+        e_hat = torch.zeros_like(pre).scatter(-1, a_idx, a_vals.relu()) @ sae.W_dec
+        aux = (err.detach() - e_hat).pow(2).sum(-1).mean() * min(1.0, n_dead / k_base)
+        loss = loss + cfg.aux_k_coefficient * aux
+    return loss
+
+
+@pytest.mark.parametrize("every", [1000, 5, 1])  # no dead latent; a few (dense AuxK); all (sparse AuxK)
+def test_sparse_training_step_matches_dense_gradients(every: int) -> None:
+    torch.manual_seed(0)
+    sae = make_sae(make_config("topk", d_in=16, d_sae=64, k=4))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    x = torch.randn(50, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::every] = True
+    loss, parts, fired = sae.training_loss(x, dead, 0.5)
+    loss.backward()
+    sparse = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    dense = _dense_topk_loss(sae, x, dead)
+    dense.backward()
+    assert float(loss.detach()) == pytest.approx(float(dense.detach()), rel=1e-5)
+    assert ("aux" in parts) == bool(dead.any())
+    for name, p in sae.named_parameters():
+        assert torch.allclose(sparse[name], p.grad, atol=1e-5, rtol=1e-4), name
+    assert int(fired.sum()) <= 50 * 4
+
+
+def test_fit_callback_can_stop_training() -> None:
+    data = planted_dictionary(2000, 8, 12, active=2, seed=0)
+    seen: list[int] = []
+    cfg = make_config("topk", d_in=8, d_sae=16, k=2, steps=50, batch_size=100)
+    sae = make_sae(cfg)
+    res = fit(sae, TensorSource(data.x), progress=False, callback=lambda step: seen.append(step) or step < 9)
+    assert seen == list(range(10)) and res.steps == 10 and res.samples == 1000
 
 
 def test_untrained_sae_does_not_recover() -> None:
