@@ -322,7 +322,9 @@ def test_smoke_example_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert record["aggregate"]["probes"] and "probes" in out
         if importlib.util.find_spec("rl_lab.compare") is not None:
             assert record["aggregate"]["compare"]["groups"][0] == record["trials"][0]["condition"]
-        assert all(r["score"]["n"] == len(spec.seeds) for r in record["aggregate"]["probes"])
+        # a label can be skipped in one seed on this tiny budget (e.g. a class never seen); value never is
+        assert all(1 <= r["score"]["n"] <= len(spec.seeds) for r in record["aggregate"]["probes"])
+        assert any(r["label"] == "value" and r["score"]["n"] == len(spec.seeds) for r in record["aggregate"]["probes"])
     if "sae" in spec.pipeline:
         assert record["aggregate"]["saes"]
     assert os.path.exists(runs / record["trials"][0]["name"] / "activations")
