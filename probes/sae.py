@@ -583,27 +583,8 @@ def train_sae_on_file(
 
 
 # --------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser, file_arg: bool = True) -> None:
-    """Add the SAE training options (the same for ``python -m probes.sae`` and ``rl-lab sae``).
-
-    ``file_arg=False`` leaves out the positional FILE (a caller that finds the file itself).
-    """
-    if file_arg:
-        parser.add_argument("file", type=Path, help="activation file (.h5)")
-    parser.add_argument("--hook", required=True, help="hook name: which /acts/<hook> to train on")
-    parser.add_argument("--arch", choices=sorted(REGISTRY), default="topk", help="SAE architecture (default topk)")
-    parser.add_argument("--width", type=int, default=None, help="number of latents (default 8 x d_in)")
-    parser.add_argument("--k", type=int, default=None, help="topk: latents per sample (default 16)")
-    parser.add_argument("--l1", type=float, default=None, help=f"relu: L1 coefficient (default {ReLUConfig.l1_coefficient})")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="optimisation steps")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the training rows")
-    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default {SAEConfig.lr})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"rows per step (default {SAEConfig.batch_size})")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN/saes/<hook>-<arch>-<width>/)")
-    parser.add_argument("--no-features", action="store_true", help="skip the per-latent feature statistics")
-    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON document on stdout")
+# The options live in probes.sae_options (no torch import), so that `rl-lab --help` stays instant.
+from probes.sae_options import add_arguments  # noqa: E402
 
 
 def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[str, Any]:

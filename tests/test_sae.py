@@ -263,3 +263,13 @@ def test_script_exit_codes(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["d_sae"] == 32
+
+
+def test_cli_option_defaults_match_the_configs() -> None:
+    """probes.sae_options quotes the configs' defaults without importing torch."""
+    from probes import sae_options
+    from probes.sae import REGISTRY, ReLUConfig, SAEConfig
+
+    assert sae_options.ARCHITECTURES == sorted(REGISTRY)
+    assert sae_options.RELU_L1 == ReLUConfig.l1_coefficient
+    assert sae_options.LR == SAEConfig.lr and sae_options.BATCH_SIZE == SAEConfig.batch_size

@@ -13,7 +13,7 @@ HELP = "train a sparse autoencoder (TopK or ReLU) on one hook; with a run, also 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from probes.sae import add_arguments as sae_arguments
+    from probes.sae_options import add_arguments as sae_arguments
 
     parser.add_argument("target", metavar="RUN_OR_FILE", help="a run (its latest recording) or an activation .h5 file")
     sae_arguments(parser, file_arg=False)
