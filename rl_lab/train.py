@@ -143,7 +143,9 @@ def save_checkpoint(model: Any, run: Run) -> Path:
     return path
 
 
-def _install_sigterm() -> Any:
+def install_sigterm() -> Any:
+    """Make SIGTERM behave like Ctrl-C (checkpoint, mark interrupted); returns the old handler."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -222,7 +224,7 @@ def train(
     else:
         model = cls("MlpPolicy", vec, **cfg.algo_kwargs())
     remaining = cfg.total_timesteps - int(model.num_timesteps)
-    previous = _install_sigterm()
+    previous = install_sigterm()
     try:
         if remaining > 0:
             model.learn(

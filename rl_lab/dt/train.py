@@ -24,6 +24,7 @@ from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accurac
 from rl_lab.dt.trajectories import Trajectories, collect
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore
+from rl_lab.train import install_sigterm
 
 ProgressFn = Callable[[int, int], None]
 DT_ALGOS = ("dt", "bc")
@@ -90,16 +91,6 @@ def _save(model: DecisionTransformer, run: Run, step: int) -> Path:
     return path
 
 
-def _install_sigterm() -> Any:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        return None
-
-
 def model_config_for(cfg: DTTrainConfig, data: Trajectories) -> DTModelConfig:
     scale = float(max(1e-6, np.abs(data.ep_return).max()))
     return DTModelConfig(
@@ -161,7 +152,7 @@ def train_dt(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     rng = np.random.default_rng(cfg.seed)
     step = 0
-    previous = _install_sigterm()
+    previous = install_sigterm()
     t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
     try:
         while step < cfg.steps:
