@@ -107,6 +107,29 @@ def _as_float(value: Any) -> float | None:
     return out if out == out else None  # NaN -> None
 
 
+def _new_complete_lines(path: Path | str, offset: int, inode: int) -> tuple[bytes, int, int]:
+    """The bytes of the complete lines appended since ``offset``, the new offset and the inode
+    (a replaced or shortened file is read again from the start; a torn last line waits)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return b"", 0, 0
+    if st.st_ino != inode or st.st_size < offset:
+        offset = 0
+    if st.st_size == offset:
+        return b"", offset, st.st_ino
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read(st.st_size - offset)
+    except OSError:
+        return b"", offset, st.st_ino
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return b"", offset, st.st_ino
+    return chunk[: end + 1], offset + end + 1, st.st_ino
+
+
 def read_new_lines(path: Path | str, offset: int, inode: int) -> tuple[list[dict[str, Any]], int, int]:
     """Complete JSON-object lines appended to ``path`` since byte ``offset``.
 
@@ -119,24 +142,8 @@ def read_new_lines(path: Path | str, offset: int, inode: int) -> tuple[list[dict
     Returns:
         ``(records, new_offset, inode)``. A torn last line is left for the next call.
     """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [], 0, 0
-    if st.st_ino != inode or st.st_size < offset:
-        offset = 0
-    if st.st_size == offset:
-        return [], offset, st.st_ino
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read(st.st_size - offset)
-    except OSError:
-        return [], offset, st.st_ino
-    end = chunk.rfind(b"\n")
-    if end < 0:
-        return [], offset, st.st_ino
-    return parse_lines(chunk[: end + 1]), offset + end + 1, st.st_ino
+    chunk, offset, inode = _new_complete_lines(path, offset, inode)
+    return (parse_lines(chunk) if chunk else []), offset, inode
 
 
 def parse_lines(block: bytes) -> list[dict[str, Any]]:
@@ -161,29 +168,13 @@ _RETURN = re.compile(rb'"episode_return":\s*(-?[0-9][0-9.eE+-]*)')
 
 def scan_returns(path: Path | str, offset: int, inode: int) -> tuple[list[float], int, int]:
     """Like :func:`read_new_lines` but only extracts ``episode_return`` values (fast, for the runs table)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [], 0, 0
-    if st.st_ino != inode or st.st_size < offset:
-        offset = 0
-    if st.st_size == offset:
-        return [], offset, st.st_ino
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read(st.st_size - offset)
-    except OSError:
-        return [], offset, st.st_ino
-    end = chunk.rfind(b"\n")
-    if end < 0:
-        return [], offset, st.st_ino
-    found = _RETURN.findall(chunk, 0, end + 1)  # null / NaN do not match and are skipped
+    chunk, offset, inode = _new_complete_lines(path, offset, inode)
+    found = _RETURN.findall(chunk)  # null / NaN do not match and are skipped
     try:
         values = [float(x) for x in found]
     except ValueError:  # a malformed number somewhere: convert one by one
         values = [v for v in map(_as_float, (x.decode() for x in found)) if v is not None]
-    return values, offset + end + 1, st.st_ino
+    return values, offset, inode
 
 
 def _read_info(info_path: str, run_path: Path) -> dict[str, Any]:
