@@ -483,7 +483,7 @@ def update_metrics(sae_dir: Path | str, **extra: Any) -> dict[str, Any]:
     return metrics
 
 
-LIVE_METRICS = ("return_recovered", "return_clean", "return_spliced", "return_zero_ablated")
+LIVE_METRICS = ("return_recovered", "return_clean", "return_spliced", "return_mean_ablated")
 """Metrics only the live agent can give (SAE spliced into the network); see docs/sae.md."""
 LIVE_NOTE_PREFIX = "return_recovered skipped"
 
