@@ -8,6 +8,10 @@ hooks where the label is linear by construction (the critic's value layer for ``
 The random-weights baseline inside each record gives a second row per run: the same
 architecture untrained (``<group> (random weights)``).
 
+``hooks`` (shell-style patterns such as ``mlp_extractor.policy_net.*`` or ``blocks.*``)
+restricts the hooks a run's best score is taken over — e.g. the PPO actor only, leaving out
+the critic that was trained to predict value, beside the decision transformer's blocks.
+
 Runs are grouped (by ``algo``, or any ``run.json`` key with ``group_by``, dotted for nested
 keys, e.g. ``config.env_kwargs.interoception``); each group's score per label is the mean over
 its runs (seeds) with a 95% t-interval across them.
@@ -15,6 +19,7 @@ its runs (seeds) with a 95% t-interval across them.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import time
@@ -79,12 +84,20 @@ def group_key(run: Run, group_by: str) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def best_by_label(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """For each label: the best-scoring hook (not linear by construction) and the best random twin."""
+def hook_matches(hook: str, patterns: Sequence[str] | None) -> bool:
+    """Whether ``hook`` matches one of the shell-style ``patterns`` (every hook does without patterns)."""
+    return not patterns or any(fnmatch.fnmatchcase(hook, p) for p in patterns)
+
+
+def best_by_label(records: Sequence[dict[str, Any]], hooks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """For each label: the best-scoring hook (not linear by construction, matching ``hooks``) and
+    the best random twin over the same hooks."""
     out: dict[str, dict[str, Any]] = {}
     for rec in records:
         score = rec.get("score")
         if rec.get("linear_by_construction") or score is None or not math.isfinite(score):
+            continue
+        if not hook_matches(str(rec.get("hook")), hooks):
             continue
         label = rec["label"]
         cur = out.get(label)
@@ -119,8 +132,13 @@ def compare(
     group_by: str = "algo",
     random_baseline: bool = True,
     write: bool = True,
+    hooks: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Compare probe results across runs; returns (and writes to ``RUNS/compare-<time>.json``) the document."""
+    """Compare probe results across runs; returns (and writes to ``RUNS/compare-<time>.json``) the document.
+
+    ``hooks``: shell-style patterns; a run's score per label is its best over the matching hooks.
+    """
+    hooks = [h for h in (hooks or []) if h] or None
     if not run_names:
         raise LabError("name at least one run to compare")
     store = RunStore(runs_dir)
@@ -132,9 +150,13 @@ def compare(
     notes: list[str] = []
     for run in runs:
         doc, path = probe_doc(run, labels=labels)
+        if hooks and not any(hook_matches(str(rec.get("hook")), hooks) for rec in doc["records"]):
+            probed = sorted({str(rec.get("hook")) for rec in doc["records"]})
+            raise LabError(f"no probed hook of run {run.name!r} matches --hooks {' '.join(hooks)} "
+                           f"(probed: {', '.join(probed[:6])}{', ...' if len(probed) > 6 else ''})")
         per_run.append({"name": run.name, "algo": run.info.get("algo"), "group": group_key(run, group_by),
                         "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.get("checkpoint"),
-                        "best": best_by_label(doc["records"])})
+                        "best": best_by_label(doc["records"], hooks)})
     common = set.intersection(*(set(r["best"]) for r in per_run))
     if labels:
         for label in labels:
@@ -182,6 +204,7 @@ def compare(
         "schema_version": 1,
         "created": now_iso(),
         "group_by": group_by,
+        "hooks": hooks,
         "runs": [{k: v for k, v in r.items() if k != "best"} for r in per_run],
         "labels": chosen,
         "groups": [g for g in groups if any(g in t["groups"] for t in table.values())],
@@ -253,6 +276,8 @@ def format_table(result: dict[str, Any]) -> str:
                 cells.append(f"{c['mean']:.3f} ± {half:.3f} (n={c['n']})".rjust(width))
         lines.append(f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells))
     lines.append("")
+    if result.get("hooks"):
+        lines.append(f"scores are each run's best over the hooks matching {' '.join(result['hooks'])}")
     lines.append(result["summary"])
     lines.extend(f"note: {n}" for n in result["notes"])
     return "\n".join(lines)

@@ -75,6 +75,25 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert "hunger" in out and "written to" in out
 
 
+def test_compare_hooks_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore(tmp_path)
+    for s in range(2):
+        _make_run(store, f"ppo{s}", "ppo", s, {"hunger": 0.6, "value": 0.7})
+    names = ["ppo0", "ppo1"]
+    # layer.b scores 0.2 below layer.a: restricted to it, the best is layer.b's, and so is its random twin.
+    result = compare(names, tmp_path, hooks=["layer.b*"], write=False)
+    cell = result["table"]["hunger"]["groups"]["ppo"]
+    assert cell["mean"] == pytest.approx(0.4) and cell["hooks"] == ["layer.b", "layer.b"]
+    assert result["table"]["hunger"]["groups"]["ppo (random weights)"]["mean"] == pytest.approx(0.35)
+    assert result["hooks"] == ["layer.b*"]
+    assert compare(names, tmp_path, write=False)["table"]["hunger"]["groups"]["ppo"]["mean"] == pytest.approx(0.6)
+    assert main(["compare", *names, "--hooks", "layer.b*", "--runs-dir", str(tmp_path)]) == 0
+    assert "matching layer.b*" in capsys.readouterr().out
+    assert main(["compare", *names, "--hooks", "blocks.*", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no probed hook of run 'ppo0' matches --hooks blocks.*" in err
+
+
 def test_compare_error_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = RunStore(tmp_path)
     _make_run(store, "ppo0", "ppo", 0, {"hunger": 0.5})

@@ -17,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare this label (repeatable; default: every label probed in all runs)")
     parser.add_argument("--group-by", default="algo", metavar="KEY",
                         help="run.json key that groups runs, dotted for nested keys (default: algo)")
+    parser.add_argument("--hooks", action="append", default=None, metavar="PATTERN",
+                        help="take each run's best score over hooks matching this shell-style pattern only "
+                             "(repeatable), e.g. --hooks 'mlp_extractor.policy_net.*' --hooks 'blocks.*' "
+                             "for the PPO actor beside the transformers (default: every hook)")
     parser.add_argument("--no-random", action="store_true", help="leave out the random-weights rows")
     parser.add_argument("--json", action="store_true", help="print the comparison as one JSON document")
     add_runs_dir(parser)
@@ -26,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from rl_lab.compare import compare, format_table
 
     result = compare(args.runs, runs_dir(args), labels=args.label, group_by=args.group_by,
-                     random_baseline=not args.no_random)
+                     random_baseline=not args.no_random, hooks=args.hooks)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
