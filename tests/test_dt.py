@@ -124,6 +124,33 @@ def test_loss_decreases_on_a_fixed_batch() -> None:
     assert float(loss) < 0.5 * first
 
 
+def test_validation_holds_out_whole_episodes() -> None:
+    from rl_lab.dt.train import DTTrainConfig, split_by_episode
+    from rl_lab.dt.trajectories import Trajectories
+
+    lengths = np.array([5, 7, 3, 9, 4, 6, 8, 5, 7, 6])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    episode = np.repeat(np.arange(10), lengths)
+    t = np.concatenate([np.arange(n) for n in lengths])
+    n = int(lengths.sum())
+    data = Trajectories(path=Path("x.h5"), attrs={"n_actions": 3}, obs=np.arange(n, dtype=np.float32)[:, None],
+                        action=np.zeros(n, dtype=np.int64), reward=np.zeros(n, dtype=np.float32), t=t,
+                        return_to_go=np.zeros(n, dtype=np.float32), episode=episode, ep_start=starts,
+                        ep_length=lengths, ep_return=np.zeros(10, dtype=np.float32), ep_policy=np.zeros(10, dtype=np.int64))
+    cfg = DTTrainConfig(val_fraction=0.2, context=4)
+    train_rows, val = split_by_episode(data, cfg, np.random.default_rng(0))
+    assert val is not None
+    # Every held-out window comes from held-out episodes only, and those episodes train nothing.
+    val_rows = val["states"][:, -1, 0].numpy().astype(int)
+    held = set(episode[val_rows])
+    assert len(held) == 2 and not held & set(episode[train_rows])
+    assert len(train_rows) + len(val_rows) == n
+    for row, mask, states in zip(val_rows, val["mask"].numpy(), val["states"][..., 0].numpy()):
+        assert all(episode[int(s)] == episode[row] for s, m in zip(states, mask) if m)
+    train_rows, val = split_by_episode(data, DTTrainConfig(val_fraction=0.0), np.random.default_rng(0))
+    assert val is None and len(train_rows) == n
+
+
 # --------------------------------------------------------------------------- pipeline (real runs)
 @pytest.fixture(scope="module")
 def dt_runs(tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
@@ -174,6 +201,7 @@ def test_dt_run_directory(dt_runs: tuple[Path, str, str]) -> None:
         assert ("rtg_embed.weight" in state) == (algo == "dt")
         losses = [m for m in run.metrics() if "loss" in m]
         assert [m["step"] for m in losses] == [2, 4, 6] and all(m["tokens_per_s"] > 0 for m in losses)
+        assert all(m["val_loss"] > 0 and 0 <= m["val_accuracy"] <= 1 for m in losses)
         model = load_model(run)
         assert model.cfg.use_rtg == (algo == "dt")
         ev = json.loads((run.path / "eval.json").read_text())

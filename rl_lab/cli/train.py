@@ -127,7 +127,9 @@ def _run_dt(args: argparse.Namespace) -> int:
     metrics = [m for m in result.metrics() if "loss" in m]
     last = metrics[-1] if metrics else {}
     print(f"run {result.name}: {result.status}, {result.info.get('steps_done')} steps"
-          + (f", loss {last['loss']:.3f}, action accuracy {last['accuracy']:.3f}" if last else ""))
+          + (f", loss {last['loss']:.3f}, action accuracy {last['accuracy']:.3f}" if last else "")
+          + (f"; held-out episodes: loss {last['val_loss']:.3f}, accuracy {last['val_accuracy']:.3f}"
+             if "val_loss" in last else ""))
     eval_path = result.path / "eval.json"
     if cfg.eval_episodes and eval_path.exists():
         print(format_table(json.loads(eval_path.read_text())))

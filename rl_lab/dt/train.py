@@ -70,6 +70,10 @@ class DTTrainConfig:
     """Save a checkpoint every this many steps (and always at the end)."""
     log_every: int = 50
     """Write a metrics line every this many steps."""
+    val_fraction: float = 0.1
+    """Fraction of the dataset's episodes held out (by episode) for ``val_loss``/``val_accuracy``."""
+    val_windows: int = 2048
+    """At most this many held-out windows scored at each metrics line."""
     eval_episodes: int = 5
     """Episodes per target return in the evaluation at the end (0: no evaluation)."""
     threads: int = 1
@@ -89,6 +93,44 @@ def _save(model: DecisionTransformer, run: Run, step: int) -> Path:
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
     return path
+
+
+def split_by_episode(data: Trajectories, cfg: DTTrainConfig,
+                     rng: np.random.Generator) -> tuple[np.ndarray, dict[str, torch.Tensor] | None]:
+    """Training rows, and a fixed batch of windows from held-out episodes (None without any).
+
+    Whole episodes are held out (``cfg.val_fraction`` of them, at least one, never all), so
+    ``val_loss`` measures how well the model predicts the source policies' actions on
+    trajectories it never saw: a training loss falling while it rises is memorisation.
+    """
+    n_eps = len(data.ep_return)
+    n_val = int(round(cfg.val_fraction * n_eps))
+    if cfg.val_fraction > 0:
+        n_val = min(max(1, n_val), n_eps - 1)
+    if n_val <= 0:
+        return np.arange(len(data)), None
+    held_out = np.zeros(n_eps, dtype=bool)
+    held_out[rng.choice(n_eps, size=n_val, replace=False)] = True
+    val_step = held_out[data.episode]
+    val_rows = np.flatnonzero(val_step)
+    if len(val_rows) > cfg.val_windows:
+        val_rows = np.sort(rng.choice(val_rows, size=cfg.val_windows, replace=False))
+    batch = {k: torch.as_tensor(v) for k, v in data.windows(val_rows, cfg.context).items()}
+    return np.flatnonzero(~val_step), batch
+
+
+def validation(model: DecisionTransformer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``val_loss`` and ``val_accuracy`` on the held-out windows (the action at their last step)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch["states"], batch["actions"], batch["rtg"], batch["timesteps"], batch["mask"])
+        last = logits[:, -1]
+        target = batch["actions"][:, -1]
+        loss = torch.nn.functional.cross_entropy(last, target)
+        acc = (last.argmax(-1) == target).float().mean()
+    model.train(was_training)
+    return {"val_loss": float(loss), "val_accuracy": float(acc)}
 
 
 def model_config_for(cfg: DTTrainConfig, data: Trajectories) -> DTModelConfig:
@@ -118,6 +160,8 @@ def train_dt(
         raise LabError("--context must be a positive number of timesteps")
     if cfg.d_model % cfg.n_heads:
         raise LabError(f"--d-model ({cfg.d_model}) must be divisible by --heads ({cfg.n_heads})")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise LabError(f"the validation fraction must be in [0, 1), got {cfg.val_fraction}")
     if not cfg.source_run:
         raise LabError(f"--algo {cfg.algo} needs --from RUN (the RL run whose trajectories it learns from)")
     store = RunStore(runs_dir)
@@ -151,12 +195,13 @@ def train_dt(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     rng = np.random.default_rng(cfg.seed)
+    train_rows, val_batch = split_by_episode(data, cfg, rng)
     step = 0
     previous = install_sigterm()
     t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
     try:
         while step < cfg.steps:
-            ends = rng.integers(0, len(data), size=cfg.batch_size)
+            ends = train_rows[rng.integers(0, len(train_rows), size=cfg.batch_size)]
             batch = {k: torch.as_tensor(v) for k, v in data.windows(ends, cfg.context).items()}
             logits = model(batch["states"], batch["actions"], batch["rtg"], batch["timesteps"], batch["mask"])
             loss, acc = loss_and_accuracy(logits, batch["actions"], batch["mask"])
@@ -172,9 +217,12 @@ def train_dt(
             n_acc += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = max(time.time() - t_log, 1e-9)
-                run.log_metrics({"step": step, "time": round(time.time(), 3), "loss": loss_acc / n_acc,
-                                 "accuracy": acc_acc / n_acc, "tokens_per_s": round(tokens_since / elapsed, 1),
-                                 "lr": float(sched.get_last_lr()[0])})
+                line = {"step": step, "time": round(time.time(), 3), "loss": loss_acc / n_acc,
+                        "accuracy": acc_acc / n_acc, "tokens_per_s": round(tokens_since / elapsed, 1),
+                        "lr": float(sched.get_last_lr()[0])}
+                if val_batch is not None:
+                    line.update(validation(model, val_batch))
+                run.log_metrics(line)
                 run.update(steps_done=step)
                 t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
