@@ -193,6 +193,8 @@ def compare(
                                     "runs": [r["name"] for r in members if r["best"][label].get(key) is not None]}
             if key == "score":
                 cell["hooks"] = [r["best"][label]["hook"] for r in members]
+                # Each run's bootstrap interval over its held-out episodes (the within-run uncertainty).
+                cell["probe_cis"] = [r["best"][label].get("ci") for r in members]
             row[g] = cell
         table[label] = {"metric": metric, "groups": row}
     if any(len([r for r in per_run if r["group"] == g]) < 2 for g in {r["group"] for r in per_run}):

@@ -105,14 +105,35 @@ def test_probe_run_json(tiny_run, tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "rl_lab", "demo", "--steps", "2048", "--episodes", "6", "--runs-dir", str(tmp_path)],
+        [sys.executable, "-m", "rl_lab", "demo", "--steps", "2048", "--episodes", "6", "--supervised-steps", "10",
+         "--runs-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "What the agent's layers encode" in out and "random-weights twin" in out
     assert "raw" in out.lower() and "ctrl" in out  # the table shows its baselines
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    runs = {p.name.split("-")[2]: p for p in tmp_path.iterdir() if p.is_dir()}
+    assert set(runs) == {"ppo", "dt", "bc"}
+    run_dir = runs["ppo"]
     assert (run_dir / "run.json").exists() and list((run_dir / "activations").glob("*.h5"))
     assert list((run_dir / "probes").glob("*.json"))
     assert str(run_dir) in out
+    # The RL-versus-supervision comparison: DT and BC trained from the agent, recorded, probed, compared.
+    for algo in ("dt", "bc"):
+        info = json.loads((runs[algo] / "run.json").read_text())
+        assert info["algo"] == algo and info["source_run"] == run_dir.name and info["steps_done"] == 10
+        assert list((runs[algo] / "probes").glob("*.json")) and (runs[algo] / "eval.json").exists()
+    assert "What the comparison shows on Forage" in out and "random-weights twin" in out
+    (cmp_path,) = tmp_path.glob("compare-*.json")
+    doc = json.loads(cmp_path.read_text())
+    assert [r["algo"] for r in doc["runs"]] == ["ppo", "dt", "bc"]
+    assert {"ppo", "dt", "bc", "dt (random weights)"} <= set(doc["groups"]) and "hope" in doc["labels"]
+    assert str(cmp_path) in out
+
+
+def test_demo_rejects_negative_supervised_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--supervised-steps", "-1", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--supervised-steps" in err
+    assert not any(tmp_path.iterdir())

@@ -1,4 +1,6 @@
-"""``rl-lab demo``: the whole pipeline on embedded defaults — train, record, probe, explain."""
+"""``rl-lab demo``: the whole pipeline on embedded defaults — train, record, probe, explain, and
+compare the RL agent with a decision transformer and a behaviour-cloning transformer trained by
+supervision on its own trajectories."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import time
 
 from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
 
-HELP = "train a small PPO agent on lab/Forage-v0, record it, probe it, and explain what its layers encode"
+HELP = ("train a small PPO agent on lab/Forage-v0, record it, probe it, explain what its layers encode, "
+        "and compare it with a DT and a BC transformer trained on its trajectories")
 
 DEMO_ENV = "lab/Forage-v0"
 DEMO_STEPS = 100_000
@@ -19,6 +22,13 @@ DEMO_HOOKS = ("mlp_extractor.policy_net.1", "mlp_extractor.policy_net.3",
               "mlp_extractor.value_net.1", "mlp_extractor.value_net.3")
 DEMO_LABELS = ("value", "td_error", "hope", "fear", "surprise", "mood", "arousal", "return_to_go",
                "hunger", "thirst", "threat", "distance_to_threat", "predator_adjacent", "action")
+# The transformers' counterparts: each block's residual stream and MLP hidden layer.
+DT_HOOKS = ("blocks.0.hook_resid_post", "blocks.0.mlp.hook_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post")
+# The hooks that only act (PPO's actor and the transformers): the same question without PPO's
+# critic, which is trained to predict value and so gets value-derived labels for free.
+ACTING_HOOKS = ("mlp_extractor.policy_net.*", "blocks.*")
+DEMO_DT_STEPS = 1500
+DEMO_DT_EVAL_EPISODES = 3
 EMOTION_LABELS = ("td_error", "hope", "fear", "surprise", "mood", "arousal", "hunger", "thirst", "threat",
                   "distance_to_threat")
 
@@ -28,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"training steps (default: {DEMO_STEPS})")
     parser.add_argument("--episodes", type=positive_int, default=DEMO_EPISODES,
                         help=f"episodes to record (default: {DEMO_EPISODES})")
+    parser.add_argument("--supervised-steps", type=int, default=DEMO_DT_STEPS, metavar="N",
+                        help="gradient steps for the decision transformer and the behaviour-cloning "
+                             f"transformer trained on the agent's trajectories, 0 to skip them (default: {DEMO_DT_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     add_runs_dir(parser)
 
@@ -40,13 +53,18 @@ def run(args: argparse.Namespace) -> int:
     from probes import linear
     from rl_lab.cli.probe import output_paths
     from rl_lab.config import TrainConfig
+    from rl_lab.errors import LabError
     from rl_lab.record import record_run
     from rl_lab.train import tqdm_progress, train
 
+    if args.supervised_steps < 0:
+        raise LabError(f"--supervised-steps must be 0 (skip) or positive, got {args.supervised_steps}")
+    supervised = args.supervised_steps > 0
+    n_stages = 5 if supervised else 3
     t0 = time.time()
     root = runs_dir(args)
     name = f"demo-forage-ppo-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _say(f"[1/3] training PPO on {DEMO_ENV} for {args.steps} steps -> {root / name}")
+    _say(f"[1/{n_stages}] training PPO on {DEMO_ENV} for {args.steps} steps -> {root / name}")
     progress, close = tqdm_progress("train")
     try:
         run_ = train(TrainConfig(env_id=DEMO_ENV, algo="ppo", total_timesteps=args.steps, seed=args.seed),
@@ -56,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     summary = run_.summary()
     _say(f"      done in {time.time() - t0:.0f}s; mean episode return at the end: {summary['latest_return']:.2f}")
 
-    _say(f"[2/3] recording {args.episodes} episodes of the trained policy (all hooks, labels, random-weights twin)")
+    _say(f"[2/{n_stages}] recording {args.episodes} episodes of the trained policy (all hooks, labels, random-weights twin)")
     progress_factory = tqdm_progress
     (h5,) = record_run(run_.name, root, episodes=args.episodes, seed=args.seed, progress_factory=progress_factory)
 
-    _say("[3/3] probing every hook x label, split by episode, beside the baselines")
+    _say(f"[3/{n_stages}] probing every hook x label, split by episode, beside the baselines")
     out_json, weights = output_paths(h5)
     from probes.activations import ActivationFile
 
@@ -80,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     print("Trained network versus the same network with random weights (the RL-versus-no-learning comparison):")
     for sentence in compare_to_random(doc):
         print(f"  - {sentence}")
+    written = [("activations", h5), ("probe results", out_json), ("probe weights", weights)]
+    if supervised:
+        written += train_supervised(run_, root, args, labels, n_stages)
     print()
     print(f"Finished in {time.time() - t0:.0f}s. Everything written:")
     print(f"  run directory : {run_.path}")
@@ -87,13 +108,160 @@ def run(args: argparse.Namespace) -> int:
     print(f"  metrics       : {run_.metrics_path}")
     ckpts = run_.checkpoints()
     print(f"  checkpoints   : {run_.checkpoints_dir} ({len(ckpts)} files, last {ckpts[-1].name})")
-    print(f"  activations   : {h5}")
-    print(f"  probe results : {out_json}")
-    print(f"  probe weights : {weights}")
+    for what, path in written:
+        print(f"  {what:<14}: {path}")
     print()
     print(f"Next: `rl-lab tui --runs-dir {root}` to browse it, "
           f"`rl-lab steer {run_.name} --runs-dir {root} --direction probe:threat@mlp_extractor.policy_net.3` to test a direction.")
     return 0
+
+
+def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_stages: int) -> list:
+    """Stages 4 and 5: a DT and a BC transformer trained on the agent's own trajectories, recorded
+    and probed the same way, then compared with the agent. Returns (what, path) of the files written."""
+    from probes import linear
+    from probes.activations import ActivationFile
+    from rl_lab.cli.probe import output_paths
+    from rl_lab.compare import compare, format_table
+    from rl_lab.dt.train import DTTrainConfig, train_dt
+    from rl_lab.record import record_run
+    from rl_lab.train import tqdm_progress
+
+    _say(f"[4/{n_stages}] the same data, learned by supervision: trajectories of every checkpoint of the agent plus a "
+         f"random policy; a decision transformer (DT, conditioned on return-to-go) and a behaviour-cloning transformer "
+         f"(BC) trained for {args.supervised_steps} gradient steps each")
+    runs, written, lines = [], [], []
+    for algo in ("dt", "bc"):
+        collect_progress, close_collect = tqdm_progress("collect trajectories")
+        progress, close = tqdm_progress(f"train {algo}")
+        try:
+            sup = train_dt(DTTrainConfig(algo=algo, source_run=run_.name, steps=args.supervised_steps, seed=args.seed,
+                                         eval_episodes=DEMO_DT_EVAL_EPISODES),
+                           root, name=run_.name.replace("-ppo-", f"-{algo}-"), progress=progress,
+                           collect_progress=collect_progress)
+        finally:
+            close_collect()
+            close()
+        runs.append(sup)
+        lines.append(describe_supervised(sup))
+    for line in lines:
+        _say(f"      {line}")
+
+    _say(f"[5/{n_stages}] recording DT and BC for {args.episodes} episodes each (same recorder, labels from the agent's "
+         f"critic), probing the same labels, comparing")
+    for sup in runs:
+        (h5,) = record_run(sup.name, root, episodes=args.episodes, seed=args.seed, progress_factory=tqdm_progress)
+        out_json, weights = output_paths(h5)
+        with ActivationFile(h5) as f:
+            hooks = [h for h in DT_HOOKS if h in f.hooks]
+            sup_labels = [lab for lab in labels if lab in f.labels]
+        linear.probe_file(h5, hooks=hooks, labels=sup_labels, seed=args.seed, out_json=out_json, weights_path=weights)
+        written += [(f"{sup.info['algo']} run", sup.path), (f"{sup.info['algo']} probes", out_json)]
+    names = [run_.name] + [sup.name for sup in runs]
+    cmp_labels = [lab for lab in EMOTION_LABELS if lab in labels]
+    full = compare(names, root, labels=cmp_labels)
+    acting = compare(names, root, labels=cmp_labels, hooks=ACTING_HOOKS, write=False)
+    written.append(("comparison", full["path"]))
+
+    print()
+    print("RL versus supervision on the same data — best held-out probe score per label over each network's hooks:")
+    print(format_table(full))
+    print()
+    print("What the comparison shows on Forage (this seed):")
+    for sentence in explain_comparison(full, acting):
+        print(f"  - {sentence}")
+    for line in lines:
+        print(f"  - {line}")
+    print(f"  - one seed per network, so there is no interval across seeds; docs/results.md has the comparison over "
+          f"three seeds and the command that reproduces it (examples/rl-vs-supervised.sh)")
+    return written
+
+
+def describe_supervised(run) -> str:
+    """One line on how well a DT/BC run learned the agent's behaviour."""
+    import json
+
+    algo = run.info["algo"]
+    metrics = [m for m in run.metrics() if "loss" in m]
+    last = metrics[-1] if metrics else {}
+    text = f"{algo}: action accuracy {last.get('accuracy', float('nan')):.2f} on training windows"
+    if "val_accuracy" in last:
+        text += f", {last['val_accuracy']:.2f} on held-out episodes"
+    eval_path = run.path / "eval.json"
+    if eval_path.exists():
+        ev = json.loads(eval_path.read_text())
+        best = ev.get("dataset_best_return")
+        text += (f"; return {ev['return_at_best_target']:.2f} when conditioned on the best dataset return {best:.2f}"
+                 if algo == "dt" else f"; return {ev['rows'][0]['mean_return']:.2f}")
+        text += f" (dataset mean {ev.get('dataset_mean_return', float('nan')):.2f})"
+        if "calibration_corr" in ev:
+            text += f", achieved-vs-target correlation {ev['calibration_corr']:.2f}"
+    return text
+
+
+def explain_comparison(full: dict, acting: dict) -> list[str]:
+    """Sentences on what a PPO-vs-DT-vs-BC comparison shows, computed from its numbers.
+
+    ``full`` takes each network's best hook; ``acting`` leaves out PPO's critic. A label counts
+    for the network that decodes it best, among labels some network decodes at all (for R², a
+    bootstrap interval over held-out episodes above 0). "Clearly" means the winner's interval
+    lies above every other network's.
+    """
+    from rl_lab.compare import RANDOM_SUFFIX
+
+    def trained(result: dict) -> list[str]:
+        return [g for g in result["groups"] if not g.endswith(RANDOM_SUFFIX)]
+
+    def decoded(cells: dict, g: str, metric: str) -> bool:
+        """An R² probe decodes when its interval over held-out episodes is above 0 (any other metric: always)."""
+        if metric != "r2":
+            return True
+        return any(c and c[0] > 0 for c in cells[g].get("probe_cis", []))
+
+    def winners(result: dict) -> tuple[dict[str, list[str]], list[str]]:
+        out: dict[str, list[str]] = {g: [] for g in trained(result)}
+        none = []
+        for label in result["labels"]:
+            row = result["table"][label]
+            cells = row["groups"]
+            nets = [g for g in trained(result) if g in cells]
+            if len(nets) < 2:
+                continue
+            if not any(decoded(cells, g, row["metric"]) for g in nets):
+                none.append(label)
+                continue
+            top = max(nets, key=lambda g: cells[g]["mean"])
+            lo = [c[0] for c in cells[top].get("probe_cis", []) if c]
+            clear = bool(lo) and all(
+                min(lo) > max((c[1] for c in cells[g].get("probe_cis", []) if c), default=float("inf"))
+                for g in nets if g != top)
+            others = ", ".join(f"{g} {cells[g]['mean']:.2f}" for g in nets if g != top)
+            out[top].append(f"{label} ({cells[top]['mean']:.2f} vs {others}{'; clearly' if clear else ''})")
+        return {g: items for g, items in out.items() if items}, none
+
+    n = len(full["labels"])
+    out = []
+    wins, none = winners(full)
+    for group, items in wins.items():
+        out.append(f"{group} decodes best on {len(items)} of {n} labels: " + "; ".join(items))
+    if none:
+        out.append(f"no network decodes {', '.join(none)} (every probe's interval over held-out episodes reaches 0)")
+    gains = []
+    for g in trained(full):
+        diffs = [full["table"][lab]["groups"][g]["mean"] - full["table"][lab]["groups"][g + RANDOM_SUFFIX]["mean"]
+                 for lab in full["labels"]
+                 if g in full["table"][lab]["groups"] and g + RANDOM_SUFFIX in full["table"][lab]["groups"]]
+        if diffs:
+            gains.append(f"{g} {sum(diffs) / len(diffs):+.2f}")
+    if gains:
+        out.append("what training added over each network's own random-weights twin (mean score gain over the labels): "
+                   + ", ".join(gains))
+    acting_wins, _ = winners(acting)
+    if acting_wins:
+        out.append("without PPO's critic (trained to predict value, so value-derived labels come free to it) — "
+                   "PPO's actor beside the transformers, which also only act: "
+                   + " | ".join(f"{g} best on {len(items)} of {len(acting['labels'])}" for g, items in acting_wins.items()))
+    return out
 
 
 def compare_to_random(doc: dict) -> list[str]:
@@ -121,7 +289,4 @@ def compare_to_random(doc: dict) -> list[str]:
     if not_gained:
         out.append("no gain over the random-weights twin (the information is already there in a random "
                    "projection of the observation, or absent): " + "; ".join(not_gained))
-    out.append("the decision-transformer and behaviour-cloning side of the comparison takes longer than a demo: "
-               "`rl-lab train --algo dt --from RUN`, `rl-lab record`, then `rl-lab compare RUN DT_RUN` "
-               "(or `rl-lab sweep examples/sweep-smoke.toml` for seeds)")
     return out
