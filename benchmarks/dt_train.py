@@ -1,7 +1,8 @@
 """Decision-transformer training throughput on CPU, beside a plain torch transformer of the same size.
 
     python benchmarks/dt_train.py [--steps 40] [--repeats 3] [--batch 64] [--context 10] [--threads 1]
-    python benchmarks/dt_train.py --source RUN --runs-dir DIR [--dt-steps 3000]   # + the 80% criterion
+    python benchmarks/dt_train.py --source RUN --runs-dir DIR [--dt-steps 3000] [--episodes-per-policy 20]
+        [--deterministic]   # + the 80% criterion
 
 Both models get the same embedded token batches (the DT's own embedding layers, drawn from the
 same synthetic windows) and train with the same AdamW steps; the reference replaces the
@@ -105,6 +106,10 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=None)
     parser.add_argument("--dt-steps", type=int, default=3000)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--episodes-per-policy", type=int, default=20,
+                        help="episodes per source checkpoint in the offline dataset")
+    parser.add_argument("--trajectories", default="default", help="trajectory file name under SOURCE/trajectories/")
+    parser.add_argument("--deterministic", action="store_true", help="evaluate the DT with argmax actions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -126,16 +131,29 @@ def main() -> None:
 
         t0 = time.perf_counter()
         run = train_dt(DTTrainConfig(source_run=args.source, steps=args.dt_steps, eval_episodes=0, seed=0,
-                                     threads=args.threads), args.runs_dir,
+                                     threads=args.threads, episodes_per_policy=args.episodes_per_policy,
+                                     trajectories=args.trajectories), args.runs_dir,
                        name=f"bench-dt-{time.strftime('%Y%m%d-%H%M%S')}")
         train_s = time.perf_counter() - t0
-        ev = evaluate(run, episodes=args.eval_episodes)
+        ev = evaluate(run, episodes=args.eval_episodes, deterministic=args.deterministic)
         print(format_table(ev))
+        # The best source policy's mean return: what a perfect imitation of the best quality level
+        # in the dataset would achieve (the dataset's best single episode is a lucky draw above it).
+        policies = {k: v for k, v in run.info["dataset"]["policies"].items() if k != "random"}
+        best_policy, best_stats = max(policies.items(), key=lambda kv: kv[1]["mean"])
+        last = [m for m in run.metrics() if "val_loss" in m][-1]
+        print(f"best source policy {best_policy}: mean return {best_stats['mean']:.2f}; "
+              f"the DT achieved {ev['return_at_best_target'] / best_stats['mean']:.0%} of it"
+              if best_stats["mean"] > 0 else f"best source policy {best_policy}: mean return {best_stats['mean']:.2f}")
         result.update({
             "dt_run": run.name, "dt_train_s": round(train_s, 1), "dataset_best_return": ev["dataset_best_return"],
             "dataset_mean_return": ev["dataset_mean_return"], "return_at_best_target": ev["return_at_best_target"],
             "fraction_of_best": ev.get("fraction_of_best"), "normalised_score": ev.get("normalised_score"),
-            "calibration_corr": ev.get("calibration_corr"),
+            "calibration_corr": ev.get("calibration_corr"), "best_policy_mean_return": best_stats["mean"],
+            "fraction_of_best_policy_mean": (ev["return_at_best_target"] / best_stats["mean"]
+                                             if best_stats["mean"] > 0 else None),
+            "val_loss": round(last["val_loss"], 4), "val_accuracy": round(last["val_accuracy"], 4),
+            "train_loss": round(last["loss"], 4), "deterministic": args.deterministic,
         })
     print(json.dumps(result))
 

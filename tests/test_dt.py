@@ -161,7 +161,7 @@ def dt_runs(tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
     runs_dir = tmp_path_factory.mktemp("dtruns")
     shutil.copytree(src_dir / src_name, runs_dir / src_name)
     common = dict(source_run=src_name, steps=6, context=4, batch_size=16, d_model=16, n_heads=2, d_mlp=32,
-                  episodes_per_policy=2, log_every=2, checkpoint_every=3, eval_episodes=1)
+                  episodes_per_policy=2, log_every=2, checkpoint_every=3, eval_episodes=1, restore_best=False, patience=0)
     train_dt(DTTrainConfig(algo="dt", **common), runs_dir, name="dt0")  # type: ignore[arg-type]
     train_dt(DTTrainConfig(algo="bc", **common), runs_dir, name="bc0")  # type: ignore[arg-type]
     return runs_dir, "dt0", "bc0"
@@ -206,6 +206,33 @@ def test_dt_run_directory(dt_runs: tuple[Path, str, str]) -> None:
         assert model.cfg.use_rtg == (algo == "dt")
         ev = json.loads((run.path / "eval.json").read_text())
         assert ev["rows"] and len(ev["rows"]) == (7 if algo == "dt" else 1)
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_on_the_best_held_out_weights(dt_runs: tuple[Path, str, str]) -> None:
+    from rl_lab.dt.evaluate import load_model
+    from rl_lab.dt.train import DTTrainConfig, split_by_episode, train_dt, validation
+    from rl_lab.dt.trajectories import Trajectories
+    from rl_lab.runs import RunStore, checkpoint_step
+
+    runs_dir, dt_name, _ = dt_runs
+    source = RunStore(runs_dir).get(dt_name).info["source_run"]
+    cfg = DTTrainConfig(algo="dt", source_run=source, steps=60, context=4, batch_size=16, d_model=16, n_heads=2,
+                        d_mlp=32, episodes_per_policy=2, log_every=2, checkpoint_every=4, eval_episodes=0,
+                        learning_rate=3e-3, patience=4, val_fraction=0.5)
+    run = train_dt(cfg, runs_dir, name="dt-early")
+    vals = [(m["val_loss"], m["step"]) for m in run.metrics() if "val_loss" in m]
+    best_loss, best_step = min(vals)
+    assert run.info["best_step"] == best_step and run.info["best_val_loss"] == pytest.approx(best_loss)
+    # It stopped `patience` lines after the best (or ran out of steps), and kept no later checkpoint.
+    last_step = vals[-1][1]
+    assert last_step == run.info["steps_done"]
+    assert last_step == 60 or (run.info["stopped_early_at"] == last_step and last_step == best_step + 4 * 2)
+    assert max(checkpoint_step(p) for p in run.checkpoints()) == best_step
+    # The weights it ends with are the best ones: the same held-out loss, recomputed.
+    data = Trajectories.load(Path(run.info["dataset"]["path"]))
+    _, batch = split_by_episode(data, cfg, np.random.default_rng(cfg.seed))
+    assert validation(load_model(run), batch)["val_loss"] == pytest.approx(best_loss, rel=1e-5)
 
 
 @pytest.mark.slow

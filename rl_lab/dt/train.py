@@ -5,6 +5,11 @@ The run directory has the same layout as an RL run: ``run.json`` (algo ``dt``/``
 ``log_every`` gradient steps: loss, accuracy, tokens/s), ``checkpoints/step_<N>.pt`` (a
 ``state_dict``, loadable with ``weights_only=True``). Steps are gradient steps. Ctrl-C or
 SIGTERM saves a checkpoint and marks the run ``interrupted``.
+
+A tenth of the episodes is held out: ``val_loss`` on them is logged beside the training loss,
+and by default training stops once it has not improved for ``patience`` metrics lines and ends
+with the weights of its lowest value (``best_step`` in ``run.json``; the later checkpoints,
+which only memorise more of the source policies' sampled actions, are removed).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accuracy
 from rl_lab.dt.trajectories import Trajectories, collect
 from rl_lab.errors import LabError
-from rl_lab.runs import Run, RunStore
+from rl_lab.runs import Run, RunStore, checkpoint_step
 from rl_lab.train import install_sigterm
 
 ProgressFn = Callable[[int, int], None]
@@ -74,6 +79,11 @@ class DTTrainConfig:
     """Fraction of the dataset's episodes held out (by episode) for ``val_loss``/``val_accuracy``."""
     val_windows: int = 2048
     """At most this many held-out windows scored at each metrics line."""
+    restore_best: bool = True
+    """End with the weights of the lowest ``val_loss`` (early stopping): they are saved as the
+    checkpoint of their step, and the later, more over-fitted checkpoints are removed."""
+    patience: int = 20
+    """Stop after this many metrics lines without a lower ``val_loss`` (0: run every step)."""
     eval_episodes: int = 5
     """Episodes per target return in the evaluation at the end (0: no evaluation)."""
     threads: int = 1
@@ -196,6 +206,7 @@ def train_dt(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     rng = np.random.default_rng(cfg.seed)
     train_rows, val_batch = split_by_episode(data, cfg, rng)
+    best: dict[str, Any] = {"val_loss": float("inf"), "step": 0, "state": None, "since": 0}
     step = 0
     previous = install_sigterm()
     t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
@@ -222,6 +233,11 @@ def train_dt(
                         "lr": float(sched.get_last_lr()[0])}
                 if val_batch is not None:
                     line.update(validation(model, val_batch))
+                    if line["val_loss"] < best["val_loss"]:
+                        best.update(val_loss=line["val_loss"], step=step, since=0,
+                                    state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                    else:
+                        best["since"] += 1
                 run.log_metrics(line)
                 run.update(steps_done=step)
                 t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
@@ -229,7 +245,19 @@ def train_dt(
                 _save(model, run, step)
             if progress is not None:
                 progress(step, cfg.steps)
-        ckpt = _save(model, run, step)
+            if cfg.patience and best["since"] >= cfg.patience:
+                run.update(stopped_early_at=step)
+                break
+        if cfg.restore_best and best["state"] is not None and best["step"] < step:
+            model.load_state_dict(best["state"])
+            for old in run.checkpoints():
+                if checkpoint_step(old) > best["step"]:
+                    old.unlink()
+            ckpt = _save(model, run, best["step"])
+        else:
+            ckpt = _save(model, run, step)
+        if best["state"] is not None:
+            run.update(best_step=best["step"], best_val_loss=best["val_loss"])
         run.update(steps_done=step)
         if cfg.eval_episodes > 0:
             from rl_lab.dt.evaluate import evaluate
