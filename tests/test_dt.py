@@ -269,6 +269,8 @@ def test_cli_dt_needs_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "--from is for --algo dt or bc" in capsys.readouterr().err
     assert main(["train", "--algo", "bc", "--from", "nope", "--runs-dir", str(tmp_path)]) == 2
     assert "no run named 'nope'" in capsys.readouterr().err
+    assert main(["train", "--algo", "dt", "--from", "x", "--patience", "-1", "--runs-dir", str(tmp_path)]) == 2
+    assert "--patience must be 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -279,11 +281,12 @@ def test_cli_trains_bc_on_the_same_trajectories(dt_runs: tuple[Path, str, str], 
     runs_dir, _, _ = dt_runs
     traj = runs_dir / "tiny" / "trajectories" / "default.h5"
     before = traj.stat().st_mtime_ns
-    code = main(["train", "--algo", "bc", "--from", "tiny", "--steps", "2", "--context", "3", "--d-model", "16",
+    code = main(["train", "--algo", "bc", "--from", "tiny", "--steps", "4", "--context", "3", "--d-model", "16",
                  "--batch-size", "8", "--eval-episodes", "0", "--name", "bc-cli", "--runs-dir", str(runs_dir)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "run bc-cli: done, 2 steps" in out
+    assert "run bc-cli: done, 4 steps" in out and "held-out episodes: loss" in out
+    assert "kept the weights of step 4 (lowest held-out loss" in out
     run = RunStore(runs_dir).get("bc-cli")
     assert run.info["model_config"]["context"] == 3 and run.info["algo"] == "bc"
     assert traj.stat().st_mtime_ns == before  # reused, not collected again

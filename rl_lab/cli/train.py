@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="episodes per source checkpoint when collecting (default: 20)")
     dt.add_argument("--eval-episodes", type=int, default=5,
                     help="episodes per target return in the final evaluation, 0 for none (default: 5)")
+    dt.add_argument("--patience", type=int, default=20,
+                    help="stop after this many metrics lines (50 steps each) without a lower loss on held-out "
+                         "episodes, and end on the best weights; 0 trains every step and keeps the last (default: 20)")
     add_runs_dir(parser)
 
 
@@ -105,6 +108,8 @@ def _run_dt(args: argparse.Namespace) -> int:
         raise LabError(f"--algo {args.algo} needs --from RUN (the RL run whose trajectories it learns from)")
     if args.resume is not None:
         raise LabError(f"--resume is not supported for --algo {args.algo}; train a new run instead")
+    if args.patience < 0:
+        raise LabError(f"--patience must be 0 (no early stopping) or positive, got {args.patience}")
     if args.env_kwargs.strip() not in ("", "{}"):
         raise LabError(f"--env-kwargs does not apply to --algo {args.algo}: it uses the source run's environment")
     source = RunStore(runs_dir(args)).get(args.source)
@@ -116,6 +121,7 @@ def _run_dt(args: argparse.Namespace) -> int:
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=4 * args.d_model,
         seed=args.seed, trajectories=args.trajectories, episodes_per_policy=args.episodes_per_policy,
         checkpoint_every=args.checkpoint_every or 500, eval_episodes=max(0, args.eval_episodes),
+        patience=args.patience, restore_best=args.patience > 0,
     )
     collect_progress, close_collect = tqdm_progress(f"collect trajectories from {source.name}")
     progress, close = tqdm_progress(f"train {args.algo} from {source.name}")
@@ -130,6 +136,12 @@ def _run_dt(args: argparse.Namespace) -> int:
           + (f", loss {last['loss']:.3f}, action accuracy {last['accuracy']:.3f}" if last else "")
           + (f"; held-out episodes: loss {last['val_loss']:.3f}, accuracy {last['val_accuracy']:.3f}"
              if "val_loss" in last else ""))
+    if result.info.get("stopped_early_at") is not None:
+        print(f"stopped early at step {result.info['stopped_early_at']}: no lower held-out loss for "
+              f"{cfg.patience} metrics lines")
+    if cfg.restore_best and result.info.get("best_step") is not None:
+        print(f"kept the weights of step {result.info['best_step']} (lowest held-out loss "
+              f"{result.info['best_val_loss']:.3f})")
     eval_path = result.path / "eval.json"
     if cfg.eval_episodes and eval_path.exists():
         print(format_table(json.loads(eval_path.read_text())))
