@@ -7,14 +7,16 @@
 #
 #   bash examples/rl-vs-supervised.sh [RUNS_DIR]        # default: runs/rl-vs-supervised
 #
-# Knobs (environment): SEEDS (default "0 1 2"), PPO_STEPS (400000), DT_STEPS (2000), EPISODES (40).
+# Knobs (environment): SEEDS (default "0 1 2"), PPO_STEPS (400000), DT_STEPS (3000, at most: training
+# stops early on held-out loss), TRAJ_EPISODES (40 per source checkpoint), EPISODES (40 recorded).
 # About 15 minutes a seed on one core of a 2-core machine. Finished stages are skipped on a rerun.
 set -euo pipefail
 
 RUNS="${1:-runs/rl-vs-supervised}"
 SEEDS="${SEEDS:-0 1 2}"
 PPO_STEPS="${PPO_STEPS:-400000}"
-DT_STEPS="${DT_STEPS:-2000}"
+DT_STEPS="${DT_STEPS:-3000}"
+TRAJ_EPISODES="${TRAJ_EPISODES:-40}"
 EPISODES="${EPISODES:-40}"
 LABELS="value,td_error,hope,fear,surprise,mood,arousal,return_to_go,hunger,thirst,threat,distance_to_threat"
 PPO_HOOKS="mlp_extractor.policy_net.1,mlp_extractor.policy_net.3,mlp_extractor.value_net.1,mlp_extractor.value_net.3"
@@ -29,7 +31,7 @@ for s in $SEEDS; do
     --seed "$s" --name "ppo-s$s" --runs-dir "$RUNS"
   for algo in dt bc; do
     done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-s$s" --steps "$DT_STEPS" --seed "$s" \
-      --name "$algo-s$s" --runs-dir "$RUNS"
+      --episodes-per-policy "$TRAJ_EPISODES" --trajectories "ep$TRAJ_EPISODES" --name "$algo-s$s" --runs-dir "$RUNS"
   done
   for algo in ppo dt bc; do
     hooks="$PPO_HOOKS"; [ "$algo" = ppo ] || hooks="$DT_HOOKS"

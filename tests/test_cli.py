@@ -15,7 +15,7 @@ COMMANDS = _command_modules()
 
 
 def test_every_contract_command_exists() -> None:
-    for name in ("train", "record", "probe", "runs", "tui", "demo", "sae", "steer", "compare", "sweep"):
+    for name in ("train", "record", "probe", "runs", "tui", "demo", "sae", "steer", "compare", "sweep", "evaluate"):
         assert name in COMMANDS
 
 

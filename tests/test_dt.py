@@ -291,3 +291,30 @@ def test_cli_trains_bc_on_the_same_trajectories(dt_runs: tuple[Path, str, str], 
     assert run.info["model_config"]["context"] == 3 and run.info["algo"] == "bc"
     assert traj.stat().st_mtime_ns == before  # reused, not collected again
     assert not (run.path / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_evaluate_calibration_curve(dt_runs: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from rl_lab.cli import main
+
+    runs_dir, dt_name, _ = dt_runs
+    args = ["--runs-dir", str(runs_dir)]
+    assert main(["evaluate", dt_name, "--targets=-1,2.5", "--episodes", "2", "--temperature", "0.5", "--json", *args]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["target"] for r in doc["rows"]] == [-1.0, 2.5] and all(len(r["returns"]) == 2 for r in doc["rows"])
+    assert doc["temperature"] == 0.5 and doc["checkpoint_step"] == 6
+    assert json.loads((runs_dir / dt_name / "eval.json").read_text())["rows"] == doc["rows"]
+    assert "best_policy_mean_return" in doc and "fraction_of_best" in doc
+    # Same seeds, same numbers.
+    assert main(["evaluate", dt_name, "--targets=-1,2.5", "--episodes", "2", "--temperature", "0.5", "--json", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == doc["rows"]
+    assert main(["evaluate", dt_name, "--checkpoint", "3", "--episodes", "1", *args]) == 0
+    assert "achieved" in capsys.readouterr().out
+    for bad, message in ((["--targets", "a,b"], "--targets must be comma-separated numbers"),
+                         (["--temperature", "0"], "--temperature must be positive"),
+                         (["--checkpoint", "5"], "has no checkpoint at step 5")):
+        assert main(["evaluate", dt_name, *bad, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+    assert main(["evaluate", "tiny", *args]) == 2
+    assert "is for dt and bc runs" in capsys.readouterr().err

@@ -44,16 +44,21 @@ def load_model(run: Run, checkpoint: Path | None = None) -> DecisionTransformer:
 class DTActor:
     """Acts step by step, keeping the last K timesteps of history.
 
+    Actions are sampled from the softmax of the logits divided by ``temperature`` (below 1 is
+    sharper; ``deterministic`` takes the argmax).
     The return-to-go starts at ``target_return`` and drops by each reward given to ``observe``
     (without ``observe`` it stays at the target). ``rtg_used`` lists the return-to-go the model
     was given at each step, so the same inputs can be replayed for the whole episode at once.
     """
 
     def __init__(self, model: DecisionTransformer, target_return: float, deterministic: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, temperature: float = 1.0) -> None:
+        if not temperature > 0:
+            raise LabError(f"the sampling temperature must be positive, got {temperature}")
         self.model = model
         self.target_return = float(target_return)
         self.deterministic = deterministic
+        self.temperature = float(temperature)
         self.generator = generator
         self.reset()
 
@@ -78,7 +83,7 @@ class DTActor:
         if self.deterministic:
             action = int(logits.argmax())
         else:
-            action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator))
+            action = int(torch.multinomial(torch.softmax(logits / self.temperature, -1), 1, generator=self.generator))
         self.actions.append(action)
         return action
 
@@ -120,6 +125,7 @@ def evaluate(
     deterministic: bool = False,
     write: bool = True,
     progress: ProgressFn | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Achieved return for each target return; written to ``RUN/eval.json`` when ``write``.
 
@@ -145,7 +151,7 @@ def evaluate(
     t0 = time.time()
     try:
         for j, target in enumerate(targets):
-            actor = DTActor(model, target, deterministic=deterministic, generator=gen)
+            actor = DTActor(model, target, deterministic=deterministic, generator=gen, temperature=temperature)
             returns, lengths = [], []
             for i in range(episodes):
                 ret, length = rollout_return(env, actor, seed + i)
@@ -171,6 +177,7 @@ def evaluate(
         "episodes": episodes,
         "seed": seed,
         "deterministic": deterministic,
+        "temperature": temperature,
         "dataset_best_return": best,
         "dataset_mean_return": dataset.get("mean_return"),
         "rows": rows,
@@ -191,6 +198,15 @@ def evaluate(
         worst = dataset.get("min_return")
         if worst is not None and best > worst:
             result["normalised_score"] = (at_best["mean_return"] - worst) / (best - worst)
+        # The best single episode is the top of a noisy distribution; the best source policy's
+        # mean return is what a perfect imitation of the dataset's best quality level achieves.
+        policies = {k: v for k, v in (dataset.get("policies") or {}).items() if k != "random"}
+        if policies:
+            name, stats = max(policies.items(), key=lambda kv: kv[1]["mean"])
+            result["best_policy"] = name
+            result["best_policy_mean_return"] = stats["mean"]
+            result["fraction_of_best_policy_mean"] = (at_best["mean_return"] / stats["mean"]
+                                                      if stats["mean"] > 0 else None)
     if write:
         write_json_atomic(run.path / "eval.json", result)
     return result
@@ -211,6 +227,10 @@ def format_table(result: dict[str, Any]) -> str:
             frac_txt += f"; normalised score {score:.2f} (0 = worst, 1 = best dataset episode)"
         lines.append(f"best return in the dataset {best:.3f}; achieved {result['return_at_best_target']:.3f} "
                      f"when conditioned on it{frac_txt}")
+    if result.get("best_policy") is not None:
+        frac = result.get("fraction_of_best_policy_mean")
+        lines.append(f"best source policy {result['best_policy']}: mean return {result['best_policy_mean_return']:.3f}"
+                     + (f"; achieved {100 * frac:.0f}% of it" if frac is not None else ""))
     if "calibration_slope" in result:
         lines.append(f"calibration: slope {result['calibration_slope']:.3f}, "
                      f"correlation {result['calibration_corr']:.3f} (achieved vs target)")
