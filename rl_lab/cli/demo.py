@@ -183,8 +183,9 @@ def describe_supervised(run) -> str:
 
     algo = run.info["algo"]
     metrics = [m for m in run.metrics() if "loss" in m]
-    last = metrics[-1] if metrics else {}
-    text = f"{algo}: action accuracy {last.get('accuracy', float('nan')):.2f} on training windows"
+    # The line of the weights kept (training ends on the lowest held-out loss).
+    last = next((m for m in metrics if m["step"] == run.info.get("best_step")), metrics[-1] if metrics else {})
+    text = f"{algo} (weights of step {last.get('step')}): action accuracy {last.get('accuracy', float('nan')):.2f} on training windows"
     if "val_accuracy" in last:
         text += f", {last['val_accuracy']:.2f} on held-out episodes"
     eval_path = run.path / "eval.json"
