@@ -116,3 +116,20 @@ def test_compare_probes_a_recording_without_results(tiny_run: tuple[Path, str], 
     assert list((tmp_path / name / "probes").glob("*.json"))
     assert result["table"]["value"]["groups"]["ppo"]["n"] == 1
     assert result["runs"][0]["probe_file"].endswith(".json")
+
+
+def test_demo_explains_a_comparison_from_its_numbers(tmp_path: Path) -> None:
+    from rl_lab.cli.demo import explain_comparison
+
+    store = RunStore(tmp_path)
+    # hunger: ppo 0.9 (CI 0.8-1.0) clearly above dt 0.5 (0.4-0.6); td_error: nobody's CI clears 0.
+    _make_run(store, "ppo0", "ppo", 0, {"hunger": 0.9, "td_error": 0.05})
+    _make_run(store, "dt0", "dt", 0, {"hunger": 0.5, "td_error": 0.02})
+    full = compare(["ppo0", "dt0"], tmp_path, write=False)
+    acting = compare(["ppo0", "dt0"], tmp_path, hooks=["layer.b"], write=False)
+    sentences = explain_comparison(full, acting)
+    assert sentences[0] == "ppo decodes best on 1 of 2 labels: hunger (0.90 vs dt 0.50; clearly)"
+    assert sentences[1].startswith("no network decodes td_error")
+    # Gain over the random twin: ppo (0.9 - 0.5 + 0.05 - 0.075) / 2, dt (0.5 - 0.3 + 0.02 - 0.06) / 2.
+    assert "ppo +0.19, dt +0.08" in sentences[2]
+    assert "without PPO's critic" in sentences[3] and "ppo best on 1 of 2" in sentences[3]
