@@ -129,7 +129,7 @@ def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_
 
     _say(f"[4/{n_stages}] the same data, learned by supervision: trajectories of every checkpoint of the agent plus a "
          f"random policy; a decision transformer (DT, conditioned on return-to-go) and a behaviour-cloning transformer "
-         f"(BC) trained for {args.supervised_steps} gradient steps each")
+         f"(BC), each trained for at most {args.supervised_steps} gradient steps, stopping early on held-out loss")
     runs, written, lines = [], [], []
     for algo in ("dt", "bc"):
         collect_progress, close_collect = tqdm_progress("collect trajectories")
