@@ -7,14 +7,16 @@
 #
 #   bash examples/rl-vs-supervised.sh [RUNS_DIR]        # default: runs/rl-vs-supervised
 #
-# Knobs (environment): SEEDS (default "0 1 2"), PPO_STEPS (400000), DT_STEPS (3000, at most: training
+# Knobs (environment): SEEDS (default "0 1 2"), PPO_STEPS (1600000; 400000 for a quick look), DT_STEPS (3000, at most: training
 # stops early on held-out loss), TRAJ_EPISODES (40 per source checkpoint), EPISODES (40 recorded).
-# About 15 minutes a seed on one core of a 2-core machine. Finished stages are skipped on a rerun.
+# About 25 minutes a seed on one core (12 of them PPO); seeds can run as parallel invocations with
+# SEEDS="0 1" and SEEDS="2", then a final run (all stages done) prints the comparison over all seeds.
+# Finished stages are skipped on a rerun.
 set -euo pipefail
 
 RUNS="${1:-runs/rl-vs-supervised}"
 SEEDS="${SEEDS:-0 1 2}"
-PPO_STEPS="${PPO_STEPS:-400000}"
+PPO_STEPS="${PPO_STEPS:-1600000}"
 DT_STEPS="${DT_STEPS:-3000}"
 TRAJ_EPISODES="${TRAJ_EPISODES:-40}"
 EPISODES="${EPISODES:-40}"
