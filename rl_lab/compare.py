@@ -6,7 +6,9 @@ probed on the spot with ``probes.linear.probe_file`` if the run has recordings b
 gives, for each label, the run's score: the best held-out score over its hooks, leaving out
 hooks where the label is linear by construction (the critic's value layer for ``value``).
 The random-weights baseline inside each record gives a second row per run: the same
-architecture untrained (``<group> (random weights)``).
+architecture untrained (``<group> (random weights)``), and each trained cell's
+``gain_over_twin``: the run's score minus its own twin's, paired within the run, with a
+t-interval across runs — what training added.
 
 ``hooks`` (shell-style patterns such as ``mlp_extractor.policy_net.*`` or ``blocks.*``)
 restricts the hooks a run's best score is taken over — e.g. the PPO actor only, leaving out
@@ -195,6 +197,13 @@ def compare(
                 cell["hooks"] = [r["best"][label]["hook"] for r in members]
                 # Each run's bootstrap interval over its held-out episodes (the within-run uncertainty).
                 cell["probe_cis"] = [r["best"][label].get("ci") for r in members]
+                # What training added: each run's score minus its own random-weights twin's,
+                # paired within the run, then the mean and t-interval across runs.
+                gains = [r["best"][label]["score"] - r["best"][label]["random_weights"] for r in members
+                         if r["best"][label].get("random_weights") is not None]
+                if gains:
+                    g_mean, g_ci = seed_interval(gains)
+                    cell["gain_over_twin"] = {"mean": g_mean, "ci": g_ci, "n": len(gains), "values": gains}
             row[g] = cell
         table[label] = {"metric": metric, "groups": row}
     if any(len([r for r in per_run if r["group"] == g]) < 2 for g in {r["group"] for r in per_run}):
@@ -277,6 +286,27 @@ def format_table(result: dict[str, Any]) -> str:
                 half = (c["ci"][1] - c["ci"][0]) / 2
                 cells.append(f"{c['mean']:.3f} ± {half:.3f} (n={c['n']})".rjust(width))
         lines.append(f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells))
+    gain_groups = [g for g in groups if any("gain_over_twin" in result["table"][lab]["groups"].get(g, {})
+                                            for lab in result["labels"])]
+    if gain_groups:
+        lines.append("")
+        lines.append("what training added: trained minus its own random-weights twin, paired within each run")
+        lines.append(f"{'label':<{lw}}  {'metric':<8}  " + "  ".join(f"{g:>{width}}" for g in gain_groups))
+        for label in result["labels"]:
+            row = result["table"][label]
+            cells = []
+            for g in gain_groups:
+                c = row["groups"].get(g, {}).get("gain_over_twin")
+                if c is None:
+                    cells.append(f"{'-':>{width}}")
+                elif c["ci"] is None:
+                    cells.append(f"{c['mean']:>+{width}.3f}")
+                else:
+                    half = (c["ci"][1] - c["ci"][0]) / 2
+                    mark = " *" if c["ci"][0] > 0 or c["ci"][1] < 0 else "  "
+                    cells.append(f"{c['mean']:+.3f} ± {half:.3f}{mark}".rjust(width))
+            lines.append(f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells))
+        lines.append("* = the 95% interval across runs excludes 0")
     lines.append("")
     if result.get("hooks"):
         lines.append(f"scores are each run's best over the hooks matching {' '.join(result['hooks'])}")

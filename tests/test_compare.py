@@ -64,6 +64,10 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert cell["ci"][0] < 0.61 < cell["ci"][1]
     assert result["table"]["hunger"]["groups"]["ppo (random weights)"]["mean"] == pytest.approx(0.61 / 2 + 0.05)
     assert result["table"]["value"]["groups"]["ppo"]["mean"] == pytest.approx(0.7)  # not the by-construction 0.99
+    # What training added, paired within each run: score minus its own twin (0.61 - (0.305 + 0.05)).
+    gain = result["table"]["hunger"]["groups"]["ppo"]["gain_over_twin"]
+    assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.61 / 2 - 0.05) and gain["ci"][0] > 0
+    assert "gain_over_twin" not in result["table"]["hunger"]["groups"]["ppo (random weights)"]
     assert result["summary"].startswith("Averaged over 2 labels") and "ppo decodes best on 2 of 2" in result["summary"]
     assert json.loads(Path(result["path"]).read_text())["table"] == result["table"]
 
@@ -72,7 +76,7 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert doc["labels"] == ["hunger"]
     assert main(["compare", "ppo0", "dt0", "--group-by", "seed", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "hunger" in out and "written to" in out
+    assert "hunger" in out and "written to" in out and "what training added" in out
 
 
 def test_compare_hooks_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

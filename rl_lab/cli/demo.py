@@ -249,9 +249,8 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
         out.append(f"no network decodes {', '.join(none)} (every probe's interval over held-out episodes reaches 0)")
     gains = []
     for g in trained(full):
-        diffs = [full["table"][lab]["groups"][g]["mean"] - full["table"][lab]["groups"][g + RANDOM_SUFFIX]["mean"]
-                 for lab in full["labels"]
-                 if g in full["table"][lab]["groups"] and g + RANDOM_SUFFIX in full["table"][lab]["groups"]]
+        diffs = [full["table"][lab]["groups"][g]["gain_over_twin"]["mean"] for lab in full["labels"]
+                 if "gain_over_twin" in full["table"][lab]["groups"].get(g, {})]
         if diffs:
             gains.append(f"{g} {sum(diffs) / len(diffs):+.2f}")
     if gains:
