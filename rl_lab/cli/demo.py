@@ -51,7 +51,6 @@ def _say(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from probes import linear
-    from rl_lab.cli.probe import output_paths
     from rl_lab.config import TrainConfig
     from rl_lab.errors import LabError
     from rl_lab.record import record_run
@@ -79,14 +78,7 @@ def run(args: argparse.Namespace) -> int:
     (h5,) = record_run(run_.name, root, episodes=args.episodes, seed=args.seed, progress_factory=progress_factory)
 
     _say(f"[3/{n_stages}] probing every hook x label, split by episode, beside the baselines")
-    out_json, weights = output_paths(h5)
-    from probes.activations import ActivationFile
-
-    with ActivationFile(h5) as f:
-        hooks = [h for h in DEMO_HOOKS if h in f.hooks]
-        labels = [lab for lab in DEMO_LABELS if lab in f.labels]
-    doc = linear.probe_file(h5, hooks=hooks, labels=labels, seed=args.seed, out_json=out_json,
-                            weights_path=weights)
+    doc, labels, out_json, weights = probe_recording(h5, DEMO_HOOKS, DEMO_LABELS, args.seed)
 
     print()
     print(linear.format_table(doc))
@@ -116,12 +108,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_stages: int) -> list:
-    """Stages 4 and 5: a DT and a BC transformer trained on the agent's own trajectories, recorded
-    and probed the same way, then compared with the agent. Returns (what, path) of the files written."""
+def probe_recording(h5, hooks, labels, seed: int) -> tuple[dict, list[str], object, object]:
+    """Probe the wanted hooks x labels that the recording has; returns the document, the labels
+    probed, and the paths of the results and weights it wrote (``RUN/probes/``)."""
     from probes import linear
     from probes.activations import ActivationFile
     from rl_lab.cli.probe import output_paths
+
+    out_json, weights = output_paths(h5)
+    with ActivationFile(h5) as f:
+        hooks = [h for h in hooks if h in f.hooks]
+        labels = [lab for lab in labels if lab in f.labels]
+    doc = linear.probe_file(h5, hooks=hooks, labels=labels, seed=seed, out_json=out_json, weights_path=weights)
+    return doc, labels, out_json, weights
+
+
+def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_stages: int) -> list:
+    """Stages 4 and 5: a DT and a BC transformer trained on the agent's own trajectories, recorded
+    and probed the same way, then compared with the agent. Returns (what, path) of the files written."""
     from rl_lab.compare import compare, format_table
     from rl_lab.dt.train import DTTrainConfig, train_dt
     from rl_lab.record import record_run
@@ -151,11 +155,7 @@ def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_
          f"critic), probing the same labels, comparing")
     for sup in runs:
         (h5,) = record_run(sup.name, root, episodes=args.episodes, seed=args.seed, progress_factory=tqdm_progress)
-        out_json, weights = output_paths(h5)
-        with ActivationFile(h5) as f:
-            hooks = [h for h in DT_HOOKS if h in f.hooks]
-            sup_labels = [lab for lab in labels if lab in f.labels]
-        linear.probe_file(h5, hooks=hooks, labels=sup_labels, seed=args.seed, out_json=out_json, weights_path=weights)
+        _, _, out_json, _ = probe_recording(h5, DT_HOOKS, labels, args.seed)
         written += [(f"{sup.info['algo']} run", sup.path), (f"{sup.info['algo']} probes", out_json)]
     names = [run_.name] + [sup.name for sup in runs]
     cmp_labels = [lab for lab in EMOTION_LABELS if lab in labels]
