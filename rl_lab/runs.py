@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from probes.layout import CHECKPOINT_SUFFIXES, RESERVED_NAMES, RUN_JSON, RunLayout, RunsDirLayout
 from rl_lab.errors import LabError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-STATUSES = ("running", "done", "failed", "interrupted")
 
 
 def default_runs_dir() -> Path:
@@ -38,6 +38,8 @@ def check_run_name(name: str) -> str:
             f"invalid run name {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
         )
+    if name in RESERVED_NAMES:
+        raise LabError(f"invalid run name {name!r}: the runs directory keeps {name}/ for itself")
     return name
 
 
@@ -47,7 +49,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
+            json.dump(data, fh, indent=2, default=json_default)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -56,7 +58,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dump``'s ``default`` for numpy scalars and arrays and paths."""
     if hasattr(obj, "item"):
         return obj.item()
     if hasattr(obj, "tolist"):
@@ -84,10 +87,10 @@ def pid_alive(pid: int | None) -> bool:
 
 
 @dataclass
-class Run:
-    """A view of one run directory. ``info`` is the content of ``run.json``."""
+class Run(RunLayout):
+    """A view of one run directory: its layout (:class:`probes.layout.RunLayout`, every folder
+    and file name of the contract) and ``info``, the content of ``run.json``."""
 
-    path: Path
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -101,30 +104,6 @@ class Run:
             return "interrupted"
         return status
 
-    @property
-    def run_json(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def activations_dir(self) -> Path:
-        return self.path / "activations"
-
-    @property
-    def probes_dir(self) -> Path:
-        return self.path / "probes"
-
-    @property
-    def saes_dir(self) -> Path:
-        return self.path / "saes"
-
     def reload(self) -> "Run":
         self.info = read_run_json(self.path)
         return self
@@ -137,7 +116,7 @@ class Run:
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` and flush it to disk."""
-        line = json.dumps(record, default=_json_default)
+        line = json.dumps(record, default=json_default)
         with open(self.metrics_path, "a") as fh:
             fh.write(line + "\n")
             fh.flush()
@@ -150,7 +129,7 @@ class Run:
         """Checkpoint files sorted by training step (oldest first)."""
         if not self.checkpoints_dir.is_dir():
             return []
-        files = [p for p in self.checkpoints_dir.iterdir() if p.suffix in (".zip", ".pt")]
+        files = [p for p in self.checkpoints_dir.iterdir() if p.suffix in CHECKPOINT_SUFFIXES]
         return sorted(files, key=checkpoint_step)
 
     def latest_checkpoint(self) -> Path:
@@ -158,11 +137,6 @@ class Run:
         if not ckpts:
             raise LabError(f"run {self.name!r} has no checkpoint yet")
         return ckpts[-1]
-
-    def activation_files(self) -> list[Path]:
-        if not self.activations_dir.is_dir():
-            return []
-        return sorted(self.activations_dir.glob("*.h5"))
 
     def latest_return(self) -> float | None:
         value = None
@@ -219,7 +193,7 @@ def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_run_json(path: Path) -> dict[str, Any]:
     try:
-        with open(Path(path) / "run.json") as fh:
+        with open(Path(path) / RUN_JSON) as fh:
             info = json.load(fh)
     except FileNotFoundError:
         raise LabError(f"{path} is not a run directory (no run.json)") from None
@@ -235,9 +209,10 @@ class RunStore:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_runs_dir()
+        self.layout = RunsDirLayout(self.root)
 
     def path_for(self, name: str) -> Path:
-        return self.root / check_run_name(name)
+        return self.layout.run_dir(check_run_name(name))
 
     def create(self, name: str, info: dict[str, Any]) -> Run:
         """Create a new run directory; refuses to overwrite an existing run."""
@@ -250,8 +225,8 @@ class RunStore:
                 f"run {name!r} already exists in {self.root}; choose another --name "
                 "or continue it with --resume"
             ) from None
-        (path / "checkpoints").mkdir()
         run = Run(path, dict(info))
+        run.checkpoints_dir.mkdir()
         run.info.setdefault("name", name)
         run.info.setdefault("created", now_iso())
         run.update()
@@ -260,12 +235,12 @@ class RunStore:
     def get(self, name_or_path: str | Path) -> Run:
         """A run by name (inside this store) or by a path to its directory."""
         candidate = Path(name_or_path)
-        if candidate.is_dir() and (candidate / "run.json").exists():
+        if candidate.is_dir() and RunLayout(candidate).run_json.exists():
             return Run(candidate, read_run_json(candidate))
         name = str(name_or_path)
-        if not RUN_NAME.match(name):
+        if not RUN_NAME.match(name) or name in RESERVED_NAMES:
             raise LabError(f"no run {name!r} (not a run directory, not a run name)")
-        path = self.root / name
+        path = self.layout.run_dir(name)
         if not path.is_dir():
             raise LabError(f"no run named {name!r} in {self.root}")
         return Run(path, read_run_json(path))
@@ -276,7 +251,7 @@ class RunStore:
             return []
         runs = []
         for path in self.root.iterdir():
-            if not path.is_dir() or not (path / "run.json").exists():
+            if not path.is_dir() or not RunLayout(path).run_json.exists():
                 continue
             try:
                 runs.append(Run(path, read_run_json(path)))

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl_lab.runs import _json_default
+    from rl_lab.runs import json_default
     from rl_lab.steer import SteerConfig, format_table, steer
     from rl_lab.train import tqdm_progress
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close()
     if args.json:
-        json.dump(doc, sys.stdout, default=_json_default)
+        json.dump(doc, sys.stdout, default=json_default)
         sys.stdout.write("\n")
     else:
         print(format_table(doc))

@@ -1,0 +1,244 @@
+"""The run directory's layout: every folder and file name of the contract in ``docs/design.md``.
+
+This module is the one owner of those names. ``probes`` writes into run folders (probe results,
+SAEs) but never imports ``rl_lab``, so the layout lives here, at the lowest layer that needs it;
+``rl_lab.runs.Run`` is a :class:`RunLayout` that also carries ``run.json``. Nothing else builds a
+path inside a run folder by hand.
+
+::
+
+    RUNS_DIR/
+      <run-name>/                 RunLayout
+        run.json  metrics.jsonl  eval.json
+        checkpoints/  activations/  probes/  saes/<name>/  steer/  trajectories/
+      sweeps/<sweep>.json         RunsDirLayout.sweep_record
+      comparisons/compare-*.json  RunsDirLayout.comparisons_dir
+
+Standard library only: reading the layout never costs an import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# ------------------------------------------------------------------ inside a run folder
+RUN_JSON = "run.json"
+METRICS_JSONL = "metrics.jsonl"
+EVAL_JSON = "eval.json"
+CHECKPOINTS = "checkpoints"
+ACTIVATIONS = "activations"
+PROBES = "probes"
+SAES = "saes"
+STEER = "steer"
+TRAJECTORIES = "trajectories"
+
+ACTIVATION_SUFFIX = ".h5"
+PROBE_RESULTS_SUFFIX = ".json"
+PROBE_WEIGHTS_SUFFIX = ".weights.npz"
+CHECKPOINT_SUFFIXES = (".zip", ".pt")
+
+# ------------------------------------------------------------------ inside saes/<name>/
+SAE_CFG = "cfg.json"
+SAE_WEIGHTS = "sae_weights.safetensors"
+SAE_METRICS = "metrics.json"
+SAE_FEATURES = "features.json"
+SAE_FEATURES_NPZ = "features.npz"
+
+# ------------------------------------------------------------------ beside the runs
+SWEEPS = "sweeps"
+COMPARISONS = "comparisons"
+RESERVED_NAMES = frozenset({SWEEPS, COMPARISONS})
+"""Folders of a runs directory that are not runs: no run may take their names."""
+
+
+@dataclass
+class RunLayout:
+    """Where everything of one run lives. ``path`` is the run folder."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    # files
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_JSON
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``: one JSON object per log event."""
+        return self.path / METRICS_JSONL
+
+    @property
+    def eval_path(self) -> Path:
+        """``eval.json``: a dt/bc run's RTG calibration curve."""
+        return self.path / EVAL_JSON
+
+    # folders
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.path / ACTIVATIONS
+
+    @property
+    def probes_dir(self) -> Path:
+        return self.path / PROBES
+
+    @property
+    def saes_dir(self) -> Path:
+        return self.path / SAES
+
+    @property
+    def steer_dir(self) -> Path:
+        return self.path / STEER
+
+    @property
+    def trajectories_dir(self) -> Path:
+        return self.path / TRAJECTORIES
+
+    # named files inside the folders
+    def activation_path(self, stem: str) -> Path:
+        """``activations/<stem>.h5`` (``stem`` is a checkpoint stem such as ``step_000001000``)."""
+        return self.activations_dir / f"{stem}{ACTIVATION_SUFFIX}"
+
+    def probe_results_path(self, stem: str) -> Path:
+        """``probes/<stem>.json``: the probe results of ``activations/<stem>.h5``."""
+        return self.probes_dir / f"{stem}{PROBE_RESULTS_SUFFIX}"
+
+    def probe_weights_path(self, stem: str) -> Path:
+        """``probes/<stem>.weights.npz``: the probe weights beside those results."""
+        return self.probes_dir / f"{stem}{PROBE_WEIGHTS_SUFFIX}"
+
+    def sae_dir(self, name: str) -> Path:
+        """``saes/<name>/``: one trained SAE."""
+        return self.saes_dir / name
+
+    def steer_path(self, stem: str) -> Path:
+        """``steer/<stem>.json``: one intervention experiment."""
+        return self.steer_dir / f"{stem}.json"
+
+    def trajectories_path(self, name: str = "default") -> Path:
+        """``trajectories/<name>.h5``: an offline dataset collected from this run."""
+        return self.trajectories_dir / f"{name}.h5"
+
+    # listings
+    def activation_files(self) -> list[Path]:
+        if not self.activations_dir.is_dir():
+            return []
+        return sorted(self.activations_dir.glob(f"*{ACTIVATION_SUFFIX}"))
+
+    def probe_result_files(self) -> list[Path]:
+        """Every ``probes/<stem>.json`` (the weights files are not listed)."""
+        if not self.probes_dir.is_dir():
+            return []
+        return sorted(self.probes_dir.glob(f"*{PROBE_RESULTS_SUFFIX}"))
+
+    def sae_dirs(self) -> list[Path]:
+        if not self.saes_dir.is_dir():
+            return []
+        return sorted(p for p in self.saes_dir.iterdir() if p.is_dir())
+
+    def steer_files(self) -> list[Path]:
+        if not self.steer_dir.is_dir():
+            return []
+        return sorted(self.steer_dir.glob("*.json"))
+
+
+@dataclass
+class SAELayout:
+    """The files of one SAE folder (``RUN/saes/<name>/`` or any ``--out``)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @property
+    def cfg_path(self) -> Path:
+        return self.path / SAE_CFG
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / SAE_WEIGHTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / SAE_METRICS
+
+    @property
+    def features_path(self) -> Path:
+        return self.path / SAE_FEATURES
+
+    @property
+    def features_npz_path(self) -> Path:
+        return self.path / SAE_FEATURES_NPZ
+
+    def has_features(self) -> bool:
+        """Both halves of the feature summary are there."""
+        return self.features_path.exists() and self.features_npz_path.exists()
+
+
+@dataclass
+class RunsDirLayout:
+    """What a runs directory holds beside the runs themselves."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    def run_dir(self, name: str) -> Path:
+        """The folder of run ``name`` (validate ``name`` first: ``rl_lab.runs.check_run_name``)."""
+        return self.root / name
+
+    @property
+    def sweeps_dir(self) -> Path:
+        return self.root / SWEEPS
+
+    def sweep_record(self, name: str) -> Path:
+        """``sweeps/<name>.json``: a sweep's trial statuses and aggregate."""
+        return self.sweeps_dir / f"{name}.json"
+
+    @property
+    def comparisons_dir(self) -> Path:
+        """``comparisons/``: the documents ``rl-lab compare`` writes."""
+        return self.root / COMPARISONS
+
+
+def run_of_file(path: Path | str) -> RunLayout | None:
+    """The run folder an activation file sits in (``RUN/activations/X.h5`` -> ``RUN``), else None.
+
+    Only the position is checked; whether ``RUN/run.json`` exists is the caller's question.
+    """
+    p = Path(path).resolve()
+    if p.parent.name != ACTIVATIONS:
+        return None
+    return RunLayout(p.parent.parent)
+
+
+def probe_output_paths(h5: Path | str) -> tuple[Path, Path]:
+    """Where a recording's probe results and weights go.
+
+    ``RUN/probes/<stem>.json`` and ``.weights.npz`` for a run's recording; beside any other
+    file as ``<stem>.probes.json`` and ``<stem>.probes.weights.npz``.
+    """
+    h5 = Path(h5)
+    run = run_of_file(h5)
+    if run is not None:
+        return run.probe_results_path(h5.stem), run.probe_weights_path(h5.stem)
+    stem = f"{h5.stem}.probes"
+    return h5.parent / f"{stem}{PROBE_RESULTS_SUFFIX}", h5.parent / f"{stem}{PROBE_WEIGHTS_SUFFIX}"
+
+
+def sae_output_dir(h5: Path | str, name: str) -> Path:
+    """``RUN/saes/<name>/`` for a run's recording, else ``<stem>.saes/<name>/`` beside the file."""
+    h5 = Path(h5)
+    run = run_of_file(h5)
+    if run is not None:
+        return run.sae_dir(name)
+    return h5.resolve().parent / f"{h5.stem}.saes" / name
