@@ -25,7 +25,9 @@ import time
 import torch
 import torch.nn as nn
 
+from rl_lab.dt.evaluate import evaluate, format_table
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accuracy
+from rl_lab.dt.train import DTTrainConfig, train_dt
 
 
 class ReferenceDT(nn.Module):
@@ -127,9 +129,6 @@ def main() -> None:
         "threads": args.threads,
     }
     if args.source:
-        from rl_lab.dt.evaluate import evaluate, format_table
-        from rl_lab.dt.train import DTTrainConfig, train_dt
-
         t0 = time.perf_counter()
         run = train_dt(DTTrainConfig(source_run=args.source, steps=args.dt_steps, eval_episodes=0, seed=0,
                                      threads=args.threads, episodes_per_policy=args.episodes_per_policy,

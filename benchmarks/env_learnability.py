@@ -16,6 +16,9 @@ import json
 import time
 
 import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
 
 import envs
 
@@ -47,10 +50,6 @@ def evaluate(env_id: str, kwargs: dict, policy, episodes: int, seed: int) -> dic
 
 
 def run(env_id: str, kwargs: dict, steps: int, episodes: int, seed: int, hparams: str) -> dict:
-    import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     if hparams == "lab":

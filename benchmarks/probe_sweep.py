@@ -35,10 +35,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the scikit-learn reference
+
 from probes.activations import ActivationFile, ActivationWriter  # noqa: E402
-from probes.linear import MAX_LOGISTIC_ROWS, _fit_source, _scan_labels, probe_file  # noqa: E402
+from probes.linear import MAX_LOGISTIC_ROWS, fit_source, probe_file, scan_labels  # noqa: E402
+from probes.results import ProbeResults  # noqa: E402
 from probes.splits import split_episodes, unique_episodes  # noqa: E402
-from probes.sklearn_reference import sklearn_scores  # noqa: E402
+from sklearn_reference import sklearn_scores  # noqa: E402
 
 BENCH_HOOKS = 2
 N_STEPS = 20_000
@@ -77,9 +80,9 @@ def lab_main_scores(path: Path, hooks: list[str]) -> dict[tuple[str, str], float
     out: dict[tuple[str, str], float] = {}
     with ActivationFile(path) as f:
         split = split_episodes(unique_episodes(f), seed=0)
-        plans = _scan_labels(f, f.labels, split, notes)
+        plans = scan_labels(f, f.labels, split, notes)
         for hook in hooks:
-            res = _fit_source(
+            res = fit_source(
                 f, ("acts", hook), plans, split, with_control=False, seed=0, n_bootstrap=200,
                 max_logistic_rows=MAX_LOGISTIC_ROWS, notes=notes,
             )
@@ -127,7 +130,7 @@ def main() -> None:
     ref = sklearn_scores(small, hooks=hooks)
     sk_s = time.perf_counter() - t0
     print(f"sklearn (main probe only): {sk_s:.1f} s", file=sys.stderr)
-    diffs = [abs(r["score"] - ref[(r["hook"], r["label"])]) for r in doc["records"]]
+    diffs = [abs(r.score - ref[(r.hook, r.label)]) for r in ProbeResults.from_dict(doc).records]
     diffs += [abs(s - ref[key]) for key, s in main_scores.items()]
     max_diff = max(diffs)
     result = {

@@ -18,10 +18,14 @@ from pathlib import Path
 
 import torch
 
+from probes.activations import ActivationFile
+from rl_lab.adapters import SB3Adapter, load_sb3
+from rl_lab.config import TrainConfig
+from rl_lab.record import record
+from rl_lab.train import make_env, train
+
 
 def bare_rollout(model, env_id: str, episodes: int, seed: int) -> tuple[float, int]:
-    from rl_lab.train import make_env
-
     env = make_env(env_id)
     torch.manual_seed(seed)
     steps = 0
@@ -46,11 +50,6 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=8192)
     args = parser.parse_args()
     torch.set_num_threads(1)
-
-    from probes.activations import ActivationFile
-    from rl_lab.config import TrainConfig
-    from rl_lab.record import SB3Adapter, load_sb3, record
-    from rl_lab.train import train
 
     root = Path(tempfile.mkdtemp(prefix="bench-record-"))
     run = train(TrainConfig(env_id="lab/Forage-v0", total_timesteps=args.train_steps, seed=0), root, name="bench")

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from probes.activations import ActivationWriter
-from probes.planted import planted_dictionary, recovery
-from probes.sae import make_config, make_sae
-from probes.sae_data import H5Source, TensorSource
-from probes.sae_training import fit
+from probes.sae.config import make_config
+from probes.sae.data import H5Source, TensorSource
+from probes.sae.model import make_sae
+from probes.sae.planted import planted_dictionary, recovery
+from probes.sae.training import fit
 
 
 class ReferenceTopK:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rl_lab.sweep import _job, run_sweep
+from rl_lab.sweep import run_sweep, trial_job
 from rl_lab.sweep.spec import validate
 from rl_lab.sweep.stages import run_trial
 
@@ -46,7 +46,7 @@ def main() -> None:
         seq_dir = Path(tmp) / "sequential"
         t0 = time.perf_counter()
         for i, trial in enumerate(spec.trials()):
-            result = run_trial(_job(spec, trial, seq_dir, f"{i + 1}/{args.trials}"))
+            result = run_trial(trial_job(spec, trial, seq_dir, f"{i + 1}/{args.trials}"))
             assert all(s["status"] == "done" for s in result["stages"].values()), result
         sequential = time.perf_counter() - t0
 

@@ -11,7 +11,7 @@ Measures, each in a fresh Python process (so imports count), headless via ``App.
   point, imports included — unlike wall-clock times, barely affected by other jobs competing
   for the cores;
 - ``feature_switch_ms``: median time to move from one latent to the next on the Features
-  screen of a 4,096-latent TopK SAE whose statistics ``probes.features.compute_features``
+  screen of a 4,096-latent TopK SAE whose statistics ``probes.sae.features.compute_features``
   wrote (``features.json`` + ``features.npz``) over a 2,000-row activation file, beside ``reference_switch_ms``, the
   same key press in a bare 4,096-row ``DataTable`` (and ``*_cpu_ms``: CPU time per switch).
 
@@ -33,6 +33,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from probes.layout import RunLayout, RunsDirLayout  # noqa: E402
+
 N_RUNS = 1000
 N_LATENTS = 4096
 REPEATS = 3
@@ -43,30 +45,31 @@ def make_runs(root: Path, n: int = N_RUNS, metrics_lines: int = 50) -> None:
     """``n`` finished runs with ``run.json`` and ``metrics.jsonl``, plus one SAE with features."""
     rng = random.Random(0)
     for i in range(n):
-        d = root / f"run-{i:04d}"
-        (d / "checkpoints").mkdir(parents=True)
-        info = {"name": d.name, "env_id": rng.choice(["lab/Forage-v0", "CartPole-v1"]), "algo": rng.choice(["ppo", "a2c", "dqn"]),
+        d = RunLayout(RunsDirLayout(root).run_dir(f"run-{i:04d}"))
+        d.checkpoints_dir.mkdir(parents=True)
+        info = {"name": d.path.name, "env_id": rng.choice(["lab/Forage-v0", "CartPole-v1"]), "algo": rng.choice(["ppo", "a2c", "dqn"]),
                 "status": "done", "pid": None, "created": f"2024-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
                 "updated": "2024-01-02T00:00:00+00:00", "seed": i, "total_timesteps": 50_000, "steps_done": 50_000,
                 "config": {"learning_rate": 3e-4}, "versions": {}, "error": None}
-        (d / "run.json").write_text(json.dumps(info))
-        with open(d / "metrics.jsonl", "w") as fh:
+        d.run_json.write_text(json.dumps(info))
+        with open(d.metrics_path, "w") as fh:
             for k in range(metrics_lines):
                 fh.write(json.dumps({"step": k * 1000, "time": k, "episode_return": rng.random() * 100,
                                      "episode_length": 100, "fps": 900}) + "\n")
-    make_sae_features(root / "run-0000")
+    make_sae_features(RunsDirLayout(root).run_dir("run-0000"))
 
 
 def make_sae_features(run: Path, n_latents: int = N_LATENTS, rows: int = 2000, d_in: int = 16) -> Path:
     """A real activation file, a TopK SAE with ``n_latents`` latents and its feature statistics,
-    written by ``probes.activations.ActivationWriter``, ``probes.sae.save_sae`` and
-    ``probes.features.compute_features`` (the format the Features screen reads)."""
+    written by ``probes.activations.ActivationWriter``, ``probes.sae.model.save_sae`` and
+    ``probes.sae.features.compute_features`` (the format the Features screen reads)."""
     import numpy as np
     import torch
 
     from probes.activations import ActivationWriter
-    from probes.features import compute_features
-    from probes.sae import make_config, make_sae, save_sae
+    from probes.sae.config import make_config
+    from probes.sae.features import compute_features
+    from probes.sae.model import make_sae, save_sae
 
     hook = "mlp_extractor.policy_net.1"
     rng = np.random.default_rng(0)
@@ -75,7 +78,7 @@ def make_sae_features(run: Path, n_latents: int = N_LATENTS, rows: int = 2000, d
     t = np.arange(rows) % ep_len
     meta = {"hunger": {"kind": "continuous", "description": "how hungry", "linear_in": []},
             "threat": {"kind": "discrete", "description": "predator near", "linear_in": []}}
-    path = run / "activations" / "step_000050000.h5"
+    path = RunLayout(run).activation_path("step_000050000")
     path.parent.mkdir(parents=True, exist_ok=True)
     with ActivationWriter(path, {"run": run.name, "env_id": "lab/Forage-v0"}, label_meta=meta) as w:
         w.append({"obs": x[:, :4], "action": np.zeros(rows, np.int64), "reward": np.zeros(rows, np.float32),
@@ -84,7 +87,7 @@ def make_sae_features(run: Path, n_latents: int = N_LATENTS, rows: int = 2000, d
                  {"hunger": x[:, 0] + 0.1 * rng.standard_normal(rows), "threat": (x[:, 1] > 0.5).astype(np.int64)},
                  {hook: x})
     torch.manual_seed(0)
-    sae_dir = run / "saes" / f"sae-{n_latents}"
+    sae_dir = RunLayout(run).sae_dir(f"sae-{n_latents}")
     save_sae(make_sae(make_config("topk", d_in=d_in, d_sae=n_latents, k=8, hook_name=hook)), sae_dir)
     compute_features(sae_dir, path, progress=False)
     return sae_dir

@@ -25,7 +25,6 @@ from probes.errors import ProbeError
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 1024
-STEP_FIELDS = ("obs", "action", "reward", "done", "episode", "t")
 
 
 class ActivationWriter:
@@ -129,6 +128,18 @@ class ActivationWriter:
         start = ds.shape[0]
         ds.resize(start + len(value), axis=0)
         ds[start:] = [str(v) if v is not None else "" for v in value]
+
+    def read_label(self, name: str) -> np.ndarray:
+        """Every row written so far of ``/labels/<name>``."""
+        return self._h5["labels"][name][:]
+
+    def add_label(self, name: str, values: np.ndarray) -> None:
+        """Write a whole label at once (one that needs every row first, e.g. a standardised
+        value), with the attributes given for ``name`` in ``label_meta``. It must cover every row."""
+        values = np.asarray(values)
+        if len(values) != self._n:
+            raise ProbeError(f"label {name!r} has {len(values)} rows, the file {self._n}")
+        self._append("labels", name, values, meta=self._label_meta.get(name, {}))
 
     def flush(self) -> None:
         self._h5.attrs["n_steps"] = self._n

@@ -37,6 +37,7 @@ ACTIVATION_SUFFIX = ".h5"
 PROBE_RESULTS_SUFFIX = ".json"
 PROBE_WEIGHTS_SUFFIX = ".weights.npz"
 CHECKPOINT_SUFFIXES = (".zip", ".pt")
+LOG_SUFFIX = ".log"
 
 # ------------------------------------------------------------------ inside saes/<name>/
 SAE_CFG = "cfg.json"
@@ -102,6 +103,12 @@ class RunLayout:
         return self.path / TRAJECTORIES
 
     # named files inside the folders
+    def checkpoint_path(self, step: int, suffix: str) -> Path:
+        """``checkpoints/step_<step, 9 digits><suffix>`` (``.zip`` for SB3, ``.pt`` for the DT)."""
+        if suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(f"checkpoint suffix {suffix!r} is not one of {CHECKPOINT_SUFFIXES}")
+        return self.checkpoints_dir / f"step_{int(step):09d}{suffix}"
+
     def activation_path(self, stem: str) -> Path:
         """``activations/<stem>.h5`` (``stem`` is a checkpoint stem such as ``step_000001000``)."""
         return self.activations_dir / f"{stem}{ACTIVATION_SUFFIX}"
@@ -147,6 +154,10 @@ class RunLayout:
         if not self.steer_dir.is_dir():
             return []
         return sorted(self.steer_dir.glob("*.json"))
+
+    def log_files(self) -> list[Path]:
+        """``*.log`` files left in the run folder itself (by a user or a job; the app lists them)."""
+        return sorted(self.path.glob(f"*{LOG_SUFFIX}"))
 
 
 @dataclass
@@ -203,6 +214,12 @@ class RunsDirLayout:
     def sweep_record(self, name: str) -> Path:
         """``sweeps/<name>.json``: a sweep's trial statuses and aggregate."""
         return self.sweeps_dir / f"{name}.json"
+
+    def sweep_records(self) -> list[Path]:
+        """Every ``sweeps/<name>.json``, by name."""
+        if not self.sweeps_dir.is_dir():
+            return []
+        return sorted(self.sweeps_dir.glob("*.json"))
 
     @property
     def comparisons_dir(self) -> Path:

@@ -14,7 +14,8 @@ by cross-validation grouped by episode. Beside each score the same probe is run 
 
 Ridge is solved from streamed sufficient statistics (``probes.ridge``), so memory does not grow
 with the file; logistic regression keeps at most ``max_logistic_rows`` training rows in memory
-(a seeded uniform subsample beyond that). See ``docs/probes.md`` for the JSON schema.
+(a seeded uniform subsample beyond that). The document and its records are ``probes.results``
+(``ProbeResults``, ``ProbeRecord``); ``docs/probes.md`` gives the JSON schema.
 
 Run ``python -m probes.linear FILE.h5 [--json]``.
 """
@@ -28,26 +29,47 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from probes.activations import ActivationFile
 from probes.errors import ProbeError
+from probes.layout import PROBE_RESULTS_SUFFIX, PROBE_WEIGHTS_SUFFIX, run_of_file
 from probes.logistic import CS, auroc, fit_logistic, log_loss, predict_proba
+from probes.results import (
+    ACCURACY,
+    CONTINUOUS,
+    CONTROL_TASK,
+    DISCRETE,
+    R2,
+    SCHEMA_VERSION,
+    ProbeRecord,
+    ProbeResults,
+    jsonable,
+    write_probe_results,
+)
 from probes.ridge import RidgeStats, fit_ridge_cv, r2_from_sums
 from probes.splits import EpisodeSplit, bootstrap_counts, percentile_ci, split_episodes, unique_episodes
 
-SCHEMA_VERSION = 1
 ROWS_PER_CHUNK = 8192
 MAX_LOGISTIC_ROWS = 100_000
 MAX_FEATURE_DIM = 2048
 MAX_CLASSES = 20
 CONTROL_SEED_SALT = 0x5EED_C0DE
-_HASH_SAMPLE = 50_000
 
-Source = tuple[str, str]  # (group, dataset): ("acts", hook), ("acts_random", hook), ("steps", "obs")
-OBS: Source = ("steps", "obs")
+
+class Source(NamedTuple):
+    """A feature source of the file: ``/<group>/<dataset>``."""
+
+    group: str  # "acts", "acts_random" or "steps"
+    dataset: str  # the hook, or "obs"
+
+    def __str__(self) -> str:
+        return f"{self.group}/{self.dataset}"
+
+
+OBS = Source("steps", "obs")
 
 
 # ---------------------------------------------------------------------------- labels
@@ -75,11 +97,11 @@ class LabelPlan:
         return np.where(ok, idx, -1)
 
 
-def _scan_labels(f: ActivationFile, names: Sequence[str], split: EpisodeSplit, notes: list[str]) -> list[LabelPlan]:
+def scan_labels(f: ActivationFile, names: Sequence[str], split: EpisodeSplit, notes: list[str]) -> list[LabelPlan]:
     plans = []
     for name in names:
         info = f.label_info(name)
-        kind = info["kind"] if info["kind"] in ("continuous", "discrete") else "continuous"
+        kind = info["kind"] if info["kind"] in (CONTINUOUS, DISCRETE) else CONTINUOUS
         plan = LabelPlan(name=name, kind=kind, linear_in=list(info["linear_in"]), description=str(info["description"]))
         n = s = ss = 0.0
         n_nan = 0
@@ -95,7 +117,7 @@ def _scan_labels(f: ActivationFile, names: Sequence[str], split: EpisodeSplit, n
             n += len(v)
             s += float(v.sum())
             ss += float((v * v).sum())
-            if kind == "discrete":
+            if kind == DISCRETE:
                 u, c = np.unique(v, return_counts=True)
                 for key, cnt in zip(u.tolist(), c.tolist()):
                     counts[key] = counts.get(key, 0) + cnt
@@ -106,7 +128,7 @@ def _scan_labels(f: ActivationFile, names: Sequence[str], split: EpisodeSplit, n
             notes.append(f"label {name!r}: {n_nan} NaN value(s) were left out of its probes")
         if n == 0:
             plan.skip = "it has no finite value in the training episodes"
-        elif kind == "continuous":
+        elif kind == CONTINUOUS:
             plan.mean = s / n
             plan.std = math.sqrt(max(ss / n - plan.mean**2, 0.0))
             if plan.std <= 1e-12 * max(1.0, abs(plan.mean)):
@@ -169,7 +191,7 @@ def control_targets(plan: LabelPlan, types: np.ndarray, label_index: int, seed: 
     labels get a class code drawn with the label's training class frequencies.
     """
     u = _uniform(types, label_index, seed)
-    if plan.kind == "continuous":
+    if plan.kind == CONTINUOUS:
         return plan.mean + plan.std * math.sqrt(12.0) * (u - 0.5)
     return np.minimum(np.searchsorted(np.cumsum(plan.train_freq), u, side="right"), len(plan.classes) - 1)
 
@@ -189,7 +211,7 @@ class _Target:
 
     @property
     def discrete(self) -> bool:
-        return self.plan.kind == "discrete"
+        return self.plan.kind == DISCRETE
 
 
 def _target_values(t: _Target, raw: dict[str, np.ndarray], types: np.ndarray | None, seed: int) -> np.ndarray:
@@ -229,6 +251,25 @@ def _chunks(
         yield _Chunk(sl, x, split.groups_of(eps), eps, raw, types)
 
 
+class RidgeFit(NamedTuple):
+    """A ridge probe fitted on the training episodes (acts on raw features)."""
+
+    coef: np.ndarray  # [d]
+    intercept: float
+    alpha: float
+    n_train: int
+
+
+class LogisticFit(NamedTuple):
+    """A logistic probe fitted on the training episodes; ``w`` acts on standardised features."""
+
+    w: np.ndarray  # [d + 1, cols]: weights, then the bias row
+    mean: np.ndarray  # [d] standardisation
+    scale: np.ndarray  # [d]
+    C: float
+    n_train: int
+
+
 @dataclass
 class ProbeResult:
     """Held-out result of one probe (one source x one target)."""
@@ -245,7 +286,7 @@ class ProbeResult:
     bias: np.ndarray | None = None
 
 
-def _fit_source(
+def fit_source(
     f: ActivationFile,
     source: Source,
     plans: Sequence[LabelPlan],
@@ -285,7 +326,7 @@ def _fit_source(
     keep_p = min(1.0, max_logistic_rows / max(n_train_rows, 1))
     if disc and keep_p < 1.0:
         notes.append(
-            f"{source[0]}/{source[1]}: logistic probes were trained on a seeded subsample of "
+            f"{source}: logistic probes were trained on a seeded subsample of "
             f"{max_logistic_rows} of {n_train_rows} training rows (max_logistic_rows)"
         )
     lx: list[np.ndarray] = []
@@ -312,15 +353,16 @@ def _fit_source(
             ly.append(np.stack([vals[t.key] for t in disc], axis=1)[take])
             lg.append(ch.groups[take])
     if n_bad_rows:
-        notes.append(f"{source[0]}/{source[1]}: {n_bad_rows} row(s) with non-finite activations were left out")
+        notes.append(f"{source}: {n_bad_rows} row(s) with non-finite activations were left out")
 
-    fits: dict[str, Any] = {}
+    fits: dict[str, RidgeFit | LogisticFit] = {}
     for stats, group in ([(stats_shared, shared)] if stats_shared is not None else []) + [
         (stats_own[t.key], [t]) for t in own
     ]:
         fit = fit_ridge_cv(stats, split.n_folds)
+        n_train = int(stats.pooled(list(range(split.n_folds))).n)
         for j, t in enumerate(group):
-            fits[t.key] = ("ridge", fit.coef[:, j], fit.intercept[j], float(fit.alpha[j]), int(stats.pooled(list(range(split.n_folds))).n))
+            fits[t.key] = RidgeFit(fit.coef[:, j], fit.intercept[j], float(fit.alpha[j]), n_train)
     if disc:
         X = np.concatenate(lx) if lx else np.zeros((0, d))
         Y = np.concatenate(ly) if ly else np.zeros((0, len(disc)), dtype=np.int64)
@@ -346,9 +388,8 @@ def _fit_source(
             v = _target_values(t, ch.raw, ch.types, seed)[test]
             acc = per_ep[t.key]
             fit = fits[t.key]
-            if t.discrete:
-                _, w, mu, scale, _, _ = fit
-                p = predict_proba((x - mu) / scale, w, len(t.plan.classes))
+            if isinstance(fit, LogisticFit):
+                p = predict_proba((x - fit.mean) / fit.scale, fit.w, len(t.plan.classes))
                 ok = v >= -1  # every row counts; codes of -1 (unseen class) are errors
                 pred = np.argmax(p, axis=1)
                 np.add.at(acc[:, 0], ep[ok], 1.0)
@@ -356,9 +397,8 @@ def _fit_source(
                 probs[t.key].append(p)
                 codes[t.key].append(v)
             else:
-                _, coef, intercept, _, _ = fit
                 ok = np.isfinite(v)
-                yhat = x[ok] @ coef + intercept
+                yhat = x[ok] @ fit.coef + fit.intercept
                 e = ep[ok]
                 np.add.at(acc[:, 0], e, 1.0)
                 np.add.at(acc[:, 1], e, v[ok])
@@ -374,8 +414,8 @@ def _fit_source(
         n_test = int(acc[:, 0].sum())
         if n_test == 0:
             continue
-        if t.discrete:
-            _, w, mu, scale, C, n_tr = fit
+        if isinstance(fit, LogisticFit):
+            w, mu, scale = fit.w, fit.mean, fit.scale
             score = float(acc[:, 1].sum() / n_test)
             boot = (counts @ acc[:, 1]) / np.maximum(counts @ acc[:, 0], 1)
             p_all = np.concatenate(probs[t.key])
@@ -384,42 +424,38 @@ def _fit_source(
             raw_coef = (w[:-1] / scale[:, None]).T  # [cols, d]
             raw_bias = w[-1] - (mu / scale) @ w[:-1]
             out[t.key] = ProbeResult(
-                metric="accuracy",
+                metric=ACCURACY,
                 score=score,
                 ci=percentile_ci(boot),
-                n_train=n_tr,
+                n_train=fit.n_train,
                 n_test=n_test,
-                reg=float(C),
+                reg=float(fit.C),
                 mean_baseline=float(np.mean(y_all == majority)),
                 auroc=auroc(p_all, y_all),
                 coef=raw_coef[0] if raw_coef.shape[0] == 1 else raw_coef,
                 bias=raw_bias,
             )
         else:
-            _, coef, intercept, alpha, n_tr = fit
             sums = acc.sum(axis=0)
             score = float(r2_from_sums(sums[0], sums[1], sums[2], sums[3]))
             b = counts @ acc
             boot = r2_from_sums(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
             out[t.key] = ProbeResult(
-                metric="r2",
+                metric=R2,
                 score=score,
                 ci=percentile_ci(boot),
-                n_train=n_tr,
+                n_train=fit.n_train,
                 n_test=n_test,
-                reg=alpha,
+                reg=fit.alpha,
                 mean_baseline=float(r2_from_sums(sums[0], sums[1], sums[2], mean_sse[t.key].sum())),
-                coef=coef,
-                bias=np.array([intercept]),
+                coef=fit.coef,
+                bias=np.array([fit.intercept]),
             )
     return out
 
 
-def _fit_logistic_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, n_folds: int) -> tuple:
-    """Choose C by grouped CV (mean held-out log-loss, ties to the first) and refit on all rows.
-
-    Returns ``("logistic", w, mean, scale, C, n_train)`` where ``w`` acts on standardised features.
-    """
+def _fit_logistic_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, n_folds: int) -> LogisticFit:
+    """Choose C by grouped CV (mean held-out log-loss, ties to the first) and refit on all rows."""
     ok = y >= 0
     X, y, groups = X[ok], y[ok], groups[ok]
     best_C = 1.0
@@ -440,7 +476,7 @@ def _fit_logistic_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes
         best_C = float(CS[int(np.argmin(losses))])
     mu, scale = _standardiser(X)
     w = fit_logistic((X - mu) / scale, y, n_classes, best_C)
-    return ("logistic", w, mu, scale, best_C, int(len(y)))
+    return LogisticFit(w, mu, scale, best_C, int(len(y)))
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -455,11 +491,11 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------------- the sweep
 def _default_weights_path(path: Path, out_json: Path | None) -> Path | None:
+    """Beside ``out_json``, else ``RUN/probes/<stem>.weights.npz`` for a run's recording, else None."""
     if out_json is not None:
-        return out_json.with_name(out_json.name.removesuffix(".json") + ".weights.npz")
-    if path.parent.name == "activations":
-        return path.parent.parent / "probes" / f"{path.stem}.weights.npz"
-    return None
+        return out_json.with_name(out_json.name.removesuffix(PROBE_RESULTS_SUFFIX) + PROBE_WEIGHTS_SUFFIX)
+    run = run_of_file(path)
+    return run.probe_weights_path(path.stem) if run is not None else None
 
 
 def _select(requested: Sequence[str] | None, available: list[str], what: str, path: Path) -> list[str]:
@@ -520,18 +556,15 @@ def probe_file(
         hook_names = _select(hooks, f.hooks, "hook", path)
         checkpoint = str(f.attrs.get("checkpoint", path.stem))
         step = f.attrs.get("step", f.attrs.get("timesteps"))
-        doc: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "file": str(path),
-            "run": str(f.attrs.get("run", "")),
-            "checkpoint": checkpoint,
-            "step": int(step) if isinstance(step, (int, np.integer)) else None,
-            "seed": seed,
-            "n_steps": int(f.n),
-            "records": [],
-            "notes": notes,
-            "weights": None,
-        }
+        doc = ProbeResults(
+            file=str(path),
+            run=str(f.attrs.get("run", "")),
+            checkpoint=checkpoint,
+            step=int(step) if isinstance(step, (int, np.integer)) else None,
+            seed=seed,
+            n_steps=int(f.n),
+            notes=notes,
+        )
         if not label_names:
             notes.append("the file has no labels: nothing to probe")
             return _finish(doc, out_path)
@@ -541,27 +574,27 @@ def probe_file(
         except ValueError as exc:
             notes.append(f"no probe was fitted: {exc}")
             return _finish(doc, out_path)
-        doc["n_train_episodes"] = int(len(split.train_episodes))
-        doc["n_test_episodes"] = int(len(split.test_episodes))
+        doc.n_train_episodes = int(len(split.train_episodes))
+        doc.n_test_episodes = int(len(split.test_episodes))
         if split.n_folds < 2:
             notes.append(
                 "only one training episode: regularisation was not cross-validated (alpha = C = 1)"
             )
         if len(split.test_episodes) < 5:
             notes.append(f"only {len(split.test_episodes)} test episode(s): confidence intervals are rough")
-        plans = _scan_labels(f, label_names, split, notes)
+        plans = scan_labels(f, label_names, split, notes)
         common = dict(seed=seed, n_bootstrap=n_bootstrap, max_logistic_rows=max_logistic_rows, notes=notes)
 
         def too_wide(source: Source) -> bool:
             dim = int(np.prod(f.read(*source, rows=slice(0, 1)).shape[1:]))
             if dim > MAX_FEATURE_DIM:
-                notes.append(f"{source[0]}/{source[1]} has {dim} dimensions (> {MAX_FEATURE_DIM}); it was not probed")
+                notes.append(f"{source} has {dim} dimensions (> {MAX_FEATURE_DIM}); it was not probed")
                 return True
             return False
 
         obs_results: dict[str, ProbeResult] = {}
         if _has(f, OBS) and not too_wide(OBS):
-            obs_results = _fit_source(f, OBS, plans, split, with_control=False, **common)
+            obs_results = fit_source(f, OBS, plans, split, with_control=False, **common)
         else:
             notes.append("no usable /steps/obs: the raw-observation baseline is missing")
         missing_random = [h for h in hook_names if h not in f.random_hooks]
@@ -573,11 +606,11 @@ def probe_file(
             )
         weights: dict[str, np.ndarray] = {}
         for hook in hook_names:
-            if too_wide(("acts", hook)):
+            if too_wide(Source("acts", hook)):
                 continue
-            main = _fit_source(f, ("acts", hook), plans, split, with_control=True, **common)
+            main = fit_source(f, Source("acts", hook), plans, split, with_control=True, **common)
             rand = (
-                _fit_source(f, ("acts_random", hook), plans, split, with_control=False, **common)
+                fit_source(f, Source("acts_random", hook), plans, split, with_control=False, **common)
                 if hook in f.random_hooks
                 else {}
             )
@@ -585,7 +618,7 @@ def probe_file(
                 res = main.get(plan.name)
                 if res is None:
                     continue
-                doc["records"].append(_record(plan, hook, res, main, obs_results, rand, checkpoint, doc["step"]))
+                doc.records.append(_record(plan, hook, res, main, obs_results, rand, checkpoint, doc.step))
                 _store_weights(weights, plan, hook, res)
         wpath = Path(weights_path) if weights_path is not None else _default_weights_path(path, out_path)
         if wpath is not None and weights:
@@ -593,7 +626,7 @@ def probe_file(
             tmp = wpath.with_name(wpath.name + ".tmp.npz")
             np.savez(tmp, **weights)
             os.replace(tmp, wpath)
-            doc["weights"] = str(wpath)
+            doc.weights = str(wpath)
     return _finish(doc, out_path)
 
 
@@ -605,25 +638,11 @@ def _has(f: ActivationFile, source: Source) -> bool:
     return True
 
 
-def _finish(doc: dict[str, Any], out_path: Path | None) -> dict[str, Any]:
+def _finish(doc: ProbeResults, out_path: Path | None) -> dict[str, Any]:
+    """The document as JSON values, written to ``out_path`` too when given."""
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(doc), indent=1))
-        os.replace(tmp, out_path)
-    return _jsonable(doc)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else round(float(obj), 6)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+        return write_probe_results(out_path, doc)
+    return jsonable(doc.to_dict())
 
 
 def _record(
@@ -635,7 +654,7 @@ def _record(
     rand: dict[str, ProbeResult],
     checkpoint: str,
     step: int | None,
-) -> dict[str, Any]:
+) -> ProbeRecord:
     baselines: dict[str, float] = {"mean": res.mean_baseline}
     auroc_baselines: dict[str, float] = {"mean": 0.5}
     for name, table in (("raw_obs", obs), ("random_weights", rand)):
@@ -645,37 +664,33 @@ def _record(
                 auroc_baselines[name] = table[plan.name].auroc  # type: ignore[assignment]
     control = main.get("control:" + plan.name)
     if control is not None:
-        baselines["control_task"] = control.score
+        baselines[CONTROL_TASK] = control.score
         if control.auroc is not None:
-            auroc_baselines["control_task"] = control.auroc
-    rec: dict[str, Any] = {
-        "hook": hook,
-        "label": plan.name,
-        "kind": plan.kind,
-        "metric": res.metric,
-        "score": res.score,
-        "baselines": baselines,
-        "selectivity": res.score - control.score if control is not None else None,
-        "beats_baselines": bool(
-            res.ci[0] > max(v for v in baselines.values() if v is not None and math.isfinite(v))
-        )
+            auroc_baselines[CONTROL_TASK] = control.auroc
+    discrete = res.metric == ACCURACY
+    return ProbeRecord(
+        hook=hook,
+        label=plan.name,
+        kind=plan.kind,
+        metric=res.metric,
+        score=res.score,
+        baselines=baselines,
+        selectivity=res.score - control.score if control is not None else None,
+        beats_baselines=bool(res.ci[0] > max(v for v in baselines.values() if v is not None and math.isfinite(v)))
         if math.isfinite(res.ci[0])
         else False,
-        "ci": res.ci,
-        "checkpoint": checkpoint,
-        "step": step,
-        "linear_by_construction": hook in plan.linear_in,
-        "n_train": res.n_train,
-        "n_test": res.n_test,
-    }
-    if res.metric == "accuracy":
-        rec["auroc"] = res.auroc
-        rec["auroc_baselines"] = auroc_baselines
-        rec["C"] = res.reg
-        rec["n_classes"] = int(len(plan.classes))
-    else:
-        rec["alpha"] = res.reg
-    return rec
+        ci=(res.ci[0], res.ci[1]),
+        checkpoint=checkpoint,
+        step=step,
+        linear_by_construction=hook in plan.linear_in,
+        n_train=res.n_train,
+        n_test=res.n_test,
+        alpha=None if discrete else res.reg,
+        auroc=res.auroc if discrete else None,
+        auroc_baselines=auroc_baselines if discrete else None,
+        C=res.reg if discrete else None,
+        n_classes=int(len(plan.classes)) if discrete else None,
+    )
 
 
 def _store_weights(weights: dict[str, np.ndarray], plan: LabelPlan, hook: str, res: ProbeResult) -> None:
@@ -685,7 +700,7 @@ def _store_weights(weights: dict[str, np.ndarray], plan: LabelPlan, hook: str, r
     weights[f"{key}/bias"] = np.asarray(res.bias, dtype=np.float64)
     weights[f"{key}/label_std"] = np.array(plan.std)
     weights[f"{key}/kind"] = np.array(plan.kind)
-    if plan.kind == "discrete":
+    if plan.kind == DISCRETE:
         weights[f"{key}/classes"] = plan.classes
 
 
@@ -722,25 +737,35 @@ def _fmt(v: float | None) -> str:
     return "  -  " if v is None or not math.isfinite(v) else f"{v:5.2f}"
 
 
-def format_table(doc: dict[str, Any]) -> str:
+def _f2(v: float | None) -> str:
+    return "?" if v is None else f"{v:.2f}"
+
+
+def _results(doc: ProbeResults | Mapping[str, Any]) -> ProbeResults:
+    return doc if isinstance(doc, ProbeResults) else ProbeResults.from_dict(doc)
+
+
+def format_table(doc: ProbeResults | Mapping[str, Any]) -> str:
     """The human table: one row per hook x label with score, baselines, selectivity and CI."""
-    recs = doc["records"]
-    lines = [f"probes of {doc['file']} (run {doc['run'] or '?'}, checkpoint {doc['checkpoint']})"]
+    res = _results(doc)
+    recs = res.records
+    lines = [f"probes of {res.file} (run {res.run or '?'}, checkpoint {res.checkpoint})"]
     if recs:
-        hw = max(len("hook"), *(len(r["hook"]) for r in recs))
-        lw = max(len("label"), *(len(r["label"]) + (1 if r["linear_by_construction"] else 0) for r in recs))
+        hw = max(len("hook"), *(len(r.hook) for r in recs))
+        lw = max(len("label"), *(len(r.label) + (1 if r.linear_by_construction else 0) for r in recs))
         head = (
             f"{'hook':<{hw}}  {'label':<{lw}}  metric    score  95% CI        mean   obs    rand   ctrl   select  auroc"
         )
         lines += [head, "-" * len(head)]
         for r in recs:
-            b = r["baselines"]
-            name = r["label"] + ("*" if r["linear_by_construction"] else "")
-            ci = f"{_fmt(r['ci'][0])}-{_fmt(r['ci'][1]).strip()}"
+            b = r.baselines
+            name = r.label + ("*" if r.linear_by_construction else "")
+            low, high = r.ci or (None, None)
+            ci = f"{_fmt(low)}-{_fmt(high).strip()}"
             lines.append(
-                f"{r['hook']:<{hw}}  {name:<{lw}}  {r['metric']:<8}  {_fmt(r['score'])}  {ci:<12}  "
+                f"{r.hook:<{hw}}  {name:<{lw}}  {r.metric:<8}  {_fmt(r.score)}  {ci:<12}  "
                 f"{_fmt(b.get('mean'))}  {_fmt(b.get('raw_obs'))}  {_fmt(b.get('random_weights'))}  "
-                f"{_fmt(b.get('control_task'))}  {_fmt(r['selectivity'])}   {_fmt(r.get('auroc'))}"
+                f"{_fmt(b.get(CONTROL_TASK))}  {_fmt(r.selectivity)}   {_fmt(r.auroc)}"
             )
     else:
         lines.append("(no probe was fitted)")
@@ -750,53 +775,59 @@ def format_table(doc: dict[str, Any]) -> str:
         "control task (random output per observation); select = score - ctrl; * = linear by construction "
         "(not a discovery)"
     )
-    lines += [f"note: {n}" for n in doc["notes"]]
+    lines += [f"note: {n}" for n in res.notes]
     return "\n".join(lines)
 
 
-def summarise(doc: dict[str, Any]) -> list[str]:
+def summarise(doc: ProbeResults | Mapping[str, Any]) -> list[str]:
     """Sentences in words: which labels which layers encode beyond every baseline."""
+    res = _results(doc)
     out: list[str] = []
-    by_label: dict[str, list[dict[str, Any]]] = {}
-    for r in doc["records"]:
-        by_label.setdefault(r["label"], []).append(r)
+    by_label: dict[str, list[ProbeRecord]] = {}
+    for r in res.records:
+        by_label.setdefault(r.label, []).append(r)
+
+    def score(r: ProbeRecord) -> float:
+        return r.score if r.score is not None else -math.inf
+
     for label, recs in by_label.items():
-        found = [r for r in recs if r["beats_baselines"]]
-        for r in sorted(found, key=lambda r: -r["score"]):
-            what = "R^2" if r["metric"] == "r2" else "accuracy"
-            b = r["baselines"]
+        found = [r for r in recs if r.beats_baselines]
+        for r in sorted(found, key=lambda r: -score(r)):
+            what = "R^2" if r.metric == R2 else "accuracy"
             vs = []
-            for key, words in (("raw_obs", "the raw observation"), ("random_weights", "random weights"), ("control_task", "the control task")):
-                if b.get(key) is not None:
-                    vs.append(f"{words} ({b[key]:.2f})")
-            tail = " (linear by construction, so expected, not a discovery)" if r["linear_by_construction"] else ""
+            for key, words in (("raw_obs", "the raw observation"), ("random_weights", "random weights"), (CONTROL_TASK, "the control task")):
+                if r.baselines.get(key) is not None:
+                    vs.append(f"{words} ({r.baselines[key]:.2f})")
+            tail = " (linear by construction, so expected, not a discovery)" if r.linear_by_construction else ""
+            low, high = r.ci or (None, None)
             out.append(
-                f"{label} is linearly decodable from {r['hook']} ({what} {r['score']:.2f}, 95% CI "
-                f"{r['ci'][0]:.2f}-{r['ci'][1]:.2f}) beyond " + (", ".join(vs) or "the mean predictor") + tail + "."
+                f"{label} is linearly decodable from {r.hook} ({what} {_f2(r.score)}, 95% CI "
+                f"{_f2(low)}-{_f2(high)}) beyond " + (", ".join(vs) or "the mean predictor") + tail + "."
             )
         if not found:
-            best = max(recs, key=lambda r: r["score"] if r["score"] is not None else -math.inf)
-            b = best["baselines"]
-            strongest = max(((k, v) for k, v in b.items() if v is not None), key=lambda kv: kv[1])
+            best = max(recs, key=score)
+            strongest = best.best_baseline or ("mean", None)
+            low, high = best.ci or (None, None)
             out.append(
-                f"{label} is not decoded beyond the baselines by any probed layer: the best, {best['hook']} "
-                f"({best['score']:.2f}, 95% CI {best['ci'][0]:.2f}-{best['ci'][1]:.2f}), does not clear the "
-                f"{strongest[0]} baseline ({strongest[1]:.2f}) with its whole interval."
+                f"{label} is not decoded beyond the baselines by any probed layer: the best, {best.hook} "
+                f"({_f2(best.score)}, 95% CI {_f2(low)}-{_f2(high)}), does not clear the "
+                f"{strongest[0]} baseline ({_f2(strongest[1])}) with its whole interval."
             )
     if not out:
-        out.append("no probe was fitted" + (f": {doc['notes'][0]}" if doc["notes"] else "."))
+        out.append("no probe was fitted" + (f": {res.notes[0]}" if res.notes else "."))
     return out
 
 
-def format_timeline(docs: Sequence[dict[str, Any]]) -> str:
+def format_timeline(docs: Sequence[ProbeResults | Mapping[str, Any]]) -> str:
     """Label x layer x training step: the held-out score of each probe at each checkpoint."""
     if not docs:
         return "(no checkpoints)"
-    cols = [str(d["step"]) if d.get("step") is not None else d["checkpoint"] for d in docs]
+    results = [_results(d) for d in docs]
+    cols = [str(d.step) if d.step is not None else d.checkpoint for d in results]
     rows: dict[tuple[str, str], dict[int, float | None]] = {}
-    for i, d in enumerate(docs):
-        for r in d["records"]:
-            rows.setdefault((r["label"], r["hook"]), {})[i] = r["score"]
+    for i, d in enumerate(results):
+        for r in d.records:
+            rows.setdefault((r.label, r.hook), {})[i] = r.score
     kw = max([len("label @ hook")] + [len(f"{a} @ {b}") for a, b in rows])
     cw = max([6] + [len(c) for c in cols])
     lines = [f"{'label @ hook':<{kw}}  " + "  ".join(f"{c:>{cw}}" for c in cols)]

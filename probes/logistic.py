@@ -36,10 +36,6 @@ def _penalty(d: int, C: float, n_cols: int) -> np.ndarray:
     return pen
 
 
-def _objective(xb: np.ndarray, y: np.ndarray, w: np.ndarray, pen: np.ndarray, n_classes: int) -> float:
-    return _objective_z(xb @ w, y, w, pen, n_classes)
-
-
 def _objective_z(z: np.ndarray, y: np.ndarray, w: np.ndarray, pen: np.ndarray, n_classes: int) -> float:
     """The objective given the logits ``z = xb @ w``."""
     if n_classes == 2:

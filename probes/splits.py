@@ -122,3 +122,17 @@ def percentile_ci(values: np.ndarray, level: float = 0.95) -> list[float]:
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(finite, [tail, 100.0 - tail])
     return [float(low), float(high)]
+
+
+def episode_row_masks(
+    row_episodes: np.ndarray, *, test_fraction: float = 0.25, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_mask, test_mask)`` over rows whose episode ids are ``row_episodes``.
+
+    The held-out episodes are those of ``split_episodes`` with the same ``test_fraction`` and
+    ``seed``, so every analysis that splits a file holds out the same episodes.
+    """
+    row_episodes = np.asarray(row_episodes)
+    split = split_episodes(np.unique(row_episodes), test_fraction=test_fraction, seed=seed)
+    test = np.isin(row_episodes, split.test_episodes)
+    return ~test, test

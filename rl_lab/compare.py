@@ -1,8 +1,8 @@
 """Probe results of several runs side by side: does RL training make emotion-like labels more
 linearly decodable than supervised training on the same data?
 
-For each run, the probe document of its latest recorded checkpoint (``RUN/probes/<stem>.json``;
-probed on the spot with ``probes.linear.probe_file`` if the run has recordings but no results)
+For each run, the probe document of its latest recorded checkpoint (``RUN/probes/<stem>.json``,
+read as ``probes.results.ProbeResults``; probed on the spot with ``probes.linear.probe_file`` if the run has recordings but no results)
 gives, for each label, the run's score: the best held-out score over its hooks, leaving out
 hooks where the label is linear by construction (the critic's value layer for ``value``).
 The random-weights baseline inside each record gives a second row per run: the same
@@ -17,6 +17,9 @@ the critic that was trained to predict value, beside the decision transformer's 
 Runs are grouped (by ``algo``, or any ``run.json`` key with ``group_by``, dotted for nested
 keys, e.g. ``config.env_kwargs.interoception``); each group's score per label is the mean over
 its runs (seeds) with a 95% t-interval across them.
+
+The comparison is written to ``RUNS/comparisons/compare-<time>.json``
+(``probes.layout.RunsDirLayout.comparisons_dir``).
 """
 
 from __future__ import annotations
@@ -29,34 +32,36 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.stats import t as student_t
 
+from probes.errors import ProbeError
+from probes.layout import RunsDirLayout
+from probes.linear import probe_file
+from probes.results import ProbeRecord, ProbeResults, read_probe_results
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
 
 RANDOM_SUFFIX = " (random weights)"
 
 
-def _doc_step(doc: dict[str, Any], path: Path) -> int:
-    step = doc.get("step")
-    if isinstance(step, int):
-        return step
-    return checkpoint_step(Path(str(doc.get("checkpoint") or path.stem)))
+def _doc_step(doc: ProbeResults) -> int:
+    return doc.step if doc.step is not None else checkpoint_step(Path(doc.checkpoint))
 
 
-def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None) -> tuple[dict[str, Any], Path]:
+def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None) -> tuple[ProbeResults, Path]:
     """The probe document of the run's latest probed checkpoint (probing its latest recording if needed).
 
-    ``labels`` restricts a probe run made here (default: every label in the recording).
+    ``labels`` restricts a probe run made here (default: every label in the recording). Files
+    that cannot be read or hold no record are passed over.
     """
     docs = []
-    if run.probes_dir.is_dir():
-        for path in sorted(run.probes_dir.glob("*.json")):
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("records"), list) and doc["records"]:
-                docs.append((_doc_step(doc, path), path.name, doc, path))
+    for path in run.probe_result_files():
+        try:
+            doc = read_probe_results(path)
+        except ProbeError:
+            continue
+        if doc.records:
+            docs.append((_doc_step(doc), path.name, doc, path))
     if docs:
         _, _, doc, path = max(docs, key=lambda d: (d[0], d[1]))
         return doc, path
@@ -65,13 +70,11 @@ def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None)
         raise LabError(f"run {run.name!r} has no recordings or probe results; run `rl-lab record {run.name}` first")
     if not probe:
         raise LabError(f"run {run.name!r} has recordings but no probe results; run the probes on it first")
-    from probes.linear import probe_file
-
     latest = max(recordings, key=lambda p: (checkpoint_step(p), p.name))
-    out = run.probes_dir / f"{latest.stem}.json"
-    doc = probe_file(latest, out_json=out, labels=list(labels) if labels else None)
-    if not doc.get("records"):
-        notes = "; ".join(doc.get("notes", [])) or "no records"
+    out = run.probe_results_path(latest.stem)
+    doc = ProbeResults.from_dict(probe_file(latest, out_json=out, labels=list(labels) if labels else None))
+    if not doc.records:
+        notes = "; ".join(doc.notes) or "no records"
         raise LabError(f"probing {latest} gave no results ({notes})")
     return doc, out
 
@@ -91,27 +94,24 @@ def hook_matches(hook: str, patterns: Sequence[str] | None) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(hook, p) for p in patterns)
 
 
-def best_by_label(records: Sequence[dict[str, Any]], hooks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def best_by_label(records: Sequence[ProbeRecord], hooks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """For each label: the best-scoring hook (not linear by construction, matching ``hooks``) and
     the best random twin over the same hooks."""
     out: dict[str, dict[str, Any]] = {}
     for rec in records:
-        score = rec.get("score")
-        if rec.get("linear_by_construction") or score is None or not math.isfinite(score):
+        score = rec.score
+        if rec.linear_by_construction or score is None or not hook_matches(rec.hook, hooks):
             continue
-        if not hook_matches(str(rec.get("hook")), hooks):
-            continue
-        label = rec["label"]
-        cur = out.get(label)
-        rand = (rec.get("baselines") or {}).get("random_weights")
+        cur = out.get(rec.label)
         if cur is None or score > cur["score"]:
-            out[label] = {"score": float(score), "hook": rec["hook"], "metric": rec.get("metric"),
-                          "ci": rec.get("ci"), "selectivity": rec.get("selectivity"),
-                          "raw_obs": (rec.get("baselines") or {}).get("raw_obs"),
-                          "random_weights": (cur or {}).get("random_weights")}
-        if rand is not None and math.isfinite(rand):
-            best_rand = out[label].get("random_weights")
-            out[label]["random_weights"] = rand if best_rand is None else max(best_rand, rand)
+            out[rec.label] = {"score": score, "hook": rec.hook, "metric": rec.metric,
+                              "ci": list(rec.ci) if rec.ci is not None else None, "selectivity": rec.selectivity,
+                              "raw_obs": rec.baselines.get("raw_obs"),
+                              "random_weights": (cur or {}).get("random_weights")}
+        rand = rec.random_weights
+        if rand is not None:
+            best_rand = out[rec.label].get("random_weights")
+            out[rec.label]["random_weights"] = rand if best_rand is None else max(best_rand, rand)
     return out
 
 
@@ -121,9 +121,7 @@ def seed_interval(values: Sequence[float]) -> tuple[float, list[float] | None]:
     mean = float(arr.mean())
     if len(arr) < 2:
         return mean, None
-    from scipy.stats import t
-
-    half = float(t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
+    half = float(student_t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
     return mean, [mean - half, mean + half]
 
 
@@ -136,7 +134,7 @@ def compare(
     write: bool = True,
     hooks: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Compare probe results across runs; returns (and writes to ``RUNS/compare-<time>.json``) the document.
+    """Compare probe results across runs; returns (and writes to ``RUNS/comparisons/compare-<time>.json``) the document.
 
     ``hooks``: shell-style patterns; a run's score per label is its best over the matching hooks.
     """
@@ -152,13 +150,13 @@ def compare(
     notes: list[str] = []
     for run in runs:
         doc, path = probe_doc(run, labels=labels)
-        if hooks and not any(hook_matches(str(rec.get("hook")), hooks) for rec in doc["records"]):
-            probed = sorted({str(rec.get("hook")) for rec in doc["records"]})
+        if hooks and not any(hook_matches(rec.hook, hooks) for rec in doc.records):
+            probed = sorted({rec.hook for rec in doc.records})
             raise LabError(f"no probed hook of run {run.name!r} matches --hooks {' '.join(hooks)} "
                            f"(probed: {', '.join(probed[:6])}{', ...' if len(probed) > 6 else ''})")
         per_run.append({"name": run.name, "algo": run.info.get("algo"), "group": group_key(run, group_by),
-                        "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.get("checkpoint"),
-                        "best": best_by_label(doc["records"], hooks)})
+                        "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.checkpoint,
+                        "best": best_by_label(doc.records, hooks)})
     common = set.intersection(*(set(r["best"]) for r in per_run))
     if labels:
         for label in labels:
@@ -224,11 +222,13 @@ def compare(
     }
     result["summary"] = summarise(result)
     if write:
-        out = store.root / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        store.root.mkdir(parents=True, exist_ok=True)
+        folder = RunsDirLayout(store.root).comparisons_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = folder / f"compare-{stamp}.json"
         n = 1
         while out.exists():
-            out = store.root / f"compare-{time.strftime('%Y%m%d-%H%M%S')}-{n}.json"
+            out = folder / f"compare-{stamp}-{n}.json"
             n += 1
         result["path"] = str(out)
         write_json_atomic(out, result)

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SB3_ALGOS = ("ppo", "a2c", "dqn")
+"""Algorithms trained by stable-baselines3 (``rl_lab.train``)."""
+DT_ALGOS = ("dt", "bc")
+"""Sequence models trained offline from an RL run's trajectories (``rl_lab.dt``)."""
 
 
 @dataclass

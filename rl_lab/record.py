@@ -5,182 +5,32 @@ are computed per finished episode by one batched forward pass over the episode's
 with forward hooks on every Linear and activation module — the network is deterministic, so
 these are the activations the acting network had — and labels (``rl_lab.labels``) are computed
 from the same pass. The file is written episode by episode and marked ``complete`` last.
+What the recorder needs from a network is ``rl_lab.adapters.PolicyAdapter``; ``load_adapter``
+picks the SB3 or the decision-transformer adapter for a run.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
+import torch
 
+import envs
+from probes.activations import ActivationWriter
+from rl_lab.adapters import PolicyAdapter, SB3Adapter, load_sb3
+from rl_lab.config import DT_ALGOS
+from rl_lab.dt.record import load_dt_adapter
 from rl_lab.errors import LabError
 from rl_lab.labels import episode_labels, label_meta, latent_label_name, standardised_value
 from rl_lab.runs import Run, RunStore, checkpoint_step
-
-ProgressFn = Callable[[int, int], None]
-
-
-@dataclass
-class EpisodeForward:
-    """What one batched forward pass over an episode gives."""
-
-    acts: dict[str, np.ndarray]  # hook -> [T, d]
-    values: np.ndarray  # [T]
-    final_value: float  # V(s_{T+1}), used when the episode was truncated
-    extra_labels: dict[str, np.ndarray] = field(default_factory=dict)  # entropy, arousal, ...
-
-
-class PolicyAdapter(Protocol):
-    """What the recorder needs from a trained network (an SB3 agent, a decision transformer)."""
-
-    kind: str
-    hooks: list[str]
-    linear_in: dict[str, list[str]]  # label -> hooks in which it is linear by construction
-
-    def reset(self) -> None:
-        """Start a new episode (forget any history)."""
-
-    def act(self, obs: np.ndarray) -> Any:
-        """The action for one observation (may use the adapter's own history)."""
-
-    def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-                        final_obs: np.ndarray) -> EpisodeForward:
-        """Hooked activations, values and extra labels for a whole episode."""
-
-    def random_twin(self, seed: int) -> "PolicyAdapter | None":
-        """The same architecture with freshly initialised weights (random-weights baseline)."""
-
-
-# --------------------------------------------------------------------------- SB3 adapter
-class SB3Adapter:
-    """Hooks an SB3 policy: every Linear and activation module outside the feature extractor."""
-
-    def __init__(self, model: Any, policy: Any | None = None, deterministic: bool = False) -> None:
-        import torch.nn as nn
-
-        self.model = model
-        self.policy = policy if policy is not None else model.policy
-        self.policy.set_training_mode(False)
-        self.deterministic = deterministic
-        self.kind = type(model).__name__.lower()
-        self.is_dqn = self.kind == "dqn"
-        root = self.policy.q_net if self.is_dqn else self.policy
-        prefix = "q_net." if self.is_dqn else ""
-        self.modules: dict[str, nn.Module] = {}  # hook name -> module (the one address)
-        for name, module in root.named_modules():
-            if not name or "features_extractor" in name or list(module.children()):
-                continue
-            if isinstance(module, nn.Linear) or type(module).__module__ == "torch.nn.modules.activation":
-                self.modules[prefix + name] = module
-        self.hooks = list(self.modules)
-        self.linear_in: dict[str, list[str]] = {}
-        if not self.is_dqn:
-            value_layers = [h for h in self.hooks if h.startswith("mlp_extractor.value_net.")]
-            last = value_layers[-1:] if value_layers else []
-            self.linear_in = {"value": last + ["value_net"]}
-        self._captured: dict[str, np.ndarray] = {}
-        self._capture = False
-        for name, module in self.modules.items():
-            module.register_forward_hook(self._make_hook(name))
-
-    def _make_hook(self, name: str) -> Callable[..., None]:
-        def hook(module: Any, inputs: Any, output: Any) -> None:
-            if self._capture:
-                self._captured[name] = output.detach().cpu().numpy().reshape(output.shape[0], -1)
-
-        return hook
-
-    def reset(self) -> None:
-        pass
-
-    def act(self, obs: np.ndarray) -> Any:
-        """The action ``model.predict`` would take (same sampling calls), without its per-call
-        overhead (``predict`` re-walks every module to set eval mode on each call)."""
-        if self.is_dqn:
-            action, _ = self.model.predict(obs, deterministic=self.deterministic)
-            return action
-        import torch
-
-        with torch.no_grad():
-            obs_t, _ = self.policy.obs_to_tensor(obs)
-            action = self.policy.get_distribution(obs_t).get_actions(deterministic=self.deterministic)
-        action = action.cpu().numpy().reshape((-1, *self.model.action_space.shape))[0]
-        low = getattr(self.model.action_space, "low", None)
-        if low is not None:
-            action = np.clip(action, low, self.model.action_space.high)
-        return action
-
-    def _tensor(self, obs: np.ndarray) -> Any:
-        return self.policy.obs_to_tensor(obs)[0]
-
-    def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-                        final_obs: np.ndarray) -> EpisodeForward:
-        import torch
-
-        extra: dict[str, np.ndarray] = {}
-        with torch.no_grad():
-            obs_t = self._tensor(obs)  # [T, *obs_shape]
-            final_t = self._tensor(final_obs[None])  # [1, *obs_shape]
-            self._captured = {}
-            self._capture = True
-            try:
-                if self.is_dqn:
-                    q = self.policy.q_net(obs_t).cpu().numpy()  # [T, n_actions]
-                else:
-                    act_t = torch.as_tensor(actions, device=obs_t.device)
-                    values_t, _, entropy_t = self.policy.evaluate_actions(obs_t, act_t)
-            finally:
-                self._capture = False
-            acts = dict(self._captured)
-            if self.is_dqn:
-                values = q.max(axis=1)
-                final_value = float(self.policy.q_net(final_t).max().item())
-                extra["arousal"] = q.max(axis=1) - q.min(axis=1)
-            else:
-                values = values_t.flatten().cpu().numpy()
-                final_value = float(self.policy.predict_values(final_t).item())
-                if entropy_t is not None:
-                    entropy = entropy_t.flatten().cpu().numpy()
-                    extra["entropy"] = entropy
-                    n_actions = int(getattr(self.model.action_space, "n", 0))
-                    if n_actions > 1:
-                        extra["arousal"] = 1.0 - entropy / np.log(n_actions)
-        return EpisodeForward(acts=acts, values=values, final_value=final_value, extra_labels=extra)
-
-    def random_twin(self, seed: int) -> "SB3Adapter":
-        import torch
-
-        torch.manual_seed(seed)
-        kwargs = dict(self.model.policy_kwargs)
-        twin_policy = self.model.policy_class(
-            self.model.observation_space, self.model.action_space, lambda _: 0.0, **kwargs
-        )
-        return SB3Adapter(self.model, policy=twin_policy, deterministic=self.deterministic)
-
-
-def load_sb3(run: Run, checkpoint: Path) -> Any:
-    from rl_lab.train import algo_class
-
-    algo = run.info.get("algo", "ppo")
-    try:
-        return algo_class(algo).load(checkpoint, device="cpu")
-    except LabError:
-        raise
-    except Exception as exc:
-        raise LabError(f"cannot load checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
+from rl_lab.train import ProgressFn, make_env
 
 
 def load_adapter(run: Run, checkpoint: Path, deterministic: bool = False) -> PolicyAdapter:
     """The adapter for a run's checkpoint, whatever trained it."""
-    algo = run.info.get("algo")
-    if algo in ("dt", "bc"):
-        from rl_lab.dt.record import load_dt_adapter
-
+    if run.info.get("algo") in DT_ALGOS:
         return load_dt_adapter(run, checkpoint, deterministic=deterministic)
     return SB3Adapter(load_sb3(run, checkpoint), deterministic=deterministic)
 
@@ -251,11 +101,9 @@ def record(
     flush_rows:
         Buffered rows before a block is written to the file (bounds memory and what a crash loses).
     """
-    import torch
-
     if episodes <= 0:
         raise LabError("--episodes must be positive")
-    out = Path(out) if out else run.activations_dir / f"{Path(checkpoint).stem}.h5"
+    out = Path(out) if out else run.activation_path(Path(checkpoint).stem)
     if out.exists():
         if not overwrite:
             raise LabError(f"{out} already exists; pass --overwrite to record it again")
@@ -274,12 +122,6 @@ def record(
 def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic: bool, out: Path,
             random_baseline: bool, adapter: PolicyAdapter | None, progress: ProgressFn | None,
             max_steps: int | None, flush_rows: int) -> Path:
-    import envs
-    import torch
-
-    from probes.activations import ActivationWriter
-    from rl_lab.train import make_env
-
     if adapter is None:
         adapter = load_adapter(run, Path(checkpoint), deterministic=deterministic)
     twin = adapter.random_twin(seed + 10_007) if random_baseline else None
@@ -395,16 +237,10 @@ def _flush(writer: Any, pending: list[tuple[dict, dict, dict, dict]]) -> None:
     pending.clear()
 
 
-def _write_standardised_value(writer: Any) -> None:
+def _write_standardised_value(writer: ActivationWriter) -> None:
     """Hope and fear need the value's mean and std over the whole recording: written last."""
-    h5 = writer._h5
-    values = h5["labels"]["value"][:]
-    for name, arr in standardised_value(values).items():
-        meta = writer._label_meta.get(name, {})
-        ds = h5["labels"].create_dataset(name, data=arr.astype(np.float32), maxshape=(None,),
-                                         chunks=h5["labels"]["value"].chunks)
-        for key, item in meta.items():
-            ds.attrs[key] = json.dumps(item) if isinstance(item, (list, dict)) else item
+    for name, arr in standardised_value(writer.read_label("value")).items():
+        writer.add_label(name, arr)
 
 
 def record_run(
@@ -422,7 +258,7 @@ def record_run(
     paths = []
     ckpts = resolve_checkpoints(run, checkpoint)
     for ckpt in ckpts:
-        target = run.activations_dir / f"{ckpt.stem}.h5"
+        target = run.activation_path(ckpt.stem)
         if checkpoint == "all" and target.exists() and not overwrite:
             paths.append(target)
             continue

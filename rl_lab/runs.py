@@ -7,7 +7,7 @@ process is gone is reported as ``interrupted``.
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime
 import json
 import os
 import re
@@ -28,7 +28,7 @@ def default_runs_dir() -> Path:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_run_name(name: str) -> str:
@@ -213,6 +213,10 @@ class RunStore:
 
     def path_for(self, name: str) -> Path:
         return self.layout.run_dir(check_run_name(name))
+
+    def has_run(self, name: str) -> bool:
+        """Whether run ``name`` exists here (its folder holds a ``run.json``)."""
+        return RunLayout(self.path_for(name)).run_json.exists()
 
     def create(self, name: str, info: dict[str, Any]) -> Run:
         """Create a new run directory; refuses to overwrite an existing run."""

@@ -21,17 +21,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from probes.activations import ActivationFile
+from probes.sae.model import load_sae
+from rl_lab.adapters import SB3Adapter, load_sb3
+from rl_lab.config import SB3_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import Run
+from rl_lab.train import make_env
 
 ProgressFn = Callable[[int, int], None]
 
 
 def hook_mean(h5: Path, hook: str) -> np.ndarray:
     """The mean of ``/acts/<hook>`` over a recording, streamed in chunks."""
-    from probes.activations import ActivationFile
-
     total, n = None, 0
     with ActivationFile(h5) as f:
         for _, block in f.iter_chunks("acts", hook):
@@ -52,13 +56,7 @@ def splice_metrics(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes clean, SAE-spliced and mean-ablated; return the live metrics."""
-    import torch
-
-    from probes.sae import load_sae
-    from rl_lab.record import SB3Adapter, load_sb3
-    from rl_lab.train import make_env
-
-    if run.info.get("algo") not in ("ppo", "a2c", "dqn"):
+    if run.info.get("algo") not in SB3_ALGOS:
         raise LabError("the live splice needs an SB3 agent (ppo, a2c, dqn)")
     sae, cfg = load_sae(sae_dir)
     hook = cfg.hook_name

@@ -16,9 +16,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import gymnasium
 import numpy as np
+import stable_baselines3 as sb3
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
 
-from rl_lab import __version__
+import envs
+import rl_lab
 from rl_lab.config import SB3_ALGOS, TrainConfig
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore
@@ -28,8 +36,6 @@ ProgressFn = Callable[[int, int], None]
 
 def algo_class(algo: str) -> Any:
     """The SB3 class for an algorithm name."""
-    import stable_baselines3 as sb3
-
     classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}
     if algo not in classes:
         raise LabError(f"unknown algorithm {algo!r}; choose one of {', '.join(SB3_ALGOS)}")
@@ -38,8 +44,6 @@ def algo_class(algo: str) -> Any:
 
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None) -> Any:
     """Make one environment through ``envs.make``, turning configuration errors into LabError."""
-    import envs
-
     try:
         return envs.make(env_id, render_mode=render_mode, **(env_kwargs or {}))
     except (ValueError, TypeError) as exc:
@@ -51,9 +55,6 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode:
 
 
 def make_vec_env(cfg: TrainConfig) -> Any:
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
     n = 1 if cfg.algo == "dqn" else cfg.n_envs
 
     def factory(i: int) -> Callable[[], Any]:
@@ -70,75 +71,70 @@ def make_vec_env(cfg: TrainConfig) -> Any:
 
 
 def versions() -> dict[str, str]:
-    import gymnasium
-    import stable_baselines3
-    import torch
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
+        "stable_baselines3": sb3.__version__,
         "gymnasium": gymnasium.__version__,
-        "rl_lab": __version__,
+        "rl_lab": rl_lab.__version__,
     }
 
 
-def _lab_callback(run: Run, cfg: TrainConfig, progress: ProgressFn | None) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
+class LabCallback(BaseCallback):
+    """Logs one metrics line per rollout, saves periodic checkpoints, updates run.json."""
 
-    class LabCallback(BaseCallback):
-        """Logs one metrics line per rollout, saves periodic checkpoints, updates run.json."""
+    def __init__(self, run: Run, cfg: TrainConfig, progress: ProgressFn | None = None) -> None:
+        super().__init__()
+        self.run = run
+        self.cfg = cfg
+        self.progress = progress
+        self._t0 = time.time()
+        self._steps0 = 0
+        self._next_ckpt = 0
+        self._last_log = 0
 
-        def __init__(self) -> None:
-            super().__init__()
-            self._t0 = time.time()
-            self._steps0 = 0
-            self._next_ckpt = 0
-            self._last_log = 0
+    def _on_training_start(self) -> None:
+        self._t0 = time.time()
+        self._steps0 = self.num_timesteps
+        every = self.cfg.checkpoint_every
+        self._next_ckpt = (self.num_timesteps // every + 1) * every
 
-        def _on_training_start(self) -> None:
-            self._t0 = time.time()
-            self._steps0 = self.num_timesteps
-            self._next_ckpt = (self.num_timesteps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next_ckpt:
+            save_checkpoint(self.model, self.run)
+            self._next_ckpt += self.cfg.checkpoint_every
+        if self.cfg.algo == "dqn" and self.num_timesteps - self._last_log >= 1000:
+            self._log()
+        if self.progress is not None:
+            self.progress(self.num_timesteps, self.cfg.total_timesteps)
+        return True
 
-        def _on_step(self) -> bool:
-            if self.num_timesteps >= self._next_ckpt:
-                save_checkpoint(self.model, run)
-                self._next_ckpt += cfg.checkpoint_every
-            if cfg.algo == "dqn" and self.num_timesteps - self._last_log >= 1000:
-                self._log()
-            if progress is not None:
-                progress(self.num_timesteps, cfg.total_timesteps)
-            return True
+    def _on_rollout_end(self) -> None:
+        if self.cfg.algo != "dqn":
+            self._log()
 
-        def _on_rollout_end(self) -> None:
-            if cfg.algo != "dqn":
-                self._log()
-
-        def _log(self) -> None:
-            self._last_log = self.num_timesteps
-            elapsed = max(time.time() - self._t0, 1e-9)
-            record: dict[str, Any] = {
-                "step": int(self.num_timesteps),
-                "time": round(time.time(), 3),
-                "fps": round((self.num_timesteps - self._steps0) / elapsed, 1),
-            }
-            buf = self.model.ep_info_buffer
-            if buf:
-                record["episode_return"] = float(np.mean([e["r"] for e in buf]))
-                record["episode_length"] = float(np.mean([e["l"] for e in buf]))
-                record["episodes"] = len(buf)
-            for key, value in self.model.logger.name_to_value.items():
-                if key.startswith("train/"):
-                    record[key.split("/", 1)[1]] = float(value)
-            run.log_metrics(record)
-            run.update(steps_done=int(self.num_timesteps))
-
-    return LabCallback()
+    def _log(self) -> None:
+        self._last_log = self.num_timesteps
+        elapsed = max(time.time() - self._t0, 1e-9)
+        record: dict[str, Any] = {
+            "step": int(self.num_timesteps),
+            "time": round(time.time(), 3),
+            "fps": round((self.num_timesteps - self._steps0) / elapsed, 1),
+        }
+        buf = self.model.ep_info_buffer
+        if buf:
+            record["episode_return"] = float(np.mean([e["r"] for e in buf]))
+            record["episode_length"] = float(np.mean([e["l"] for e in buf]))
+            record["episodes"] = len(buf)
+        for key, value in self.model.logger.name_to_value.items():
+            if key.startswith("train/"):
+                record[key.split("/", 1)[1]] = float(value)
+        self.run.log_metrics(record)
+        self.run.update(steps_done=int(self.num_timesteps))
 
 
 def save_checkpoint(model: Any, run: Run) -> Path:
-    path = run.checkpoints_dir / f"step_{int(model.num_timesteps):09d}.zip"
+    path = run.checkpoint_path(model.num_timesteps, ".zip")
     model.save(path)
     return path
 
@@ -212,8 +208,6 @@ def train(
         )
         ckpt = None
 
-    import torch
-
     torch.set_num_threads(max(1, cfg.torch_threads))
     cls = algo_class(cfg.algo)
     vec = make_vec_env(cfg)
@@ -229,7 +223,7 @@ def train(
         if remaining > 0:
             model.learn(
                 total_timesteps=remaining,
-                callback=_lab_callback(run, cfg, progress),
+                callback=LabCallback(run, cfg, progress),
                 reset_num_timesteps=ckpt is None,
             )
         save_checkpoint(model, run)
@@ -250,8 +244,6 @@ def train(
 
 def tqdm_progress(desc: str) -> tuple[ProgressFn, Callable[[], None]]:
     """A progress callback drawing a tqdm bar on stderr, and a function that closes it."""
-    from tqdm import tqdm
-
     bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not sys.stderr.isatty() and os.environ.get("RL_LAB_PROGRESS") != "1")
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rl_lab.cli import _command_modules, main
+from probes.layout import RESERVED_NAMES, RunsDirLayout
+from rl_lab.cli import command_modules, main
 
-COMMANDS = _command_modules()
+COMMANDS = command_modules()
 
 
 def test_every_contract_command_exists() -> None:
@@ -113,7 +114,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     out = res.stdout
     assert "What the agent's layers encode" in out and "random-weights twin" in out
     assert "raw" in out.lower() and "ctrl" in out  # the table shows its baselines
-    runs = {p.name.split("-")[2]: p for p in tmp_path.iterdir() if p.is_dir()}
+    runs = {p.name.split("-")[2]: p for p in tmp_path.iterdir() if p.is_dir() and p.name not in RESERVED_NAMES}
     assert set(runs) == {"ppo", "dt", "bc"}
     run_dir = runs["ppo"]
     assert (run_dir / "run.json").exists() and list((run_dir / "activations").glob("*.h5"))
@@ -125,7 +126,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert info["algo"] == algo and info["source_run"] == run_dir.name and info["steps_done"] == 10
         assert list((runs[algo] / "probes").glob("*.json")) and (runs[algo] / "eval.json").exists()
     assert "What the comparison shows on Forage" in out and "random-weights twin" in out
-    (cmp_path,) = tmp_path.glob("compare-*.json")
+    (cmp_path,) = RunsDirLayout(tmp_path).comparisons_dir.glob("compare-*.json")
     doc = json.loads(cmp_path.read_text())
     assert [r["algo"] for r in doc["runs"]] == ["ppo", "dt", "bc"]
     assert {"ppo", "dt", "bc", "dt (random weights)"} <= set(doc["groups"]) and "hope" in doc["labels"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from probes.layout import RunsDirLayout
+from probes.results import ProbeRecord
 from rl_lab.cli import main
 from rl_lab.compare import best_by_label, compare, seed_interval
 from rl_lab.errors import LabError
@@ -37,8 +39,8 @@ def _make_run(store: RunStore, name: str, algo: str, seed: int, scores: dict[str
 
 
 def test_best_by_label_skips_linear_by_construction() -> None:
-    best = best_by_label([_record("a", "value", 0.3, 0.1), _record("v", "value", 0.99, 0.0, True),
-                          _record("b", "value", 0.5, 0.2)])
+    records = [_record("a", "value", 0.3, 0.1), _record("v", "value", 0.99, 0.0, True), _record("b", "value", 0.5, 0.2)]
+    best = best_by_label([ProbeRecord.from_dict(r) for r in records])
     assert best["value"]["hook"] == "b" and best["value"]["score"] == 0.5
     assert best["value"]["random_weights"] == 0.2
 
@@ -70,6 +72,9 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert "gain_over_twin" not in result["table"]["hunger"]["groups"]["ppo (random weights)"]
     assert result["summary"].startswith("Averaged over 2 labels") and "ppo decodes best on 2 of 2" in result["summary"]
     assert json.loads(Path(result["path"]).read_text())["table"] == result["table"]
+    # Comparisons live beside the runs, in RUNS/comparisons/, never among them.
+    assert Path(result["path"]).parent == RunsDirLayout(tmp_path).comparisons_dir
+    assert Path(result["path"]).name.startswith("compare-") and not list(tmp_path.glob("compare-*.json"))
 
     assert main(["compare", *names, "--label", "hunger", "--json", "--runs-dir", str(tmp_path)]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -13,8 +13,10 @@ from sklearn.metrics import roc_auc_score
 
 from probes.activations import ActivationFile, ActivationWriter
 from probes.errors import ProbeError
-from probes.features import FeatureStore, compute_features
-from probes.sae import load_sae, make_config, make_sae, save_sae
+from probes.features import FeatureStore
+from probes.sae.config import make_config
+from probes.sae.features import compute_features
+from probes.sae.model import load_sae, make_sae, save_sae
 
 
 def make_case(tmp_path: Path, with_text: bool = True) -> tuple[Path, Path]:

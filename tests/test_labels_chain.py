@@ -8,7 +8,8 @@ import numpy as np
 
 from envs.chain import true_values
 from probes.activations import ActivationFile
-from rl_lab.record import EpisodeForward, record
+from rl_lab.adapters import EpisodeForward
+from rl_lab.record import record
 from rl_lab.runs import RunStore
 
 N, GAMMA, SLIP = 8, 0.9, 0.2

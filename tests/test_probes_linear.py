@@ -15,6 +15,7 @@ from probes.activations import ActivationWriter
 from probes.errors import ProbeError
 from probes.linear import format_table, format_timeline, load_direction, probe_file, probe_files, summarise
 from probes.logistic import auroc
+from probes.results import SUMMARY_KEYS, ProbeRecord, read_probe_results
 from probes.splits import split_episodes, unique_episodes
 from probes.activations import ActivationFile
 
@@ -138,6 +139,49 @@ def test_schema(doc: dict, synth: tuple[Path, np.ndarray]) -> None:
         assert r["n_train"] > r["n_test"] > 0
 
 
+def test_record_round_trips_through_to_dict_and_from_dict(doc: dict) -> None:
+    for r in doc["records"]:
+        record = ProbeRecord.from_dict(r)
+        assert record.to_dict() == r and list(record.to_dict()) == list(r)  # same keys, same order
+        assert ProbeRecord.from_dict(record.to_dict()) == record and record.extra == {}
+        assert record.summary() == {k: r[k] for k in SUMMARY_KEYS}
+    t = ProbeRecord.from_dict(rec(doc, "enc", "threat"))
+    assert t.kind == "discrete" and t.n_classes == 2 and t.C is not None and t.alpha is None
+    assert t.best_baseline is not None and t.best_baseline[1] == max(t.baselines.values())
+
+
+def test_probe_file_reads_back_into_records(synth: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    out = tmp_path / "step_100.json"
+    written = probe_file(synth[0], seed=3, n_bootstrap=20, out_json=out)
+    assert json.loads(out.read_text()) == written
+    results = read_probe_results(out)
+    assert results.records == [ProbeRecord.from_dict(r) for r in written["records"]] and results.skipped == 0
+    assert results.to_dict() == written and list(results.to_dict()) == list(written)
+    assert (results.checkpoint, results.step, results.run) == ("step_100", 100, "synthetic")
+    assert results.weights == str(tmp_path / "step_100.weights.npz")
+    assert format_table(results) == format_table(written) and summarise(results) == summarise(written)
+
+
+def test_record_reader_tolerates_old_and_new_keys(tmp_path: Path) -> None:
+    old = {"hook": "h", "label": "x", "score": 0.5, "baselines": {"mean": 0.1, "raw_obs": None}, "ci": [None, None],
+           "from_the_future": [1, 2]}
+    r = ProbeRecord.from_dict(old, checkpoint="step_7")
+    assert (r.metric, r.checkpoint, r.step, r.kind, r.selectivity, r.beats_baselines) == ("score", "step_7", None, None, None, False)
+    assert r.extra == {"from_the_future": [1, 2]} and r.to_dict()["from_the_future"] == [1, 2]
+    assert r.baselines == {"mean": 0.1, "raw_obs": None} and r.scored_baselines == {"mean": 0.1}
+    assert r.best_baseline == ("mean", 0.1) and r.interval is None and r.random_weights is None
+    with pytest.raises(ProbeError):
+        ProbeRecord.from_dict({"hook": "h"})
+    path = tmp_path / "step_000000064.json"
+    path.write_text(json.dumps({"records": [old, {"label": "no hook"}, "junk"], "notes": ["n", ""]}))
+    doc = read_probe_results(path)
+    assert doc.checkpoint == "step_000000064" and doc.records[0].checkpoint == "step_000000064"
+    assert len(doc.records) == 1 and doc.skipped == 2 and doc.notes == ["n"]
+    path.write_text("[1, 2]")
+    with pytest.raises(ProbeError, match="not a JSON object"):
+        read_probe_results(path)
+
+
 def test_split_keeps_episodes_whole(synth: tuple[Path, np.ndarray]) -> None:
     with ActivationFile(synth[0]) as f:
         split = split_episodes(unique_episodes(f), test_fraction=0.25, seed=3)
@@ -159,7 +203,7 @@ def test_reproducible_under_seed(doc: dict, synth: tuple[Path, np.ndarray]) -> N
 
 def test_matches_sklearn(synth: tuple[Path, np.ndarray], doc: dict) -> None:
     pytest.importorskip("sklearn")
-    from probes.sklearn_reference import sklearn_scores
+    from sklearn_reference import sklearn_scores
 
     ref = sklearn_scores(synth[0], seed=3, hooks=["enc"], labels=["hunger", "threat", "mode"])
     for (hook, label), score in ref.items():

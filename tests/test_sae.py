@@ -13,17 +13,12 @@ import torch
 
 from probes.activations import ActivationWriter
 from probes.errors import ProbeError
-from probes.planted import planted_dictionary, recovery
-from probes.sae import (
-    REGISTRY,
-    load_sae,
-    make_config,
-    make_sae,
-    train_sae_on_file,
-    update_metrics,
-)
-from probes.sae_data import H5Source, TensorSource, split_episodes
-from probes.sae_training import evaluate, fit, geometric_median, train_in_memory
+from probes.sae.config import make_config
+from probes.sae.data import H5Source, TensorSource, split_rows
+from probes.sae.model import REGISTRY, load_sae, make_sae, update_metrics
+from probes.sae.planted import planted_dictionary, recovery
+from probes.sae.training import fit, geometric_median, train_in_memory, train_sae_on_file
+from probes.splits import split_episodes
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -154,12 +149,15 @@ def test_geometric_median_resists_outliers() -> None:
     assert float(x.mean(0).norm()) > 10
 
 
-def test_split_episodes_holds_out_whole_episodes() -> None:
+def test_split_rows_holds_out_whole_episodes() -> None:
     ep = np.repeat(np.arange(10), 5)
-    train, test, notes = split_episodes(ep, 0.2, seed=0)
+    train, test, notes = split_rows(ep, 0.2, seed=0)
     assert not set(ep[train]) & set(ep[test])
     assert len(set(ep[test])) == 2 and notes == []
-    train, test, notes = split_episodes(np.zeros(10, np.int64), 0.2, seed=0)
+    # the lab's one episode split: the probes hold out the same episodes
+    split = split_episodes(np.unique(ep), test_fraction=0.2, seed=0)
+    assert set(ep[test]) == set(split.test_episodes.tolist())
+    train, test, notes = split_rows(np.zeros(10, np.int64), 0.2, seed=0)
     assert test.sum() == 2 and notes
 
 
@@ -206,7 +204,7 @@ def test_saved_metrics_match_an_independent_computation(tmp_path: Path) -> None:
     from probes.activations import ActivationFile
 
     with ActivationFile(path) as af:
-        _, test, _ = split_episodes(af.episodes(), cfg.test_fraction, cfg.seed)
+        _, test, _ = split_rows(af.episodes(), cfg.test_fraction, cfg.seed)
         x = torch.from_numpy(af.acts("h")[test])
     with torch.no_grad():
         x_hat = sae(x)
@@ -265,11 +263,8 @@ def test_script_exit_codes(tmp_path: Path) -> None:
     assert json.loads(ok.stdout)["d_sae"] == 32
 
 
-def test_cli_option_defaults_match_the_configs() -> None:
-    """probes.sae_options quotes the configs' defaults without importing torch."""
-    from probes import sae_options
-    from probes.sae import REGISTRY, ReLUConfig, SAEConfig
-
-    assert sae_options.ARCHITECTURES == sorted(REGISTRY)
-    assert sae_options.RELU_L1 == ReLUConfig.l1_coefficient
-    assert sae_options.LR == SAEConfig.lr and sae_options.BATCH_SIZE == SAEConfig.batch_size
+def test_config_imports_no_torch() -> None:
+    """The options, defaults and output folder of an SAE are known without loading torch."""
+    code = ("import sys, argparse; import probes.sae.config as c, probes.features; "
+            "c.add_arguments(argparse.ArgumentParser()); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -38,7 +38,7 @@ def test_sae_command_with_live_splice(run_copy, capsys) -> None:
 
 def test_value_hook_splice_cannot_change_behaviour(run_copy) -> None:
     """The policy never reads the critic: splicing there leaves actions and returns unchanged."""
-    from probes.sae import train_sae_on_file
+    from probes.sae.training import train_sae_on_file
     from rl_lab.runs import RunStore
     from rl_lab.sae_splice import splice_metrics
 

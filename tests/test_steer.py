@@ -137,7 +137,8 @@ def test_erase_and_clamp_set_the_projection() -> None:
 
 
 def test_sae_latent_edit_uses_the_latent() -> None:
-    from probes.sae import make_config, make_sae
+    from probes.sae.config import make_config
+    from probes.sae.model import make_sae
 
     net, module = _hooked_linear(6)
     sae = make_sae(make_config("relu", d_in=6, d_sae=5, hook_name="x"))
@@ -191,7 +192,8 @@ def test_value_hook_does_not_change_behaviour(tiny_run: tuple[Path, str]) -> Non
 
 
 def test_probe_and_sae_directions(run_copy: tuple[Path, str]) -> None:
-    from probes.sae import make_config, make_sae, save_sae
+    from probes.sae.config import make_config
+    from probes.sae.model import make_sae, save_sae
 
     runs_dir, name = run_copy
     run = RunStore(runs_dir).get(name)

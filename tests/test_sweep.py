@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from probes.layout import RunsDirLayout
 from rl_lab.cli import main
 from rl_lab.errors import LabError
 from rl_lab.runs import RunStore
-from rl_lab.sweep import load_sweep, parse_assignment, read_record, record_path, run_sweep
+from rl_lab.sweep import load_sweep, parse_assignment, read_record, run_sweep, trial_job
 from rl_lab.sweep.spec import MAX_NAME, validate
 from rl_lab.sweep.stages import run_trial
 from rl_lab.sweep.stats import aggregate_returns, bootstrap_ci, format_tables
@@ -173,9 +174,7 @@ def test_returns_grouped_by_condition_over_seeds() -> None:
 
 # --------------------------------------------------------------------------- stages in this process
 def _job(spec: Any, runs_dir: Path, index: int = 0) -> dict[str, Any]:
-    from rl_lab.sweep import _job as make_job
-
-    return make_job(spec, spec.trials()[index], runs_dir, "1/1")
+    return trial_job(spec, spec.trials()[index], runs_dir, "1/1")
 
 
 def test_run_trial_marks_the_run_and_resume_skips_done_stages(tmp_path: Path) -> None:
@@ -273,7 +272,7 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path: Path, monkeypatch
     monkeypatch.setattr(backends, "ray_available", lambda: False)
     assert main(["sweep", str(write(tmp_path, TINY)), "--backend", "ray", "--runs-dir", str(tmp_path)]) == 2
     assert "pip install 'rl-lab[ray]'" in capsys.readouterr().err
-    assert not record_path(tmp_path, "tiny").exists()
+    assert not RunsDirLayout(tmp_path).sweep_record("tiny").exists()
 
 
 def test_flags_alone_define_a_sweep(tmp_path: Path) -> None:

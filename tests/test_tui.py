@@ -12,12 +12,18 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Input, Static
 
+from probes.layout import RunLayout, RunsDirLayout, SAELayout
 from rl_lab.runs import RunStore
 from tui.app import LabApp
 from tui.data import RunIndex, filter_rows, group_sweeps, sort_rows
 from tui.screens.runs import RunsScreen
 
 SIZE = (100, 40)
+
+
+def run_at(runs_dir: Path, name: str) -> RunLayout:
+    """The layout of run ``name`` in ``runs_dir``."""
+    return RunLayout(RunsDirLayout(runs_dir).run_dir(name))
 
 
 def make_run(
@@ -68,10 +74,10 @@ def runs_dir(tmp_path: Path) -> Path:
              created="2024-01-01T00:00:03+00:00")
     # a live "running" run: our own pid is alive
     make_run(store, "delta", status="running", pid=os.getpid(), returns=[], created="2024-01-01T00:00:04+00:00")
-    corrupt = store.root / "zeta"
+    corrupt = store.layout.run_dir("zeta")
     corrupt.mkdir()
-    (corrupt / "run.json").write_text('{"name": "zeta", "status": ')  # half-written
-    (store.root / "not-a-run").mkdir()  # no run.json: ignored
+    RunLayout(corrupt).run_json.write_text('{"name": "zeta", "status": ')  # half-written
+    store.layout.run_dir("not-a-run").mkdir()  # no run.json: ignored
     return store.root
 
 
@@ -100,12 +106,12 @@ def test_run_index_reads_status_returns_and_corruption(runs_dir: Path) -> None:
 def test_run_index_reads_only_appended_metrics(runs_dir: Path) -> None:
     index = RunIndex(runs_dir)
     index.scan()
-    with open(runs_dir / "alpha" / "metrics.jsonl", "a") as fh:
+    with open(run_at(runs_dir, "alpha").metrics_path, "a") as fh:
         fh.write(json.dumps({"step": 999, "episode_return": 11.0}) + "\n")
         fh.write('{"step": 1000, "episode_ret')  # torn line: not yet counted
     row = next(r for r in index.scan() if r.name == "alpha")
     assert (row.latest_return, row.best_return) == (11.0, 11.0)
-    with open(runs_dir / "alpha" / "metrics.jsonl", "a") as fh:
+    with open(run_at(runs_dir, "alpha").metrics_path, "a") as fh:
         fh.write('urn": -4.0}\n')
     row = next(r for r in index.scan() if r.name == "alpha")
     assert (row.latest_return, row.best_return) == (-4.0, 11.0)
@@ -218,9 +224,9 @@ def write_probe_file(run_dir: Path, step: int, scores: dict[tuple[str, str], flo
             "checkpoint": f"step_{step:09d}", "step": step,
             "linear_by_construction": label == "value" and hook == "value_net",
         })
-    folder = run_dir / "probes"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"step_{step:09d}.json"
+    run = RunLayout(run_dir)
+    run.probes_dir.mkdir(exist_ok=True)
+    path = run.probe_results_path(f"step_{step:09d}")
     path.write_text(json.dumps({"schema_version": 1, "file": f"activations/step_{step:09d}.h5", "run": run_dir.name,
                                 "checkpoint": f"step_{step:09d}", "records": records, "notes": ["a note"]}))
     return path
@@ -240,10 +246,10 @@ async def test_detail_screen_shows_curves_config_and_artifacts(runs_dir: Path) -
     from tui.screens.detail import RunDetailScreen
     from tui.widgets.chart import LineChart
 
-    alpha = runs_dir / "alpha"
-    (alpha / "checkpoints" / "step_000000512.zip").write_bytes(b"zip")
-    (alpha / "activations").mkdir()
-    with h5py.File(alpha / "activations" / "step_000000512.h5", "w") as f:  # half-written: no complete attr
+    alpha = run_at(runs_dir, "alpha")
+    (alpha.checkpoints_dir / "step_000000512.zip").write_bytes(b"zip")
+    alpha.activations_dir.mkdir()
+    with h5py.File(alpha.activation_path("step_000000512"), "w") as f:  # half-written: no complete attr
         f.attrs["schema_version"] = 1
     app = LabApp(runs_dir, poll_interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
@@ -286,8 +292,8 @@ async def test_probes_screen_grid_and_drill_down(runs_dir: Path) -> None:
     from tui.screens.probes import ProbeDetailScreen, ProbesScreen
 
     hooks, labels = ["mlp_extractor.value_net.1", "value_net"], ["value", "hunger", "threat"]
-    write_probe_file(runs_dir / "alpha", 512, {(h, lab): 0.1 * (i + 1) for i, (h, lab) in enumerate((h, lab) for h in hooks for lab in labels)})
-    write_probe_file(runs_dir / "alpha", 1024, {(h, lab): 0.9 for h in hooks for lab in labels})
+    write_probe_file(run_at(runs_dir, "alpha").path, 512, {(h, lab): 0.1 * (i + 1) for i, (h, lab) in enumerate((h, lab) for h in hooks for lab in labels)})
+    write_probe_file(run_at(runs_dir, "alpha").path, 1024, {(h, lab): 0.9 for h in hooks for lab in labels})
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "alpha", "p")
@@ -309,15 +315,16 @@ async def test_probes_screen_grid_and_drill_down(runs_dir: Path) -> None:
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ProbeDetailScreen)
-        assert [r.extra["step"] for r in app.screen.history] == [512, 1024]
+        assert [r.step for r in app.screen.history] == [512, 1024]
         assert "CI [0, 0.200]" in str(app.screen.query_one("#probe-detail-text", Static).render())
 
 
 async def test_probes_screen_reports_corrupt_and_missing_results(runs_dir: Path) -> None:
     from tui.screens.probes import ProbesScreen
 
-    (runs_dir / "beta" / "probes").mkdir()
-    (runs_dir / "beta" / "probes" / "step_000000064.json").write_text('{"records": [')
+    beta = run_at(runs_dir, "beta")
+    beta.probes_dir.mkdir()
+    beta.probe_results_path("step_000000064").write_text('{"records": [')
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "beta", "p")
@@ -384,7 +391,7 @@ def write_activation_file(path: Path, episodes: int = 3, length: int = 12, compl
 async def test_replay_steps_through_an_episode(runs_dir: Path) -> None:
     from tui.screens.replay import ReplayScreen
 
-    write_activation_file(runs_dir / "alpha" / "activations" / "step_000000512.h5")
+    write_activation_file(run_at(runs_dir, "alpha").activation_path("step_000000512"))
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "alpha", "e")
@@ -417,7 +424,7 @@ async def test_replay_steps_through_an_episode(runs_dir: Path) -> None:
 async def test_replay_of_half_written_file_is_marked(runs_dir: Path) -> None:
     from tui.screens.replay import ReplayScreen
 
-    write_activation_file(runs_dir / "alpha" / "activations" / "step_000000064.h5", complete=False)
+    write_activation_file(run_at(runs_dir, "alpha").activation_path("step_000000064"), complete=False)
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "alpha", "e")
@@ -432,7 +439,7 @@ async def test_replay_of_half_written_file_is_marked(runs_dir: Path) -> None:
 
 def write_sae_features(run_dir: Path, name: str = "sae-a", episodes: int = 6, length: int = 20) -> Path:
     """An activation file, a TopK SAE and its feature statistics, all written by the real writers
-    (``ActivationWriter``, ``probes.sae.save_sae``, ``probes.features.compute_features``).
+    (``ActivationWriter``, ``probes.sae.model.save_sae``, ``probes.sae.features.compute_features``).
 
     Latent 0 reads the first activation dimension, which carries the label ``hunger``.
     """
@@ -440,8 +447,9 @@ def write_sae_features(run_dir: Path, name: str = "sae-a", episodes: int = 6, le
     import torch
 
     from probes.activations import ActivationWriter
-    from probes.features import compute_features
-    from probes.sae import make_config, make_sae, save_sae
+    from probes.sae.config import make_config
+    from probes.sae.features import compute_features
+    from probes.sae.model import make_sae, save_sae
 
     hook, n, d = "mlp_extractor.policy_net.1", episodes * length, 8
     rng = np.random.default_rng(0)
@@ -449,7 +457,7 @@ def write_sae_features(run_dir: Path, name: str = "sae-a", episodes: int = 6, le
     ep, t = np.repeat(np.arange(episodes), length), np.tile(np.arange(length), episodes)
     meta = {"hunger": {"kind": "continuous", "description": "how hungry", "linear_in": []},
             "threat": {"kind": "discrete", "description": "predator near", "linear_in": []}}
-    path = run_dir / "activations" / "step_000000512.h5"
+    path = RunLayout(run_dir).activation_path("step_000000512")
     path.parent.mkdir(parents=True, exist_ok=True)
     with ActivationWriter(path, {"run": run_dir.name, "env_id": "lab/Forage-v0"}, label_meta=meta) as w:
         w.append({"obs": x[:, :2], "action": np.zeros(n, np.int64), "reward": np.zeros(n, np.float32),
@@ -462,7 +470,7 @@ def write_sae_features(run_dir: Path, name: str = "sae-a", episodes: int = 6, le
     with torch.no_grad():
         sae.W_enc[:, 0] = 0
         sae.W_enc[0, 0] = 3.0
-    sae_dir = run_dir / "saes" / name
+    sae_dir = RunLayout(run_dir).sae_dir(name)
     save_sae(sae, sae_dir)
     compute_features(sae_dir, path, n_top=5, context=1, bins=8, progress=False)
     return sae_dir
@@ -484,7 +492,7 @@ async def test_features_screen_sorts_latents_and_shows_top_steps(runs_dir: Path)
     from probes.features import FeatureStore
     from tui.widgets.panel import TextPanel
 
-    sae_dir = write_sae_features(runs_dir / "alpha")
+    sae_dir = write_sae_features(run_at(runs_dir, "alpha").path)
     store = FeatureStore(sae_dir)
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
@@ -521,10 +529,10 @@ async def test_features_screen_sorts_latents_and_shows_top_steps(runs_dir: Path)
 
 @pytest.mark.parametrize("content", [None, "old"])
 async def test_features_screen_without_feature_statistics_says_so(runs_dir: Path, content: str | None) -> None:
-    sae = runs_dir / "alpha" / "saes" / "sae-b"
-    sae.mkdir(parents=True)
+    sae = SAELayout(run_at(runs_dir, "alpha").sae_dir("sae-b"))
+    sae.path.mkdir(parents=True)
     if content == "old":  # an analysis from before probes.features: features.json alone
-        (sae / "features.json").write_text(json.dumps({"features": [{"index": 0, "density": 0.1}]}))
+        sae.features_path.write_text(json.dumps({"features": [{"index": 0, "density": 0.1}]}))
     app = LabApp(runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await open_selected(app, pilot, "alpha", "f")
@@ -535,7 +543,7 @@ async def test_features_screen_without_feature_statistics_says_so(runs_dir: Path
 
 
 def test_quick_scan_reads_large_metrics_from_the_tail(runs_dir: Path) -> None:
-    big = runs_dir / "alpha" / "metrics.jsonl"
+    big = run_at(runs_dir, "alpha").metrics_path
     with open(big, "a") as fh:
         for i in range(3000):  # > RunIndex.TAIL_BYTES
             fh.write(json.dumps({"step": 10_000 + i, "time": 0.0, "episode_return": 100.0 if i == 5 else float(i % 7),
@@ -587,14 +595,15 @@ def make_sweep(store: RunStore) -> None:
             name = f"sw-CartPole-v1-ppo-s{seed}-{cond.split()[-1]}"
             path = make_run(store, name, returns=[base * (k + 1) / 4 + seed for k in range(4)],
                             created=f"2024-03-01T00:0{c}:0{seed}+00:00")
-            info = json.loads((path / "run.json").read_text())
+            run_json = RunLayout(path).run_json
+            info = json.loads(run_json.read_text())
             info.update(seed=seed, sweep="sw", sweep_condition=cond)
-            (path / "run.json").write_text(json.dumps(info))
+            run_json.write_text(json.dumps(info))
     record = {"schema_version": 1, "name": "sw", "status": "running", "backend": "local",
               "trials": [{"name": "sw-CartPole-v1-ppo-s3-lr_0.01", "condition": "CartPole-v1 ppo lr_0.01", "status": "pending"}],
               "summary": {"trials": 7, "done": 6, "failed": 0}}
-    (store.root / "sweeps").mkdir()
-    (store.root / "sweeps" / "sw.json").write_text(json.dumps(record))
+    store.layout.sweeps_dir.mkdir()
+    store.layout.sweep_record("sw").write_text(json.dumps(record))
 
 
 def test_aggregate_curves_mean_and_band() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, ProgressBar, Select
 
+from probes.layout import RunLayout, RunsDirLayout
 from tui.app import LabApp
 from tui.screens.launch import LaunchScreen, parse_form
 from tui.widgets.chart import LineChart
@@ -65,7 +66,7 @@ async def test_launch_real_training_and_follow_it(tmp_path: Path) -> None:
                 break
         log = "\n".join(screen.job.last_lines(20))
         assert screen.final_status == "done", log
-        info = json.loads((runs / "tiny-launch" / "run.json").read_text())
+        info = json.loads(RunLayout(RunsDirLayout(runs).run_dir("tiny-launch")).run_json.read_text())
         assert info["status"] == "done" and info["env_id"] == "CartPole-v1"
         bar = screen.query_one("#launch-progress", ProgressBar)
         assert bar.progress == bar.total == info["total_timesteps"]

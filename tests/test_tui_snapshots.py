@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Input
 
+from probes.layout import RunLayout, RunsDirLayout
 from tui.app import LabApp
 
 RUN_INFO = {"algo": "ppo", "status": "done", "pid": None, "updated": "2024-01-02T00:00:00+00:00",
@@ -24,16 +25,16 @@ RUN_INFO = {"algo": "ppo", "status": "done", "pid": None, "updated": "2024-01-02
 
 def write_run(root: Path, name: str, minute: int, env: str = "CartPole-v1", returns: list[float] | None = None,
               **extra: Any) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
+    run = RunLayout(RunsDirLayout(root).run_dir(name))
+    run.path.mkdir(parents=True)
     info = dict(RUN_INFO, name=name, env_id=env, seed=extra.pop("seed", 0),
                 created=f"2024-01-01T00:{minute:02d}:00+00:00", **extra)
-    (run / "run.json").write_text(json.dumps(info))
-    with open(run / "metrics.jsonl", "w") as fh:
+    run.run_json.write_text(json.dumps(info))
+    with open(run.metrics_path, "w") as fh:
         for i, r in enumerate(returns or []):
             fh.write(json.dumps({"step": (i + 1) * 256, "time": float(i), "episode_return": r,
                                  "episode_length": 20, "fps": 500, "loss": 1.0 / (i + 1)}) + "\n")
-    return run
+    return run.path
 
 
 @pytest.fixture()
@@ -115,7 +116,7 @@ def test_snapshot_sweeps(snap_compare: Any, snap_runs: Path) -> None:
 def test_snapshot_features(snap_compare: Any, snap_runs: Path) -> None:
     from test_tui import write_sae_features
 
-    write_sae_features(snap_runs / "cartpole-ppo-s0")
+    write_sae_features(RunsDirLayout(snap_runs).run_dir("cartpole-ppo-s0"))
 
     async def run_before(pilot: Any) -> None:
         await _runs_ready(pilot, 10)

@@ -13,6 +13,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
+from probes.layout import RunLayout, RunsDirLayout
 from tui.data import RunRow
 from tui.jobs import JobManager, logs_dir
 
@@ -73,6 +74,10 @@ class LabApp(App[None]):
                 reason = last[-1] if last else "no output"
                 self.notify(f"{job.label}: {state}: {reason}", title="Job failed", severity="error", timeout=10)
 
+    def run_layout(self, name: str) -> RunLayout:
+        """Where the files of run ``name`` (in :attr:`runs_dir`) are."""
+        return RunLayout(RunsDirLayout(self.runs_dir).run_dir(name))
+
     def row(self, name: str) -> RunRow | None:
         """The last scanned row of run ``name``."""
         return next((r for r in self.rows if r.name == name), None)
@@ -100,23 +105,23 @@ class LabApp(App[None]):
 
         self.push_screen(LaunchScreen())
 
-    def open_probes(self, name: str) -> None:
-        """Push the probe grid of run ``name``."""
+    def open_probes(self, name: str, file_name: str | None = None) -> None:
+        """Push the probe grid of run ``name``, showing results file ``file_name`` (default: newest)."""
         from tui.screens.probes import ProbesScreen
 
-        self.push_screen(ProbesScreen(name))
+        self.push_screen(ProbesScreen(name, file_name))
 
-    def open_features(self, name: str) -> None:
-        """Push the SAE features screen of run ``name``."""
+    def open_features(self, name: str, sae_name: str | None = None) -> None:
+        """Push the SAE features screen of run ``name``, showing SAE ``sae_name`` (default: newest)."""
         from tui.screens.features import FeaturesScreen
 
-        self.push_screen(FeaturesScreen(name))
+        self.push_screen(FeaturesScreen(name, sae_name))
 
-    def open_replay(self, name: str) -> None:
-        """Push the episode replay screen of run ``name``."""
+    def open_replay(self, name: str, file_name: str | None = None) -> None:
+        """Push the episode replay of run ``name``, of activation file ``file_name`` (default: newest)."""
         from tui.screens.replay import ReplayScreen
 
-        self.push_screen(ReplayScreen(name))
+        self.push_screen(ReplayScreen(name, file_name))
 
     def open_sweeps(self, sweep: str | None = None) -> None:
         """Push the sweeps screen, showing ``sweep`` (default: the first sweep)."""
@@ -136,7 +141,7 @@ class LabApp(App[None]):
         from rl_lab.errors import LabError
         from tui.jobs import stop_run
 
-        path = self.runs_dir / name
+        path = self.run_layout(name).path
         try:
             run = Run(path, read_run_json(path))
         except LabError as exc:

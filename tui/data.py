@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from probes.errors import ProbeError
+from probes.layout import LOG_SUFFIX, METRICS_JSONL, RUN_JSON, RunsDirLayout
+from probes.results import ProbeRecord, read_probe_results
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, checkpoint_step, read_run_json
 
@@ -250,7 +253,7 @@ class RunIndex:
         for entry in entries:  # plain strings, not pathlib: Path arithmetic was a third of a scan
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
-            info_path = os.path.join(entry.path, "run.json")
+            info_path = os.path.join(entry.path, RUN_JSON)
             try:
                 st = os.stat(info_path)
             except OSError:
@@ -275,7 +278,7 @@ class RunIndex:
             if quick and i >= self.QUICK_ROWS and m.offset == 0:
                 m.partial = True
             else:
-                self._read_metrics(os.path.join(path, "metrics.jsonl"), m, quick)
+                self._read_metrics(os.path.join(path, METRICS_JSONL), m, quick)
             row = cached.row
             if row is None or changed or before != (m.offset, m.inode, m.partial) or row.status == "running":
                 row = cached.row = self._row(cached)
@@ -446,77 +449,29 @@ class Artifacts:
     """What a run directory holds besides ``run.json`` and metrics."""
 
     checkpoints: list[Path]
-    activations: list[tuple[Path, bool | None]]
+    activations: list[Path]
     probes: list[Path]
     saes: list[Path]
     steer: list[Path]
     logs: list[Path]
 
 
-def _activation_complete(path: Path) -> bool | None:
-    """Whether an activation file carries ``complete=True``; None when it cannot be told cheaply."""
-    import sys
-
-    h5py = sys.modules.get("h5py")
-    if h5py is None:
-        return None
-    try:
-        with h5py.File(path, "r") as f:
-            return bool(f.attrs.get("complete", False))
-    except Exception:  # noqa: BLE001 - any unreadable file is "not complete"
-        return False
-
-
-def list_artifacts(run_path: Path, logs_dir: Path | None = None, check_complete: bool = False) -> Artifacts:
+def list_artifacts(run_path: Path, logs_dir: Path | None = None) -> Artifacts:
     """Collect a run's artifacts.
 
     Args:
         run_path: the run directory.
         logs_dir: the app's log directory; logs named ``<run>-*.log`` in it are included.
-        check_complete: open each activation file (needs h5py; call from a worker) to read
-            its ``complete`` attribute.
     """
     run = Run(run_path, {})
-    if check_complete:
-        import h5py  # noqa: F401 - makes _activation_complete able to look
-
-    acts = [(p, _activation_complete(p) if check_complete else None) for p in run.activation_files()]
-    probes = sorted(p for p in run.probes_dir.glob("*.json")) if run.probes_dir.is_dir() else []
-    saes = sorted(p for p in run.saes_dir.iterdir() if p.is_dir()) if run.saes_dir.is_dir() else []
-    steer_dir = run_path / "steer"
-    steer = sorted(steer_dir.glob("*.json")) if steer_dir.is_dir() else []
-    logs = sorted(run_path.glob("*.log"))
+    logs = run.log_files()
     if logs_dir is not None and logs_dir.is_dir():
-        logs += sorted(logs_dir.glob(f"{run_path.name}-*.log"))
-    return Artifacts(run.checkpoints(), acts, probes, saes, steer, logs)
+        logs += sorted(logs_dir.glob(f"{run.name}-*{LOG_SUFFIX}"))
+    return Artifacts(run.checkpoints(), run.activation_files(), run.probe_result_files(), run.sae_dirs(),
+                     run.steer_files(), logs)
 
 
 # ----------------------------------------------------------------------------- probes
-
-
-@dataclass(frozen=True)
-class ProbeRecord:
-    """One probe result (a record of ``RUN/probes/<stem>.json``)."""
-
-    hook: str
-    label: str
-    metric: str
-    score: float | None
-    baselines: dict[str, float]
-    selectivity: float | None
-    ci: tuple[float, float] | None
-    checkpoint: str
-    linear_by_construction: bool
-    source: Path
-    extra: dict[str, Any]
-
-    @property
-    def best_baseline(self) -> tuple[str, float] | None:
-        """The strongest baseline as ``(name, score)``."""
-        if not self.baselines:
-            return None
-        name = max(self.baselines, key=lambda k: self.baselines[k])
-        return name, self.baselines[name]
 
 
 @dataclass
@@ -534,52 +489,13 @@ def load_probe_file(path: Path) -> ProbeFile:
     """Read ``RUN/probes/<stem>.json``; never raises, bad content goes to ``error``/skipped."""
     path = Path(path)
     try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return ProbeFile(path, [], [], path.stem, error=f"cannot read {path.name}: {exc}")
-    if not isinstance(doc, dict):
-        return ProbeFile(path, [], [], path.stem, error=f"{path.name} is not a JSON object")
-    file_ckpt = str(doc.get("checkpoint") or path.stem)
-    records = []
-    skipped = 0
-    for rec in doc.get("records") or []:
-        if not isinstance(rec, dict) or "hook" not in rec or "label" not in rec:
-            skipped += 1
-            continue
-        baselines = {}
-        raw_b = rec.get("baselines")
-        if isinstance(raw_b, dict):
-            for k, v in raw_b.items():
-                fv = _as_float(v)
-                if fv is not None:
-                    baselines[str(k)] = fv
-        ci = rec.get("ci")
-        ci_t = None
-        if isinstance(ci, (list, tuple)) and len(ci) == 2:
-            lo, hi = _as_float(ci[0]), _as_float(ci[1])
-            if lo is not None and hi is not None:
-                ci_t = (lo, hi)
-        known = {"hook", "label", "metric", "score", "baselines", "selectivity", "ci", "checkpoint", "linear_by_construction"}
-        records.append(
-            ProbeRecord(
-                hook=str(rec["hook"]),
-                label=str(rec["label"]),
-                metric=str(rec.get("metric") or "score"),
-                score=_as_float(rec.get("score")),
-                baselines=baselines,
-                selectivity=_as_float(rec.get("selectivity")),
-                ci=ci_t,
-                checkpoint=str(rec.get("checkpoint") or file_ckpt),
-                linear_by_construction=bool(rec.get("linear_by_construction", False)),
-                source=path,
-                extra={k: v for k, v in rec.items() if k not in known},
-            )
-        )
-    notes = [str(n) for n in doc.get("notes") or [] if n]
-    if skipped:
-        notes.append(f"{skipped} malformed record(s) skipped")
-    return ProbeFile(path, records, notes, file_ckpt)
+        doc = read_probe_results(path)
+    except ProbeError as exc:
+        return ProbeFile(path, [], [], path.stem, error=str(exc))
+    notes = list(doc.notes)
+    if doc.skipped:
+        notes.append(f"{doc.skipped} malformed record(s) skipped")
+    return ProbeFile(path, doc.records, notes, doc.checkpoint)
 
 
 def checkpoint_order(name: str) -> int:
@@ -609,13 +525,8 @@ def group_sweeps(rows: Iterable[RunRow]) -> dict[str, dict[str, list[RunRow]]]:
 def sweep_names(runs_dir: Path, rows: Iterable[RunRow]) -> list[str]:
     """Sweeps known from trial runs or from records in ``RUNS_DIR/sweeps/<name>.json``, sorted."""
     names = {r.sweep for r in rows if r.sweep}
-    folder = Path(runs_dir) / "sweeps"
-    if folder.is_dir():
-        names.update(p.stem for p in folder.glob("*.json"))
+    names.update(p.stem for p in RunsDirLayout(runs_dir).sweep_records())
     return sorted(names)
-
-
-_STEP = re.compile(rb'"step":\s*(-?[0-9][0-9.eE+-]*)')
 
 
 def read_return_curve(path: Path) -> tuple[list[float], list[float]]:

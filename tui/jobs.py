@@ -6,7 +6,7 @@ the app quits; its stdout and stderr go to a log file the app tails for progress
 
 from __future__ import annotations
 
-import datetime as _dt
+from datetime import datetime
 import os
 import re
 import signal
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from probes.layout import LOG_SUFFIX
 from tui.data import safe_fragment, tail_text
 
 _PERCENT = re.compile(r"(\d{1,3})%")
@@ -36,7 +37,7 @@ class Job:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen[bytes]
-    started: _dt.datetime = field(default_factory=lambda: _dt.datetime.now())
+    started: datetime = field(default_factory=datetime.now)
     returncode: int | None = None
     reported: bool = False
 
@@ -115,8 +116,8 @@ class JobManager:
         """
         log_dir = logs_dir(self.runs_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        log_path = log_dir / f"{safe_fragment(run_name)}-{command}-{stamp}.log"
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        log_path = log_dir / f"{safe_fragment(run_name)}-{command}-{stamp}{LOG_SUFFIX}"
         argv = [sys.executable, "-m", "rl_lab", command, *args, "--runs-dir", str(self.runs_dir)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log_path, "wb") as log:

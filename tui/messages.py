@@ -1,53 +1,100 @@
-"""Messages that workers post to screens (thread-safe via ``post_message``)."""
+"""Messages that workers post to screens (thread-safe via ``post_message``).
+
+One small dataclass per kind of result, with named, typed fields; a worker that could not read
+what it was asked for posts the same message with ``error`` set (one readable sentence).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from tui.data import RunRow
+if TYPE_CHECKING:
+    from probes.features import FeatureStore
+
+    from tui.data import ProbeFile, RunRow
+    from tui.screens.detail import DetailSnapshot
+    from tui.screens.replay import Episode, FileMeta
+    from tui.screens.sweeps import SweepView
 
 
+@dataclass
 class RunsScanned(Message):
     """A fresh scan of the runs directory."""
 
-    def __init__(self, rows: list[RunRow], seconds: float) -> None:
-        """Args: rows: every run, newest first. seconds: how long the scan took."""
-        self.rows = rows
-        self.seconds = seconds
-        super().__init__()
+    rows: list[RunRow]
+    """Every run, newest first."""
+    seconds: float
+    """How long the scan took."""
 
 
-class RunLoaded(Message):
-    """The detail screen's run was (re)read: ``info`` is ``run.json``, ``error`` why not."""
+@dataclass
+class DetailLoaded(Message):
+    """The detail screen's run was (re)read."""
 
-    def __init__(self, info: dict[str, Any] | None, status: str, error: str | None) -> None:
-        """Args: info: run.json content. status: the run's status. error: why it is unreadable."""
-        self.info = info
-        self.status = status
-        self.error = error
-        super().__init__()
+    snapshot: DetailSnapshot | None
+    """Everything the screen shows; None when ``error`` says why it could not be read."""
+    error: str | None = None
 
 
-class MetricsUpdated(Message):
-    """New ``metrics.jsonl`` records arrived for the run on screen."""
+@dataclass
+class LaunchProgress(Message):
+    """The launched training run's state, read while it runs."""
 
-    def __init__(self, count: int) -> None:
-        """Args: count: how many records the screen now holds."""
-        self.count = count
-        super().__init__()
+    info: dict[str, Any] | None
+    """``run.json``, or None before it is written."""
+    status: str
+    """The run's status (``starting`` before ``run.json`` exists)."""
+    curve: list[tuple[float, float]]
+    """``(step, episode return)`` pairs logged so far."""
+    returncode: int | None
+    """The process's exit code once it has finished."""
+    last_line: str
+    """The last line of the job's log."""
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, MetricsUpdated)
+
+@dataclass
+class ProbesLoaded(Message):
+    """Every probe results file of the run, oldest checkpoint first."""
+
+    files: list[ProbeFile]
 
 
-class Loaded(Message):
-    """A worker finished reading something: ``payload`` is what it read, ``error`` why not."""
+@dataclass
+class FeaturesLoaded(Message):
+    """The feature statistics of one SAE were opened."""
 
-    def __init__(self, what: str, payload: Any, error: str | None = None) -> None:
-        """Args: what: a tag saying what was loaded. payload: the data. error: the reason it failed."""
-        self.what = what
-        self.payload = payload
-        self.error = error
-        super().__init__()
+    store: FeatureStore | None
+    """The statistics; None when ``error`` says why there are none."""
+    error: str | None = None
+
+
+@dataclass
+class SweepsLoaded(Message):
+    """The sweeps of the runs directory and the one on screen, summarised."""
+
+    names: list[str]
+    """Every sweep, by name."""
+    view: SweepView | None
+    """The sweep on screen; None when there is none."""
+    error: str | None = None
+
+
+@dataclass
+class ReplayFileLoaded(Message):
+    """An activation file was opened for replay and its episodes found."""
+
+    meta: FileMeta | None
+    error: str | None = None
+
+
+@dataclass
+class EpisodeLoaded(Message):
+    """One episode of the replayed file was read."""
+
+    episode: Episode | None
+    t: int
+    """The step to show."""
+    error: str | None = None

@@ -1,8 +1,9 @@
 """The ``rl-lab`` command line.
 
-Every module in this package is one sub-command: ``rl_lab/cli/train.py`` is ``rl-lab train``.
-A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Heavy imports belong inside ``run`` so that ``--help`` stays instant.
+Every module in this package is one sub-command: ``rl_lab/cli/train.py`` is ``rl-lab train``,
+except ``options`` (the arguments several commands share, ``SUPPORT_MODULES``). A command
+module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Heavy
+imports belong inside ``run`` so that ``--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import sys
 import traceback
 from typing import Sequence
 
+from probes.errors import ProbeError
 from rl_lab.errors import LabError
 
 EXIT_USAGE = 2
+SUPPORT_MODULES = frozenset({"options"})
+"""Modules of this package that are not commands."""
+USER_ERRORS = (LabError, ProbeError, FileNotFoundError, PermissionError, KeyboardInterrupt)
+"""Shown as one ``rl-lab: error: ...`` line (no traceback unless ``RL_LAB_DEBUG`` is set)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,8 +34,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _command_modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+def command_modules() -> list[str]:
+    """The sub-command names: every public module of this package but ``SUPPORT_MODULES``."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if not m.name.startswith("_") and m.name not in SUPPORT_MODULES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in _command_modules():
+    for name in command_modules():
         module = importlib.import_module(f"{__name__}.{name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
@@ -47,17 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from probes.errors import ProbeError
-
-    return (LabError, ProbeError, FileNotFoundError, PermissionError, KeyboardInterrupt)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         if os.environ.get("RL_LAB_DEBUG"):
             traceback.print_exc()
         if isinstance(exc, KeyboardInterrupt):

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rl_lab.cli._common import add_runs_dir, runs_dir
+from rl_lab.cli.options import add_runs_dir, runs_dir
 
 HELP = "compare probe results across runs (e.g. PPO vs DT vs BC over seeds) on the same labels"
 

@@ -8,7 +8,9 @@ import argparse
 import sys
 import time
 
-from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
+from probes.layout import RunsDirLayout
+from probes.results import ProbeRecord, ProbeResults
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
 
 HELP = ("train a small PPO agent on lab/Forage-v0, record it, probe it, explain what its layers encode, "
         "and compare it with a DT and a BC transformer trained on its trajectories")
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     root = runs_dir(args)
     name = f"demo-forage-ppo-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _say(f"[1/{n_stages}] training PPO on {DEMO_ENV} for {args.steps} steps -> {root / name}")
+    _say(f"[1/{n_stages}] training PPO on {DEMO_ENV} for {args.steps} steps -> {RunsDirLayout(root).run_dir(name)}")
     progress, close = tqdm_progress("train")
     try:
         run_ = train(TrainConfig(env_id=DEMO_ENV, algo="ppo", total_timesteps=args.steps, seed=args.seed),
@@ -113,9 +115,9 @@ def probe_recording(h5, hooks, labels, seed: int) -> tuple[dict, list[str], obje
     probed, and the paths of the results and weights it wrote (``RUN/probes/``)."""
     from probes import linear
     from probes.activations import ActivationFile
-    from rl_lab.cli.probe import output_paths
+    from probes.layout import probe_output_paths
 
-    out_json, weights = output_paths(h5)
+    out_json, weights = probe_output_paths(h5)
     with ActivationFile(h5) as f:
         hooks = [h for h in hooks if h in f.hooks]
         labels = [lab for lab in labels if lab in f.labels]
@@ -188,9 +190,8 @@ def describe_supervised(run) -> str:
     text = f"{algo} (weights of step {last.get('step')}): action accuracy {last.get('accuracy', float('nan')):.2f} on training windows"
     if "val_accuracy" in last:
         text += f", {last['val_accuracy']:.2f} on held-out episodes"
-    eval_path = run.path / "eval.json"
-    if eval_path.exists():
-        ev = json.loads(eval_path.read_text())
+    if run.eval_path.exists():
+        ev = json.loads(run.eval_path.read_text())
         best = ev.get("dataset_best_return")
         text += (f"; return {ev['return_at_best_target']:.2f} when conditioned on the best dataset return {best:.2f}"
                  if algo == "dt" else f"; return {ev['rows'][0]['mean_return']:.2f}")
@@ -267,21 +268,20 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
 def compare_to_random(doc: dict) -> list[str]:
     """Sentences: for each emotion-like label, does training make it more decodable than the
     random-weights twin (same architecture, same observations)?"""
-    best: dict[str, dict] = {}
-    for rec in doc.get("records", []):
-        if rec["label"] not in EMOTION_LABELS or rec.get("linear_by_construction"):
+    best: dict[str, ProbeRecord] = {}
+    for rec in ProbeResults.from_dict(doc).records:
+        if rec.label not in EMOTION_LABELS or rec.linear_by_construction or rec.score is None:
             continue
-        if rec["label"] not in best or rec["score"] > best[rec["label"]]["score"]:
-            best[rec["label"]] = rec
+        if rec.label not in best or rec.score > best[rec.label].score:
+            best[rec.label] = rec
     gained, not_gained = [], []
     for label in EMOTION_LABELS:
         rec = best.get(label)
-        if rec is None or "random_weights" not in rec.get("baselines", {}):
+        if rec is None or rec.random_weights is None:
             continue
-        rand = rec["baselines"]["random_weights"]
-        lo = rec["ci"][0]
-        item = f"{label} ({rec['metric']} {rec['score']:.2f} at {rec['hook']} vs {rand:.2f} random)"
-        (gained if lo > rand else not_gained).append(item)
+        rand = rec.random_weights
+        item = f"{label} ({rec.metric} {rec.score:.2f} at {rec.hook} vs {rand:.2f} random)"
+        (gained if rec.interval is not None and rec.interval[0] > rand else not_gained).append(item)
     out = []
     if gained:
         out.append("training made these more linearly decodable than in the random-weights twin "

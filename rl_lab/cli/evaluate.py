@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 
-from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.config import DT_ALGOS
+from rl_lab.errors import LabError
+from rl_lab.runs import RunStore
 
 HELP = "evaluate a dt/bc run online: achieved return for each target return (the RTG calibration curve)"
 
@@ -29,9 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rl_lab.dt.evaluate import evaluate, format_table
-    from rl_lab.errors import LabError
     from rl_lab.record import resolve_checkpoints
-    from rl_lab.runs import RunStore
     from rl_lab.train import tqdm_progress
 
     if not args.temperature > 0:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if not targets:
             raise LabError("--targets names no target return")
     run_ = RunStore(runs_dir(args)).get(args.run)
-    if run_.info.get("algo") not in ("dt", "bc"):
+    if run_.info.get("algo") not in DT_ALGOS:
         raise LabError(f"run {run_.name!r} is a {run_.info.get('algo')} run; `rl-lab evaluate` is for dt and bc runs "
                        f"(an RL run's returns are in its metrics)")
     checkpoint = resolve_checkpoints(run_, args.checkpoint)[-1] if args.checkpoint else None
@@ -60,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(format_table(result))
-        print(f"written to {run_.path / 'eval.json'}")
+        print(f"written to {run_.eval_path}")
     return 0

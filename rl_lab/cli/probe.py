@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from rl_lab.cli._common import add_runs_dir, runs_dir
+from probes.layout import probe_output_paths
+from rl_lab.cli.options import add_runs_dir, runs_dir
 
 HELP = "fit linear probes (hook x label, split by episode) beside their baselines; writes RUN/probes/<file>.json"
 
@@ -19,16 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episode split and bootstrap (default: 0)")
     add_runs_dir(parser)
-
-
-def output_paths(h5: Path) -> tuple[Path, Path]:
-    """Where a recording's probe results and weights go: RUN/probes/ for a run's file, else beside it."""
-    if h5.parent.name == "activations":
-        folder, stem = h5.parent.parent / "probes", h5.stem
-    else:
-        folder, stem = h5.parent, f"{h5.stem}.probes"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{stem}.json", folder / f"{stem}.weights.npz"
 
 
 def targets(target: str, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
@@ -62,13 +53,14 @@ def targets(target: str, args: argparse.Namespace) -> tuple[list[Path], list[str
 
 def run(args: argparse.Namespace) -> int:
     from probes import linear
+    from probes.results import SCHEMA_VERSION, ProbeResults
 
     files, notes = targets(args.target, args)
     labels = args.labels.split(",") if args.labels else None
     hooks = args.hooks.split(",") if args.hooks else None
     docs = []
     for f in files:
-        out_json, weights = output_paths(f)
+        out_json, weights = probe_output_paths(f)
         print(f"probing {f} ...", file=sys.stderr)
         docs.append(linear.probe_file(f, labels=labels, hooks=hooks, seed=args.seed,
                                       out_json=out_json, weights_path=weights))
@@ -79,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
             doc = dict(docs[0])
             doc["notes"] = list(doc.get("notes", [])) + notes
         else:
+            results = [ProbeResults.from_dict(d) for d in docs]
             doc = {
-                "schema_version": 1,
-                "files": [d.get("file") for d in docs],
-                "records": [r for d in docs for r in d.get("records", [])],
-                "notes": [n for d in docs for n in d.get("notes", [])] + notes,
+                "schema_version": SCHEMA_VERSION,
+                "files": [r.file for r in results],
+                "records": [rec.to_dict() for r in results for rec in r.records],
+                "notes": [n for r in results for n in r.notes] + notes,
             }
         print(json.dumps(doc, indent=2, default=float))
         return 0
@@ -93,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         for sentence in linear.summarise(doc):
             print(f"  {sentence}")
         print()
-    if len(docs) > 1 and hasattr(linear, "format_timeline"):
+    if len(docs) > 1:
         print(linear.format_timeline(docs))
     for f in files:
-        print(f"results: {output_paths(f)[0]}")
+        print(f"results: {probe_output_paths(f)[0]}")
     return 0

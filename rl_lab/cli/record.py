@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
 
 HELP = "record a trained policy's activations and emotion labels to RUN/activations/<checkpoint>.h5"
 

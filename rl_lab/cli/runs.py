@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from rl_lab.cli._common import add_runs_dir, runs_dir
+from rl_lab.cli.options import add_runs_dir, runs_dir
+from rl_lab.runs import RunStore
 
 HELP = "list runs with their status, environment, algorithm, steps and returns"
 
@@ -20,8 +21,6 @@ def _fmt(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl_lab.runs import RunStore
-
     store = RunStore(runs_dir(args))
     rows = [r.summary() for r in store.list()]
     if args.json:

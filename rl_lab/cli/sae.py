@@ -7,14 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-from rl_lab.cli._common import add_runs_dir, runs_dir
+from probes.layout import run_of_file
+from probes.sae.config import add_arguments as sae_arguments
+from rl_lab.cli.options import add_runs_dir, runs_dir
+from rl_lab.config import SB3_ALGOS
+from rl_lab.errors import LabError
+from rl_lab.runs import Run, RunStore, read_run_json
 
 HELP = "train a sparse autoencoder (TopK or ReLU) on one hook; with a run, also splice it into the live agent"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from probes.sae_options import add_arguments as sae_arguments
-
     parser.add_argument("target", metavar="RUN_OR_FILE", help="a run (its latest recording) or an activation .h5 file")
     sae_arguments(parser, file_arg=False)
     parser.add_argument("--live-episodes", type=int, default=10,
@@ -22,18 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runs_dir(parser)
 
 
-def _resolve(target: str, args: argparse.Namespace) -> tuple[Path, object | None]:
+def _resolve(target: str, args: argparse.Namespace) -> tuple[Path, Run | None]:
     """The activation file and, when there is one, the run whose network produced it."""
-    from rl_lab.errors import LabError
-    from rl_lab.runs import RunStore, read_run_json, Run
-
     path = Path(target)
     if path.suffix in (".h5", ".hdf5"):
         if not path.exists():
             raise LabError(f"no such activation file: {path}")
-        run_dir = path.resolve().parent.parent
-        if path.resolve().parent.name == "activations" and (run_dir / "run.json").exists():
-            return path, Run(run_dir, read_run_json(run_dir))
+        layout = run_of_file(path)
+        if layout is not None and layout.run_json.exists():
+            return path, Run(layout.path, read_run_json(layout.path))
         return path, None
     run = RunStore(runs_dir(args)).get(target)
     files = run.activation_files()
@@ -43,13 +43,14 @@ def _resolve(target: str, args: argparse.Namespace) -> tuple[Path, object | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from probes.sae import format_metrics, run_from_args, update_metrics
+    from probes.sae.model import update_metrics
+    from probes.sae.training import format_metrics, run_from_args
     from rl_lab.train import tqdm_progress
 
     h5, run_ = _resolve(args.target, args)
     metrics = run_from_args(args, file=h5)
     out_dir = Path(metrics["out_dir"])
-    if run_ is not None and args.live_episodes > 0 and run_.info.get("algo") in ("ppo", "a2c", "dqn"):
+    if run_ is not None and args.live_episodes > 0 and run_.info.get("algo") in SB3_ALGOS:
         from rl_lab.sae_splice import splice_metrics
 
         print(f"splicing the SAE into the live agent ({args.live_episodes} episodes per condition)",

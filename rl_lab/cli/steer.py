@@ -7,7 +7,8 @@ import json
 import re
 import sys
 
-from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.runs import json_default
 
 HELP = "steer a run's agent along a probe/SAE/mean-difference direction and measure behaviour against random directions"
 
@@ -63,7 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl_lab.runs import json_default
     from rl_lab.steer import SteerConfig, format_table, steer
     from rl_lab.train import tqdm_progress
 

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
+from probes.layout import RunsDirLayout
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.errors import LabError
 
 HELP = "run a sweep (envs x algos x seeds x grid; train, record, probe, sae per trial) locally or on Ray"
 
@@ -40,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Flags and ``--set`` assignments as dotted keys (flags first, ``--set`` wins)."""
-    from rl_lab.errors import LabError
     from rl_lab.sweep import parse_assignment
 
     out: dict[str, Any] = {}
@@ -67,7 +68,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl_lab.sweep import load_sweep, record_path, run_sweep, summary_line
+    from rl_lab.sweep import load_sweep, run_sweep, summary_line
     from rl_lab.sweep.stats import format_tables
 
     spec = load_sweep(args.sweep_file, overrides_from_args(args))
@@ -79,5 +80,5 @@ def run(args: argparse.Namespace) -> int:
         tables = format_tables(record["aggregate"])
         if tables:
             print(tables)
-        print(summary_line(record, record_path(root, spec.name)))
+        print(summary_line(record, RunsDirLayout(root).sweep_record(spec.name)))
     return EXIT_TRIALS_FAILED if record["summary"]["failed"] else 0

@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 
-from rl_lab.cli._common import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.config import DT_ALGOS
+from rl_lab.errors import LabError
+from rl_lab.runs import RunStore
 
 RL_STEPS = 50_000
 DT_STEPS = 2_000
-DT_ALGOS = ("dt", "bc")
 
 HELP = "train an agent (PPO, A2C, DQN; or a decision transformer from a run's trajectories)"
 
@@ -57,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rl_lab.config import TrainConfig
-    from rl_lab.errors import LabError
     from rl_lab.train import tqdm_progress, train
 
     if args.algo in DT_ALGOS:
@@ -100,8 +101,6 @@ def _run_dt(args: argparse.Namespace) -> int:
     """``--algo dt|bc --from RUN``: train a sequence model on the source run's trajectories."""
     from rl_lab.dt.evaluate import format_table
     from rl_lab.dt.train import DTTrainConfig, train_dt
-    from rl_lab.errors import LabError
-    from rl_lab.runs import RunStore
     from rl_lab.train import tqdm_progress
 
     if args.source is None:
@@ -142,9 +141,8 @@ def _run_dt(args: argparse.Namespace) -> int:
     if cfg.restore_best and result.info.get("best_step") is not None:
         print(f"kept the weights of step {result.info['best_step']} (lowest held-out loss "
               f"{result.info['best_val_loss']:.3f})")
-    eval_path = result.path / "eval.json"
-    if cfg.eval_episodes and eval_path.exists():
-        print(format_table(json.loads(eval_path.read_text())))
+    if cfg.eval_episodes and result.eval_path.exists():
+        print(format_table(json.loads(result.eval_path.read_text())))
     print(f"run directory: {result.path}")
     sys.stdout.flush()
     return 0

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from rl_lab.config import DT_ALGOS
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig
 from rl_lab.dt.trajectories import episode_windows
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, checkpoint_step, write_json_atomic
-
-ProgressFn = Callable[[int, int], None]
+from rl_lab.train import ProgressFn, make_env
 
 
 def load_model(run: Run, checkpoint: Path | None = None) -> DecisionTransformer:
     """The model of a dt/bc run at ``checkpoint`` (default: the latest), in eval mode."""
-    if run.info.get("algo") not in ("dt", "bc"):
+    if run.info.get("algo") not in DT_ALGOS:
         raise LabError(f"run {run.name!r} is not a decision-transformer run (algo {run.info.get('algo')!r})")
     model_cfg = run.info.get("model_config")
     if not isinstance(model_cfg, dict):
@@ -132,8 +132,6 @@ def evaluate(
     Episode i of every target resets the environment with ``seed + i`` (the same starts for
     every target). The default seed is far from the trajectory-collection seeds.
     """
-    from rl_lab.train import make_env
-
     if episodes <= 0:
         raise LabError("--episodes must be positive")
     checkpoint = Path(checkpoint) if checkpoint is not None else run.latest_checkpoint()
@@ -208,7 +206,7 @@ def evaluate(
             result["fraction_of_best_policy_mean"] = (at_best["mean_return"] / stats["mean"]
                                                       if stats["mean"] > 0 else None)
     if write:
-        write_json_atomic(run.path / "eval.json", result)
+        write_json_atomic(run.eval_path, result)
     return result
 
 

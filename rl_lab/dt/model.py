@@ -26,6 +26,9 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import transformer_lens.model_bridge.sources.native  # noqa: F401  (attaches boot_native)
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass
@@ -81,10 +84,6 @@ class DTModelConfig:
 
 def boot_transformer(cfg: DTModelConfig) -> Any:
     """The TransformerLens-native transformer (a ``TransformerBridge``) for ``cfg``."""
-    import transformer_lens.model_bridge.sources.native  # noqa: F401  (attaches boot_native)
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
     if cfg.d_model % cfg.n_heads:
         raise ValueError(f"d_model ({cfg.d_model}) must be divisible by n_heads ({cfg.n_heads})")
     tl_cfg = TransformerBridgeConfig(

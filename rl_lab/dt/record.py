@@ -1,7 +1,7 @@
 """The recorder's adapter for decision-transformer (``dt``) and behaviour-cloning (``bc``) runs.
 
 ``rl_lab.record.load_adapter`` calls ``load_dt_adapter`` for runs whose algo is dt or bc; the
-adapter follows ``rl_lab.record.PolicyAdapter``:
+adapter follows ``rl_lab.adapters.PolicyAdapter``:
 
 - ``act`` runs the model step by step on its own history (the last K timesteps), conditioned
   on the run's recording target return (``run.json`` ``record_target``, default: the best
@@ -23,14 +23,16 @@ adapter follows ``rl_lab.record.PolicyAdapter``:
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import torch
 
+from probes.layout import RunsDirLayout
+from rl_lab.adapters import EpisodeForward, SB3Adapter, load_sb3
 from rl_lab.dt.evaluate import DTActor, load_model
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig
 from rl_lab.dt.trajectories import episode_windows
 from rl_lab.errors import LabError
-from rl_lab.record import EpisodeForward, SB3Adapter, load_sb3
 from rl_lab.runs import Run, RunStore
 
 
@@ -48,7 +50,7 @@ def source_critic(run: Run) -> SB3Adapter:
     source_name = run.info.get("source_run")
     if not source_name:
         raise LabError(f"run {run.name!r} has no source_run in run.json")
-    where = run.info.get("source_run_path") or str(run.path.parent / source_name)
+    where = run.info.get("source_run_path") or str(RunsDirLayout(run.path.parent).run_dir(source_name))
     try:
         source = RunStore(run.path.parent).get(where)
     except LabError:

@@ -20,19 +20,18 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from rl_lab.config import DT_ALGOS
+from rl_lab.dt.evaluate import evaluate
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accuracy
 from rl_lab.dt.trajectories import Trajectories, collect
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore, checkpoint_step
-from rl_lab.train import install_sigterm
-
-ProgressFn = Callable[[int, int], None]
-DT_ALGOS = ("dt", "bc")
+from rl_lab.train import ProgressFn, install_sigterm, versions
 
 
 @dataclass
@@ -98,7 +97,7 @@ class DTTrainConfig:
 
 
 def _save(model: DecisionTransformer, run: Run, step: int) -> Path:
-    path = run.checkpoints_dir / f"step_{int(step):09d}.pt"
+    path = run.checkpoint_path(step, ".pt")
     tmp = path.with_suffix(".pt.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
@@ -160,8 +159,6 @@ def train_dt(
     collect_progress: ProgressFn | None = None,
 ) -> Run:
     """Train a dt/bc model from ``cfg.source_run``'s trajectories; returns the finished run."""
-    from rl_lab.train import versions
-
     if cfg.algo not in DT_ALGOS:
         raise LabError(f"unknown algorithm {cfg.algo!r} for a sequence model; choose dt or bc")
     if cfg.steps <= 0:
@@ -260,8 +257,6 @@ def train_dt(
             run.update(best_step=best["step"], best_val_loss=best["val_loss"])
         run.update(steps_done=step)
         if cfg.eval_episodes > 0:
-            from rl_lab.dt.evaluate import evaluate
-
             result = evaluate(run, ckpt, episodes=cfg.eval_episodes)
             at_best = result.get("return_at_best_target")
             if at_best is not None:

@@ -27,16 +27,15 @@ from typing import Any, Callable
 
 import h5py
 import numpy as np
+import torch
 
+from rl_lab.adapters import load_sb3
+from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import Run
+from rl_lab.train import ProgressFn, make_env
 
-ProgressFn = Callable[[int, int], None]
 RANDOM_POLICY = "random"
-
-
-def trajectories_path(source: Run, name: str = "default") -> Path:
-    return source.path / "trajectories" / f"{name}.h5"
 
 
 def _rollout(env: Any, act: Callable[[np.ndarray], int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
@@ -85,16 +84,11 @@ def collect(
     progress:
         Called as ``progress(policies_done, policies)``.
     """
-    import torch
-
-    from rl_lab.record import load_sb3
-    from rl_lab.train import make_env
-
-    out = trajectories_path(source, name)
+    out = source.trajectories_path(name)
     if out.exists() and not overwrite:
         return out
     algo = source.info.get("algo")
-    if algo in ("dt", "bc"):
+    if algo in DT_ALGOS:
         raise LabError(f"run {source.name!r} is a {algo} run; collect trajectories from an RL (ppo/a2c/dqn) run")
     ckpts = source.checkpoints()
     if not ckpts:

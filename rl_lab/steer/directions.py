@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from probes.activations import ActivationFile
+from probes.layout import PROBE_WEIGHTS_SUFFIX
+from probes.linear import load_direction
+from probes.sae.model import load_sae
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, checkpoint_step
 
-KINDS = ("probe", "sae", "diff")
 _SPEC = re.compile(r"^(?P<kind>probe|diff):(?P<label>[^@=\s]+)(?:=(?P<cls>[^@\s]+))?@(?P<hook>\S+)$")
 _SAE_SPEC = re.compile(r"^sae:(?P<name>\S+)/(?P<latent>\d+)$")
 FORMAT = "probe:LABEL@HOOK, sae:SAE_NAME/LATENT or diff:LABEL@HOOK"
@@ -105,7 +109,7 @@ class Direction:
     stats: HookStats | None = None
     """Moments of the activations at the hook (for the random controls' units)."""
     sae: Any = None
-    """The SAE (``probes.sae.SparseAutoencoder``) for ``sae:`` directions."""
+    """The SAE (``probes.sae.model.SparseAutoencoder``) for ``sae:`` directions."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -139,12 +143,11 @@ def latest_activation_file(run: Run) -> Path:
 
 def latest_probe_weights(run: Run) -> Path:
     """The run's probe weights file of the latest checkpoint (``RUN/probes/<stem>.weights.npz``)."""
-    files = sorted(run.probes_dir.glob("*.weights.npz")) if run.probes_dir.is_dir() else []
+    files = sorted(run.probes_dir.glob(f"*{PROBE_WEIGHTS_SUFFIX}")) if run.probes_dir.is_dir() else []
     if not files:
         try:
             act = latest_activation_file(run)
-            target = f"{act.parent}/{act.name}"
-            out = f"{run.probes_dir}/{act.stem}.json"
+            target, out = str(act), str(run.probe_results_path(act.stem))
         except LabError:
             target, out = "RUN/activations/<file>.h5", "RUN/probes/<stem>.json"
         raise LabError(f"run {run.name!r} has no probe weights yet; run "
@@ -153,18 +156,12 @@ def latest_probe_weights(run: Run) -> Path:
 
 
 def _step_key(path: Path) -> tuple[int, float]:
-    stem = path.name.split(".")[0]
-    try:
-        step = checkpoint_step(Path(stem + ".zip"))
-    except (ValueError, IndexError):
-        step = -1
-    return step, path.stat().st_mtime
+    """Sort key: the checkpoint step in the file's name (``step_000001000.weights.npz`` -> 1000), then its time."""
+    return checkpoint_step(Path(path.name.split(".")[0])), path.stat().st_mtime
 
 
 def hook_stats(act_path: Path, hook: str) -> HookStats:
     """Mean, second moment and mean norm of ``/acts/<hook>``, streamed in chunks."""
-    from probes.activations import ActivationFile
-
     with ActivationFile(act_path) as af:
         _check_hook_in_file(af, hook)
         d = af.hook_dim(hook)
@@ -195,9 +192,9 @@ def resolve_direction(spec: DirectionSpec, run: Run, activations: Path | None = 
         return _sae_direction(spec, run, activations)
     if spec.kind == "probe":
         weights = latest_probe_weights(run)
-        stem = weights.name.removesuffix(".weights.npz")
+        stem = weights.name.removesuffix(PROBE_WEIGHTS_SUFFIX)
         if activations is None:
-            matching = run.activations_dir / f"{stem}.h5"
+            matching = run.activation_path(stem)
             activations = matching if matching.exists() else latest_activation_file(run)
         vec = _probe_vector(weights, spec)
         source = str(weights)
@@ -220,10 +217,6 @@ def resolve_direction(spec: DirectionSpec, run: Run, activations: Path | None = 
 
 
 def _probe_vector(weights: Path, spec: DirectionSpec) -> np.ndarray:
-    try:
-        from probes.linear import load_direction
-    except ImportError as exc:  # pragma: no cover - depends on the probes package being present
-        raise LabError(f"probe directions need probes.linear ({exc})") from None
     vec = np.asarray(load_direction(weights, spec.label or "", spec.hook or ""), dtype=np.float64)
     if vec.ndim == 2:
         with np.load(weights) as data:
@@ -253,8 +246,6 @@ def diff_direction(act_path: Path, label: str, hook: str) -> tuple[np.ndarray, f
     the quartiles tie (a label that is mostly one value), high = above that value, low = at or
     below it. Discrete label: class 1 minus class 0. Returns ``(unit, raw_norm, info)``.
     """
-    from probes.activations import ActivationFile
-
     with ActivationFile(act_path) as af:
         if label not in af.labels:
             raise LabError(f"unknown label {label!r} in {act_path.name} (available: {', '.join(af.labels)})")
@@ -291,13 +282,9 @@ def diff_direction(act_path: Path, label: str, hook: str) -> tuple[np.ndarray, f
 
 
 def _sae_direction(spec: DirectionSpec, run: Run, activations: Path | None) -> Direction:
-    from probes.sae import load_sae
-
-    import torch
-
-    sae_dir = run.saes_dir / (spec.sae_name or "")
+    sae_dir = run.sae_dir(spec.sae_name or "")
     if not sae_dir.is_dir() or ".." in (spec.sae_name or ""):
-        have = sorted(p.name for p in run.saes_dir.iterdir() if p.is_dir()) if run.saes_dir.is_dir() else []
+        have = [p.name for p in run.sae_dirs()]
         raise LabError(f"run {run.name!r} has no SAE {spec.sae_name!r} (has: {', '.join(have) or 'none'}; "
                        f"train one with `python -m probes.sae RUN/activations/<file>.h5 --hook HOOK`)")
     sae, cfg = load_sae(sae_dir)
@@ -310,8 +297,6 @@ def _sae_direction(spec: DirectionSpec, run: Run, activations: Path | None) -> D
     activations = activations or latest_activation_file(run)
     vec = sae.W_dec[latent].detach().double().numpy().copy()
     # The latent's activation over the recording: its mean and std are the units.
-    from probes.activations import ActivationFile
-
     total = sq = 0.0
     n = active = 0
     with ActivationFile(activations) as af:

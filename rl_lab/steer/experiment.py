@@ -11,11 +11,15 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+import torch
 
+from rl_lab.adapters import load_sb3
+from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
+from rl_lab.record import resolve_checkpoints
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
 from rl_lab.steer.analysis import (
     Bootstrap,
@@ -26,6 +30,8 @@ from rl_lab.steer.analysis import (
 )
 from rl_lab.steer.directions import Direction, parse_direction, random_controls, resolve_direction
 from rl_lab.steer.intervene import MODES, Edit, make_edit
+from rl_lab.steer.rollout import SB3Policy, behaviour_kinds, metric_names, rollout_rows
+from rl_lab.train import ProgressFn, make_env
 
 SCHEMA_VERSION = 1
 DEFAULT_SCALES: dict[str, list[float]] = {
@@ -33,7 +39,6 @@ DEFAULT_SCALES: dict[str, list[float]] = {
     "erase": [0.0, 0.5, 1.0],
     "clamp": [-4.0, -2.0, 0.0, 2.0, 4.0],
 }
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -75,14 +80,11 @@ class SteerConfig:
 
 
 def _checkpoint_for(run: Run, act_path: Path, which: str | None) -> Path:
-    from rl_lab.record import resolve_checkpoints
-
+    """``which`` if given, else the checkpoint the activation file was recorded from, else the latest."""
     if which:
         return resolve_checkpoints(run, which)[0]
-    match = run.checkpoints_dir / f"{act_path.stem}.zip"
-    if match.exists():
-        return match
-    return resolve_checkpoints(run, "latest")[0]
+    recorded = [c for c in run.checkpoints() if c.stem == act_path.stem]
+    return recorded[0] if recorded else resolve_checkpoints(run, "latest")[0]
 
 
 def _scale_unit(direction: Direction, mode: str) -> str:
@@ -124,12 +126,6 @@ def build_edits(direction: Direction, mode: str, scales: list[float], controls: 
 def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = None,
           progress: ProgressFn | None = None, write: bool = True) -> dict[str, Any]:
     """Run the experiment and return the result document (also written to ``RUN/steer/<time>.json``)."""
-    import torch
-
-    from rl_lab.record import load_sb3
-    from rl_lab.steer.rollout import SB3Policy, behaviour_kinds, metric_names, rollout_rows
-    from rl_lab.train import make_env
-
     if cfg.mode not in MODES:
         raise LabError(f"unknown --mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
     if cfg.episodes < 2:
@@ -140,7 +136,7 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
     spec = parse_direction(cfg.direction)
     expect = parse_expect(cfg.expect) if cfg.expect else None
     run = RunStore(runs_dir).get(run_name)
-    if run.info.get("algo") in ("dt", "bc"):
+    if run.info.get("algo") in DT_ALGOS:
         raise LabError(f"run {run.name!r} is a decision transformer; steering supports SB3 runs (ppo, a2c, dqn)")
     act_path = Path(cfg.activations) if cfg.activations else None
     if act_path is not None and not act_path.exists():
@@ -214,7 +210,7 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
         "created": now_iso(),
         "run": run.name,
         "checkpoint": ckpt.stem,
-        "checkpoint_step": _safe_step(ckpt),
+        "checkpoint_step": checkpoint_step(ckpt),
         "env_id": env_id,
         "direction": direction.describe(),
         "hook": direction.hook,
@@ -250,21 +246,13 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
     return doc
 
 
-def _safe_step(path: Path) -> int | None:
-    try:
-        return checkpoint_step(path)
-    except (ValueError, IndexError):
-        return None
-
-
 def _write(run: Run, doc: dict[str, Any]) -> Path:
-    out_dir = run.path / "steer"  # RUN/steer/<time>.json (docs/design.md)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run.steer_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"{stamp}.json"
+    path = run.steer_path(stamp)
     i = 1
     while path.exists():
-        path = out_dir / f"{stamp}-{i}.json"
+        path = run.steer_path(f"{stamp}-{i}")
         i += 1
     doc["path"] = str(path)
     write_json_atomic(path, doc)

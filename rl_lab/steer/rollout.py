@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from gymnasium import spaces
 
+import envs
+from rl_lab.adapters import SB3Adapter
 from rl_lab.errors import LabError
 from rl_lab.steer.intervene import Edit, SteeringHook
-
-ProgressFn = Callable[[int, int], None]
+from rl_lab.train import ProgressFn
 
 
 @dataclass
@@ -45,10 +47,6 @@ class SB3Policy:
     """
 
     def __init__(self, model: Any, hook: str, sae: Any = None, latent: int | None = None) -> None:
-        from gymnasium import spaces
-
-        from rl_lab.record import SB3Adapter
-
         adapter = SB3Adapter(model)  # its module discovery is the one map hook name -> module
         if hook not in adapter.modules:
             raise LabError(f"unknown hook {hook!r} for this {adapter.kind.upper()} policy "
@@ -133,8 +131,6 @@ def behaviour_kinds(env_factory: Callable[[], Any], seed: int) -> tuple[dict[str
     The kind of each key is read from the ``info["behaviour"]`` of a reset (or, if the reset
     gives none, of one step with a seeded random action).
     """
-    import envs
-
     env = env_factory()
     try:
         _, info = env.reset(seed=seed)

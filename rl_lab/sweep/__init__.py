@@ -14,12 +14,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from probes.layout import RunLayout, RunsDirLayout
+from rl_lab.compare import compare
 from rl_lab.errors import LabError
 from rl_lab.runs import RunStore, now_iso, write_json_atomic
+from rl_lab.sweep import backends
 from rl_lab.sweep.spec import STAGES, SweepSpec, Trial, load_sweep, parse_assignment
+from rl_lab.sweep.stats import aggregate_probes, aggregate_returns, aggregate_saes
 
-__all__ = ["SweepSpec", "Trial", "load_sweep", "parse_assignment", "run_sweep", "record_path", "read_record",
-           "aggregate", "STAGES", "SCHEMA_VERSION"]
+__all__ = ["SweepSpec", "Trial", "load_sweep", "parse_assignment", "run_sweep", "read_record", "trial_job",
+           "aggregate", "summary_line", "STAGES", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 Log = Callable[[str], None]
@@ -30,14 +34,9 @@ def _stderr(message: str) -> None:
     sys.stderr.flush()
 
 
-def record_path(runs_dir: Path | str, name: str) -> Path:
-    """``RUNS_DIR/sweeps/<name>.json``."""
-    return Path(runs_dir) / "sweeps" / f"{name}.json"
-
-
 def read_record(runs_dir: Path | str, name: str) -> dict[str, Any] | None:
-    """The sweep record, or None if this sweep never ran here."""
-    path = record_path(runs_dir, name)
+    """The sweep record (``RUNS_DIR/sweeps/<name>.json``), or None if this sweep never ran here."""
+    path = RunsDirLayout(runs_dir).sweep_record(name)
     try:
         with open(path) as fh:
             data = json.load(fh)
@@ -61,10 +60,11 @@ def _trial_entry(spec: SweepSpec, trial: Trial, old: dict[str, Any] | None) -> d
 
 def _finished(entry: dict[str, Any], pipeline: list[str], runs_dir: Path) -> bool:
     return (all(entry["stages"].get(s, {}).get("status") == "done" for s in pipeline)
-            and (runs_dir / entry["name"] / "run.json").exists())
+            and RunLayout(RunsDirLayout(runs_dir).run_dir(entry["name"])).run_json.exists())
 
 
-def _job(spec: SweepSpec, trial: Trial, runs_dir: Path, position: str) -> dict[str, Any]:
+def trial_job(spec: SweepSpec, trial: Trial, runs_dir: Path, position: str) -> dict[str, Any]:
+    """The job a worker runs for ``trial`` (``rl_lab.sweep.stages.run_trial``); ``position`` is ``"3/8"``."""
     return {"trial": trial.to_dict(), "pipeline": list(spec.pipeline),
             "stages": {s: dict(spec.stages.get(s, {})) for s in spec.pipeline},
             "runs_dir": str(runs_dir), "sweep": spec.name, "position": position}
@@ -75,20 +75,13 @@ def aggregate(trials: list[dict[str, Any]], runs_dir: Path | str | None = None) 
 
     With ``runs_dir`` and probed trials, ``compare`` also holds ``rl_lab.compare.compare`` over
     the probed runs grouped by condition (``rl-lab compare ... --group-by sweep_condition``);
-    when that is not possible (no ``rl_lab.compare``, run directories out of reach), ``notes``
-    says why and the bootstrap rows under ``probes`` stand alone.
+    when that is not possible (run directories out of reach), ``notes`` says why and the
+    bootstrap rows under ``probes`` stand alone.
     """
-    from rl_lab.sweep.stats import aggregate_probes, aggregate_returns, aggregate_saes
-
     out: dict[str, Any] = {"returns": aggregate_returns(trials), "probes": aggregate_probes(trials),
                            "saes": aggregate_saes(trials), "compare": None, "notes": []}
     probed = [t["name"] for t in trials if (t.get("stages") or {}).get("probe", {}).get("status") == "done"]
     if probed and runs_dir is not None:
-        try:
-            from rl_lab.compare import compare
-        except ImportError as exc:
-            out["notes"].append(f"rl_lab.compare is not available ({exc}); probe rows are bootstrapped here")
-            return out
         try:
             out["compare"] = compare(probed, runs_dir, group_by="sweep_condition", write=False)
         except LabError as exc:
@@ -122,8 +115,6 @@ def run_sweep(
     log:
         Receives the progress lines of this process (workers write theirs to stderr).
     """
-    from rl_lab.sweep import backends
-
     if backend not in backends.BACKENDS:
         raise LabError(f"unknown backend {backend!r} (choose from {', '.join(backends.BACKENDS)})")
     if address and backend != "ray":
@@ -132,7 +123,7 @@ def run_sweep(
         raise LabError(f"--backend ray needs Ray, which is not installed: {backends.RAY_HINT}")
     runs_dir = Path(runs_dir)
     RunStore(runs_dir).root.mkdir(parents=True, exist_ok=True)
-    path = record_path(runs_dir, spec.name)
+    path = RunsDirLayout(runs_dir).sweep_record(spec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = read_record(runs_dir, spec.name) or {}
     old_trials = {t.get("name"): t for t in old.get("trials", []) if isinstance(t, dict)}
@@ -164,7 +155,7 @@ def run_sweep(
             + (f" ({entry['error']})" if errors else ""))
 
     t0 = time.time()
-    jobs = [_job(spec, t, runs_dir, f"{i + 1}/{len(todo)}") for i, t in enumerate(todo)]
+    jobs = [trial_job(spec, t, runs_dir, f"{i + 1}/{len(todo)}") for i, t in enumerate(todo)]
     try:
         if jobs and backend == "ray":
             backends.run_ray(jobs, workers, address, on_result)

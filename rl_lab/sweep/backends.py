@@ -13,6 +13,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
+try:
+    import ray
+except ImportError:  # the optional extra: pip install 'rl-lab[ray]'
+    ray = None
+
 from rl_lab.errors import LabError
 from rl_lab.sweep.stages import Job, one_line, run_trial, worker_init
 
@@ -33,11 +38,7 @@ def crashed(job: Job, error: str) -> dict[str, Any]:
 
 
 def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return ray is not None
 
 
 def default_workers() -> int:
@@ -45,8 +46,9 @@ def default_workers() -> int:
 
 
 # --------------------------------------------------------------------------- local
-PRELOAD = ["rl_lab.sweep.stages", "torch", "stable_baselines3", "envs"]
-"""Modules the forkserver imports once, so that each worker starts without importing torch again."""
+PRELOAD = ["rl_lab.sweep.stages", "torch", "stable_baselines3", "envs", "rl_lab.train", "rl_lab.record"]
+"""Modules the forkserver imports once, so that each worker starts without importing torch (or
+TransformerLens, which ``rl_lab.record`` loads for the decision transformer's adapter) again."""
 
 
 def _context() -> Any:
@@ -105,10 +107,8 @@ def run_ray(jobs: list[Job], workers: int | None, address: str | None, on_result
     cap, every trial is submitted and the cluster schedules them. Ray retries a task whose worker
     died once (``max_retries``); the runs directory must be on storage every node can reach.
     """
-    try:
-        import ray
-    except ImportError:
-        raise LabError(f"--backend ray needs Ray, which is not installed: {RAY_HINT}") from None
+    if ray is None:
+        raise LabError(f"--backend ray needs Ray, which is not installed: {RAY_HINT}")
     started_here = not ray.is_initialized()
     if started_here:
         try:

@@ -37,6 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import gymnasium
+
+import envs  # noqa: F401  (registers the lab/ ids)
+from probes.linear import probe_file
+from probes.sae.training import train_sae_on_file
 from rl_lab.config import SB3_ALGOS, TrainConfig
 from rl_lab.errors import LabError
 from rl_lab.runs import RUN_NAME
@@ -226,10 +231,8 @@ def validate(raw: Mapping[str, Any], check_env: bool = True) -> SweepSpec:
     stages = {
         "train": _options(stages_raw.get("train", {}), TRAIN_OPTIONS, "stages.train"),
         "record": _options(stages_raw.get("record", {}), RECORD_OPTIONS, "stages.record"),
-        "probe": _function_options(stages_raw.get("probe", {}), "stages.probe", _probe_function,
-                                   PROBE_FIXED, needed="probe" in pipeline),
-        "sae": _function_options(stages_raw.get("sae", {}), "stages.sae", _sae_function,
-                                 SAE_FIXED, needed="sae" in pipeline),
+        "probe": _function_options(stages_raw.get("probe", {}), "stages.probe", probe_file, PROBE_FIXED),
+        "sae": _function_options(stages_raw.get("sae", {}), "stages.sae", train_sae_on_file, SAE_FIXED),
     }
     if "sae" in pipeline and not isinstance(stages["sae"].get("hook"), str):
         raise LabError("stages.sae.hook: the sae stage needs a hook name (e.g. \"mlp_extractor.value_net.1\")")
@@ -315,32 +318,10 @@ def _options(table: Any, schema: Mapping[str, str], where: str) -> dict[str, Any
     return {k: _check_type(v, schema[k], f"{where}.{k}") for k, v in table.items()}
 
 
-def _probe_function() -> Callable[..., Any]:
-    from probes.linear import probe_file
-
-    return probe_file
-
-
-def _sae_function() -> Callable[..., Any]:
-    from probes.sae import train_sae_on_file
-
-    return train_sae_on_file
-
-
-def _function_options(
-    table: Any, where: str, loader: Callable[[], Callable[..., Any]], fixed: tuple[str, ...], needed: bool
-) -> dict[str, Any]:
+def _function_options(table: Any, where: str, fn: Callable[..., Any], fixed: tuple[str, ...]) -> dict[str, Any]:
     """Options passed through to a probes function, checked against its signature."""
     if not isinstance(table, dict):
         raise LabError(f"{where}: expected a table, got {table!r}")
-    if not needed and not table:
-        return {}
-    try:
-        fn = loader()
-    except ImportError as exc:
-        if not needed:
-            return dict(table)
-        raise LabError(f"{where}: this stage needs the probes package ({exc})") from None
     params = inspect.signature(fn).parameters
     allowed = tuple(p for p in params if p not in fixed)
     _unknown(table, allowed, where)
@@ -368,9 +349,6 @@ def _grid(table: Any) -> dict[str, list[Any]]:
 
 
 def _check_env(env_id: str) -> None:
-    import envs  # noqa: F401  (registers the lab/ ids)
-    import gymnasium
-
     try:
         gymnasium.spec(env_id)
     except Exception as exc:  # gymnasium's NameNotFound / VersionNotFound / Error

@@ -8,6 +8,7 @@ never leaves the worker.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -16,7 +17,23 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+import h5py
+import numpy as np
+import torch
+
+import envs  # noqa: F401  (registers the lab/ ids in each worker)
+from probes.activations import ActivationFile
+from probes.errors import ProbeError
+from probes.layout import SAELayout, probe_output_paths
+from probes.linear import probe_file
+from probes.results import ProbeResults, read_probe_results
+from probes.sae.config import DEFAULT_ARCH, default_out_dir, default_width
+from probes.sae.training import train_sae_on_file
 from rl_lab.errors import LabError
+from rl_lab.record import record_run
+from rl_lab.runs import RunStore
+from rl_lab.sweep.spec import NEEDS, Trial
+from rl_lab.train import train
 
 Job = dict[str, Any]
 """A trial as sent to a worker: ``trial`` (``Trial.to_dict()``), ``pipeline``, ``stages``
@@ -32,8 +49,6 @@ def limit_torch_threads(n: int = 1) -> None:
     """
     os.environ["OMP_NUM_THREADS"] = str(n)
     os.environ["MKL_NUM_THREADS"] = str(n)
-    import torch
-
     original = getattr(torch.set_num_threads, "__wrapped_original__", torch.set_num_threads)
 
     def capped(requested: int) -> None:
@@ -52,7 +67,7 @@ def _say(job: Job, message: str) -> None:
 def one_line(exc: BaseException) -> str:
     """An exception as one readable line (LabError/ProbeError messages as they are)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, LabError) or type(exc).__name__ == "ProbeError":
+    if isinstance(exc, (LabError, ProbeError)):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -60,16 +75,12 @@ def one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- stages
 def stage_train(job: Job, state: dict[str, Any]) -> dict[str, Any]:
     """Train the trial's run, resume it if it was cut short, or find it finished."""
-    from rl_lab.runs import RunStore
-    from rl_lab.sweep.spec import Trial
-    from rl_lab.train import train
-
     trial = Trial(index=0, **job["trial"])
     cfg = trial.train_config(job["stages"].get("train", {}))
     store = RunStore(job["runs_dir"])
     path = store.path_for(trial.name)
     resume: str | None = None
-    if (path / "run.json").exists():
+    if store.has_run(trial.name):
         run = store.get(trial.name)
         if run.status == "done" and int(run.info.get("steps_done") or 0) >= cfg.total_timesteps:
             _mark_sweep(run, job["sweep"], trial.condition)
@@ -87,7 +98,7 @@ def stage_train(job: Job, state: dict[str, Any]) -> dict[str, Any]:
     try:
         run = train(cfg, job["runs_dir"], name=None if resume else trial.name, resume=resume)
     except BaseException:
-        if (path / "run.json").exists():
+        if store.has_run(trial.name):
             _mark_sweep(store.get(trial.name), job["sweep"], trial.condition)
         raise
     _mark_sweep(run, job["sweep"], trial.condition)
@@ -108,11 +119,8 @@ def _train_outputs(run: Any) -> dict[str, Any]:
 
 def stage_record(job: Job, state: dict[str, Any]) -> dict[str, Any]:
     """Record the latest checkpoint (unless a complete recording of it exists)."""
-    from rl_lab.record import record_run
-    from rl_lab.runs import RunStore
-
     run = RunStore(job["runs_dir"]).get(job["trial"]["name"])
-    target = run.activations_dir / f"{run.latest_checkpoint().stem}.h5"
+    target = run.activation_path(run.latest_checkpoint().stem)
     opts = job["stages"].get("record", {})
     cached = _complete_h5(target)
     if not cached:
@@ -126,8 +134,6 @@ def stage_record(job: Job, state: dict[str, Any]) -> dict[str, Any]:
 def _complete_h5(path: Path) -> bool:
     if not path.exists():
         return False
-    import h5py
-
     try:
         with h5py.File(path, "r") as fh:
             return bool(fh.attrs.get("complete", False))
@@ -137,9 +143,6 @@ def _complete_h5(path: Path) -> bool:
 
 def _episode_return(path: Path) -> float | None:
     """Mean undiscounted return of the recorded episodes."""
-    import h5py
-    import numpy as np
-
     with h5py.File(path, "r") as fh:
         reward = np.asarray(fh["steps/reward"][:], dtype=np.float64)
         episode = np.asarray(fh["steps/episode"][:])
@@ -150,54 +153,36 @@ def _episode_return(path: Path) -> float | None:
     return float(sums[present].mean())
 
 
-PROBE_KEEP = ("hook", "label", "metric", "score", "selectivity", "ci")
-
-
 def stage_probe(job: Job, state: dict[str, Any]) -> dict[str, Any]:
     """Linear probes of the recording into ``RUN/probes/<stem>.json`` (``probes.linear``)."""
-    import json
-
-    from probes.linear import probe_file
-
     h5: Path = state["activations"]
-    folder = h5.parent.parent / "probes"
-    folder.mkdir(parents=True, exist_ok=True)
-    out_json, weights = folder / f"{h5.stem}.json", folder / f"{h5.stem}.weights.npz"
+    out_json, weights = probe_output_paths(h5)
     cached = out_json.exists()
     if cached:
-        with open(out_json) as fh:
-            doc = json.load(fh)
+        results = read_probe_results(out_json)
     else:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
         doc = probe_file(h5, out_json=out_json, weights_path=weights, **job["stages"].get("probe", {}))
-    records = [{k: rec.get(k) for k in PROBE_KEEP} for rec in doc.get("records", [])]
-    return {"cached": cached, "file": str(out_json), "records": records}
-
-
-SAE_KEEP = ("explained_variance", "fvu", "mse", "l0", "dead_fraction", "dead_fraction_train",
-            "final_train_loss", "d_sae", "steps")
+        results = ProbeResults.from_dict(doc)
+    return {"cached": cached, "file": str(out_json), "records": [r.summary() for r in results.records]}
 
 
 def stage_sae(job: Job, state: dict[str, Any]) -> dict[str, Any]:
     """A sparse autoencoder on one hook of the recording (``probes.sae``), in ``RUN/saes/``."""
-    import json
-
-    from probes.activations import ActivationFile
-    from probes.sae import default_out_dir, train_sae_on_file
-
     h5: Path = state["activations"]
     opts = dict(job["stages"].get("sae", {}))
     hook = opts.pop("hook")
-    arch = opts.get("arch", "topk")
+    arch = opts.get("arch", DEFAULT_ARCH)
     width = opts.get("width")
     if width is None:
         with ActivationFile(h5) as af:
-            width = 8 * af.hook_dim(hook)
+            width = default_width(af.hook_dim(hook))
     out_dir = default_out_dir(h5, hook, arch, width)
-    metrics_path = out_dir / "metrics.json"
+    sae = SAELayout(out_dir)
     # finished = metrics written and, when asked for (the default), the feature summary too
-    cached = metrics_path.exists() and (not opts.get("features", True) or (out_dir / "features.json").exists())
+    cached = sae.metrics_path.exists() and (not opts.get("features", True) or sae.has_features())
     if cached:
-        with open(metrics_path) as fh:
+        with open(sae.metrics_path) as fh:
             metrics = json.load(fh)
     else:
         metrics = train_sae_on_file(h5, hook, out_dir=out_dir, progress=False, **opts)
@@ -218,8 +203,6 @@ def run_trial(job: Job) -> dict[str, Any]:
     Each stage entry has ``status`` (``done``, ``failed`` or ``skipped``), ``seconds``,
     ``error`` (one line or None) and the stage's outputs (``final_return``, ``records``, ...).
     """
-    from rl_lab.sweep.spec import NEEDS
-
     state: dict[str, Any] = {}
     stages: dict[str, dict[str, Any]] = {}
     for stage in job["pipeline"]:
@@ -251,4 +234,3 @@ def run_trial(job: Job) -> dict[str, Any]:
 def worker_init(threads: int = 1) -> None:
     """Process-pool initializer: one torch thread, lab environments registered."""
     limit_torch_threads(threads)
-    import envs  # noqa: F401

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rl_lab.compare import format_table
+
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
 
@@ -134,8 +136,6 @@ def format_tables(aggregate: Mapping[str, Any]) -> str:
                      + _table(["condition", "seeds", "train return", "recorded return"], rows))
     probes = aggregate.get("probes") or []
     if aggregate.get("compare"):
-        from rl_lab.compare import format_table
-
         parts.append("probes over seeds by condition (rl_lab.compare: best hook per label, 95% t-interval)\n"
                      + format_table(aggregate["compare"]))
     elif probes:

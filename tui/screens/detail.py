@@ -7,26 +7,26 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, TabbedContent, TabPane
 
+from probes.errors import ProbeError
+from probes.layout import SAELayout
+from probes.results import read_probe_results
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, read_run_json
 from tui.charts import fmt_num
 from tui.data import Artifacts, MetricsTail, list_artifacts, tail_text
-from tui.messages import Loaded
+from tui.messages import DetailLoaded
+from tui.screens.base import RunScreen
 from tui.screens.runs import STATUS_STYLE
 from tui.widgets.chart import LineChart
-
-if TYPE_CHECKING:
-    from tui.app import LabApp
 
 #: The analysis commands the detail screen launches: key, command, footer text.
 ACTIONS: tuple[tuple[str, str, str], ...] = (
@@ -56,11 +56,7 @@ class DetailSnapshot:
     log_lines: list[str] = field(default_factory=list)
 
 
-def describe_job_line(state: str, last: list[str]) -> str:
-    return f"{state}: {last[-1]}" if last else state
-
-
-class RunDetailScreen(Screen[None]):
+class RunDetailScreen(RunScreen):
     """One run, refreshed from disk while it is on screen."""
 
     BINDINGS = [
@@ -80,22 +76,13 @@ class RunDetailScreen(Screen[None]):
 
     def __init__(self, run_name: str) -> None:
         """Args: run_name: the run directory's name inside the app's runs directory."""
-        super().__init__()
-        self.run_name = run_name
+        super().__init__(run_name)
         self.metric = ""
         self.snapshot: DetailSnapshot | None = None
         self._tail: MetricsTail | None = None
         self._lock = threading.Lock()
         self._complete_cache: dict[str, tuple[float, bool | None]] = {}
         self._artifact_keys: list[str] = []
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
-
-    @property
-    def run_path(self) -> Path:
-        return self.lab.runs_dir / self.run_name
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -123,7 +110,7 @@ class RunDetailScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = self.run_name
-        self._tail = MetricsTail(self.run_path / "metrics.jsonl")
+        self._tail = MetricsTail(self.run_layout.metrics_path)
         self.refresh_data()
         self.set_interval(self.lab.poll_interval, self.refresh_data)
 
@@ -135,18 +122,19 @@ class RunDetailScreen(Screen[None]):
         if not self._lock.acquire(blocking=False):
             return
         try:
-            self.post_message(Loaded("detail", self._read()))
+            self.post_message(DetailLoaded(self._read()))
         except Exception as exc:  # noqa: BLE001 - shown, never raised into the UI
-            self.post_message(Loaded("detail", None, f"cannot read {self.run_name}: {exc}"))
+            self.post_message(DetailLoaded(None, f"cannot read {self.run_name}: {exc}"))
         finally:
             self._lock.release()
 
     def _read(self) -> DetailSnapshot:
         assert self._tail is not None
+        path = self.run_layout.path
         info: dict[str, Any] | None
         try:
-            info = read_run_json(self.run_path)
-            status, error = Run(self.run_path, info).status, info.get("error")
+            info = read_run_json(path)
+            status, error = Run(path, info).status, info.get("error")
         except LabError as exc:
             info, status, error = None, "failed", str(exc)
         self._tail.poll()
@@ -154,11 +142,11 @@ class RunDetailScreen(Screen[None]):
         metric = self.metric or next((k for k in keys if k != "episode_return"), "")
         curve = self._tail.curve("episode_return")
         mcurve = self._tail.curve(metric) if metric else []
-        artifacts = list_artifacts(self.run_path, self.lab.logs_dir) if self.run_path.is_dir() else None
+        artifacts = list_artifacts(path, self.lab.logs_dir) if path.is_dir() else None
         completeness: dict[str, bool | None] = {}
         if artifacts is not None:
-            for path, _ in artifacts.activations:
-                completeness[path.name] = self._complete(path)
+            for h5 in artifacts.activations:
+                completeness[h5.name] = self._complete(h5)
         logs = list(artifacts.logs) if artifacts else []
         newest = max(logs, key=lambda p: p.stat().st_mtime if p.exists() else 0, default=None)
         return DetailSnapshot(
@@ -196,14 +184,12 @@ class RunDetailScreen(Screen[None]):
         self._complete_cache[path.name] = (mtime, value)
         return value
 
-    def on_loaded(self, message: Loaded) -> None:
-        if message.what != "detail":
-            return
+    def on_detail_loaded(self, message: DetailLoaded) -> None:
         message.stop()
-        if message.error:
-            self.query_one("#detail-status", Static).update(Text(message.error, style="red"))
+        snap = message.snapshot
+        if snap is None:
+            self.query_one("#detail-status", Static).update(Text(message.error or "", style="red"))
             return
-        snap: DetailSnapshot = message.payload
         self.snapshot = snap
         self._show_status(snap)
         self._show_curves(snap)
@@ -275,14 +261,14 @@ class RunDetailScreen(Screen[None]):
         if art is not None:
             for p in art.checkpoints:
                 rows.append((f"checkpoint:{p}", "checkpoint", p.name, _size(p)))
-            for p, _ in art.activations:
+            for p in art.activations:
                 ok = snap.completeness.get(p.name)
                 state = "complete" if ok else ("INCOMPLETE (being written or crashed)" if ok is False else "?")
                 rows.append((f"activations:{p}", "activations", p.name, f"{_size(p)}  {state}"))
             for p in art.probes:
                 rows.append((f"probes:{p}", "probes", p.name, "enter: probe grid"))
             for p in art.saes:
-                has = (p / "features.json").exists() and (p / "features.npz").exists()
+                has = SAELayout(p).has_features()
                 rows.append((f"sae:{p}", "sae", p.name, "enter: features" if has else "no feature statistics yet"))
             for p in art.steer:
                 rows.append((f"steer:{p}", "steer", p.name, _size(p)))
@@ -340,10 +326,11 @@ class RunDetailScreen(Screen[None]):
         art = self.snapshot.artifacts if self.snapshot else None
         for path in reversed(art.probes if art else []):
             try:
-                doc = json.loads(path.read_text())
-                return str(doc["records"][0]["hook"])
-            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                records = read_probe_results(path).records
+            except ProbeError:
                 continue
+            if records:
+                return records[0].hook
         return ""
 
     def _start(self, command: str, args: list[str] | None) -> None:
@@ -380,17 +367,11 @@ class RunDetailScreen(Screen[None]):
         kind, _, full = str(event.row_key.value).partition(":")
         name = Path(full).name
         if kind == "activations":
-            from tui.screens.replay import ReplayScreen
-
-            self.app.push_screen(ReplayScreen(self.run_name, name))
+            self.lab.open_replay(self.run_name, name)
         elif kind == "probes":
-            from tui.screens.probes import ProbesScreen
-
-            self.app.push_screen(ProbesScreen(self.run_name, name))
+            self.lab.open_probes(self.run_name, name)
         elif kind == "sae":
-            from tui.screens.features import FeaturesScreen
-
-            self.app.push_screen(FeaturesScreen(self.run_name, name))
+            self.lab.open_features(self.run_name, name)
         else:
             self.notify(full, title=kind)
 

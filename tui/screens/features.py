@@ -19,19 +19,18 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Header, Select, Static
 
+from probes.layout import SAELayout
 from tui.charts import fmt_num, sparkline
-from tui.messages import Loaded
+from tui.messages import FeaturesLoaded
+from tui.screens.base import RunScreen
 from tui.widgets.panel import TextPanel
 from tui.widgets.footer import LabFooter
 from tui.widgets.table import FastTable
 
 if TYPE_CHECKING:
     from probes.features import FeatureStore
-
-    from tui.app import LabApp
 
 
 def label_score_text(name: str, score: dict[str, Any]) -> str:
@@ -103,7 +102,7 @@ def top_step_text(info: dict[str, Any], pos: int) -> str:
 
 def load_store(sae_dir: Path) -> tuple["FeatureStore | None", str | None]:
     """``(store, None)`` or ``(None, reason)`` for the feature statistics of one SAE directory."""
-    if not (sae_dir / "features.json").exists() or not (sae_dir / "features.npz").exists():
+    if not SAELayout(sae_dir).has_features():
         return None, (f"{sae_dir.name} has no feature statistics yet: run "
                       f"`python -m probes.features {sae_dir} RUN/activations/FILE.h5` to compute them.")
     try:
@@ -114,7 +113,7 @@ def load_store(sae_dir: Path) -> tuple["FeatureStore | None", str | None]:
         return None, f"cannot read the feature statistics of {sae_dir.name}: {exc}"
 
 
-class FeaturesScreen(Screen[None]):
+class FeaturesScreen(RunScreen):
     """An SAE's latents, their statistics and the environment states that activate them."""
 
     AUTO_FOCUS = "#latents"
@@ -128,8 +127,7 @@ class FeaturesScreen(Screen[None]):
 
     def __init__(self, run_name: str, sae_name: str | None = None) -> None:
         """Args: run_name: the run. sae_name: the SAE directory in ``RUN/saes`` (default: newest)."""
-        super().__init__()
-        self.run_name = run_name
+        super().__init__(run_name)
         self.sae_name = sae_name
         self.store: FeatureStore | None = None
         self.error: str | None = None
@@ -141,10 +139,6 @@ class FeaturesScreen(Screen[None]):
         self._infos: dict[int, dict[str, Any]] = {}
         self._summaries: dict[int, Text] = {}
         self._steps: dict[tuple[int, int], str] = {}
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -159,8 +153,7 @@ class FeaturesScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = f"features — {self.run_name}"
-        folder = self.lab.runs_dir / self.run_name / "saes"
-        saes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        saes = [p.name for p in self.run_layout.sae_dirs()]
         if not saes:
             self.query_one("#features-info", Static).update(Text(
                 f"No SAEs for {self.run_name} yet: train one with `rl-lab sae {self.run_name} --hook NAME` "
@@ -182,14 +175,12 @@ class FeaturesScreen(Screen[None]):
     def load(self, sae: str) -> None:
         """Open the feature statistics of SAE ``sae`` in a worker."""
         self.sae_name = sae
-        store, error = load_store(self.lab.runs_dir / self.run_name / "saes" / sae)
-        self.post_message(Loaded("features", store, error))
+        store, error = load_store(self.run_layout.sae_dir(sae))
+        self.post_message(FeaturesLoaded(store, error))
 
-    def on_loaded(self, message: Loaded) -> None:
-        if message.what != "features":
-            return
+    def on_features_loaded(self, message: FeaturesLoaded) -> None:
         message.stop()
-        self.store, self.error = message.payload, message.error
+        self.store, self.error = message.store, message.error
         self._infos.clear()
         self._summaries.clear()
         self._steps.clear()

@@ -9,15 +9,15 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from tui.screens.base import LabScreen
+
 if TYPE_CHECKING:
-    from tui.app import LabApp
     from tui.jobs import Job
 
 
-class JobsScreen(Screen[None]):
+class JobsScreen(LabScreen):
     """A table of jobs (refreshed every poll interval) and the log of the highlighted one."""
 
     BINDINGS = [
@@ -25,10 +25,6 @@ class JobsScreen(Screen[None]):
         Binding("x", "interrupt", "Interrupt", id="jobs.interrupt"),
         Binding("o", "open_run", "Open run", id="jobs.open"),
     ]
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -84,5 +80,5 @@ class JobsScreen(Screen[None]):
 
     def action_open_run(self) -> None:
         job = self._selected()
-        if job is not None and (self.lab.runs_dir / job.run_name / "run.json").exists():
+        if job is not None and self.lab.run_layout(job.run_name).run_json.exists():
             self.lab.open_run(job.run_name)

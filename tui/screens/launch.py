@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as _dt
+from datetime import datetime
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from rl_lab.errors import LabError
@@ -20,11 +19,9 @@ from rl_lab.runs import RUN_NAME, Run, read_run_json
 from tui.charts import fmt_num
 from tui.data import MetricsTail
 from tui.jobs import Job
-from tui.messages import Loaded
+from tui.messages import LaunchProgress
+from tui.screens.base import LabScreen
 from tui.widgets.chart import LineChart
-
-if TYPE_CHECKING:
-    from tui.app import LabApp
 
 ENVS: tuple[str, ...] = ("lab/Forage-v0", "lab/Binding-v0", "lab/Chain-v0", "CartPole-v1")
 ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn")
@@ -56,7 +53,7 @@ class LaunchSpec:
 def default_name(env: str, algo: str, seed: int) -> str:
     """``forage-ppo-s0-20240101-120000``: a fresh, valid run name."""
     short = env.split("/")[-1].split("-v")[0].lower()
-    return f"{short}-{algo}-s{seed}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    return f"{short}-{algo}-s{seed}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def parse_form(values: dict[str, str]) -> LaunchSpec:
@@ -104,7 +101,7 @@ def parse_form(values: dict[str, str]) -> LaunchSpec:
     return LaunchSpec(env, algo, steps, seed, name, lr, n_envs, gamma)
 
 
-class LaunchScreen(Screen[None]):
+class LaunchScreen(LabScreen):
     """The training form; after launch, the run's progress and live learning curve."""
 
     BINDINGS = [
@@ -121,10 +118,6 @@ class LaunchScreen(Screen[None]):
         self._tail: MetricsTail | None = None
         self._lock = threading.Lock()
         self.final_status: str | None = None
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -179,7 +172,7 @@ class LaunchScreen(Screen[None]):
         except LabError as exc:
             self.notify(str(exc), severity="error")
             return
-        if (self.lab.runs_dir / spec.name).exists():
+        if self.lab.run_layout(spec.name).path.exists():
             self.notify(f"run {spec.name!r} already exists; choose another name", severity="error")
             return
         from tui.screens.dialogs import command_options
@@ -195,7 +188,7 @@ class LaunchScreen(Screen[None]):
             return
         self.spec = spec
         self.final_status = None
-        self._tail = MetricsTail(self.lab.runs_dir / spec.name / "metrics.jsonl")
+        self._tail = MetricsTail(self.lab.run_layout(spec.name).metrics_path)
         self.query_one("#name", Input).value = spec.name
         self.query_one("#launch-stop", Button).disabled = False
         self.query_one("#launch-open", Button).disabled = False
@@ -218,7 +211,7 @@ class LaunchScreen(Screen[None]):
         if self.spec is None:
             self.notify("nothing launched yet", severity="warning")
             return
-        if not (self.lab.runs_dir / self.spec.name / "run.json").exists():
+        if not self.lab.run_layout(self.spec.name).run_json.exists():
             self.notify(f"{self.spec.name} has not written run.json yet", severity="warning")
             return
         self.lab.open_run(self.spec.name)
@@ -233,7 +226,7 @@ class LaunchScreen(Screen[None]):
         if not self._lock.acquire(blocking=False):
             return
         try:
-            path = self.lab.runs_dir / self.spec.name
+            path = self.lab.run_layout(self.spec.name).path
             info: dict[str, Any] | None = None
             status = "starting"
             try:
@@ -245,16 +238,16 @@ class LaunchScreen(Screen[None]):
             curve = self._tail.curve("episode_return")
             code = self.job.poll()
             last = self.job.last_lines(1)
-            self.post_message(Loaded("launch", (info, status, curve, code, last[-1] if last else "")))
+            self.post_message(LaunchProgress(info, status, curve, code, last[-1] if last else ""))
         finally:
             self._lock.release()
 
-    def on_loaded(self, message: Loaded) -> None:
-        if message.what != "launch" or self.spec is None or self.job is None:
+    def on_launch_progress(self, message: LaunchProgress) -> None:
+        if self.spec is None or self.job is None:
             return
         message.stop()
-        info, status, curve, code, last = message.payload
-        info = info or {}
+        info, status, curve = message.info or {}, message.status, message.curve
+        code, last = message.returncode, message.last_line
         total = info.get("total_timesteps") or self.spec.steps
         done = info.get("steps_done") or 0
         bar = self.query_one("#launch-progress", ProgressBar)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Select, Static
 
 from tui.charts import bar, fmt_num, heat_style
 from tui.data import ProbeFile, ProbeRecord, checkpoint_order, load_probe_file
-from tui.messages import Loaded
+from tui.messages import ProbesLoaded
+from tui.screens.base import RunScreen
 from tui.widgets.chart import LineChart
-
-if TYPE_CHECKING:
-    from tui.app import LabApp
 
 LEGEND = ("score = held-out R² or accuracy (colour 0→1); b = best baseline; s = selectivity "
           "(score − control task); * beats every baseline (CI); † linear by construction")
@@ -26,8 +22,7 @@ LEGEND = ("score = held-out R² or accuracy (colour 0→1); b = best baseline; s
 
 def record_step(rec: ProbeRecord) -> int:
     """The training step a probe record belongs to (its ``step``, else from the checkpoint name)."""
-    step = rec.extra.get("step")
-    return int(step) if isinstance(step, int) else checkpoint_order(rec.checkpoint)
+    return rec.step if rec.step is not None else checkpoint_order(rec.checkpoint)
 
 
 def cell_text(rec: ProbeRecord | None) -> Text:
@@ -40,7 +35,7 @@ def cell_text(rec: ProbeRecord | None) -> Text:
     text.append(f" b{fmt_num(best[1]) if best else '—'}", style="dim")
     if rec.selectivity is not None:
         text.append(f" s{rec.selectivity:+.2f}", style="green" if rec.selectivity > 0.05 else "dim")
-    if rec.extra.get("beats_baselines"):
+    if rec.beats_baselines:
         text.append("*", style="bold green")
     if rec.linear_by_construction:
         text.append("†", style="yellow")
@@ -52,11 +47,11 @@ def record_details(rec: ProbeRecord) -> Text:
     text = Text()
     text.append(f"{rec.label} in {rec.hook}", style="bold")
     text.append(f"   ({rec.metric}, checkpoint {rec.checkpoint})\n")
-    ci = f"  CI [{fmt_num(rec.ci[0])}, {fmt_num(rec.ci[1])}]" if rec.ci else ""
+    ci = f"  CI [{fmt_num(rec.interval[0])}, {fmt_num(rec.interval[1])}]" if rec.interval else ""
     text.append(f"{'score':<16}{fmt_num(rec.score):>7} ")
     text.append(bar(max(rec.score or 0.0, 0.0), 1.0, 20), style="cyan")
     text.append(f"{ci}\n")
-    for name, value in sorted(rec.baselines.items(), key=lambda kv: -kv[1]):
+    for name, value in sorted(rec.scored_baselines.items(), key=lambda kv: -kv[1]):
         text.append(f"{name:<16}{fmt_num(value):>7} ")
         text.append(bar(max(value, 0.0), 1.0, 20), style="magenta")
         text.append("\n")
@@ -65,13 +60,13 @@ def record_details(rec: ProbeRecord) -> Text:
     if rec.linear_by_construction:
         text.append("   linear by construction: a high score is expected, not a finding", style="yellow")
     for key in ("n_train", "n_test", "auroc", "alpha", "C", "kind"):
-        if key in rec.extra and rec.extra[key] is not None:
-            value = rec.extra[key]
+        value = getattr(rec, key)
+        if value is not None:
             text.append(f"\n{key:<16}{fmt_num(value) if isinstance(value, (int, float)) else value:>7}")
     return text
 
 
-class ProbesScreen(Screen[None]):
+class ProbesScreen(RunScreen):
     """The probe grid of one run; one probe-results file (one recording/checkpoint) at a time."""
 
     BINDINGS = [
@@ -83,16 +78,11 @@ class ProbesScreen(Screen[None]):
 
     def __init__(self, run_name: str, file_name: str | None = None) -> None:
         """Args: run_name: the run. file_name: the probe results file to show first (default: newest)."""
-        super().__init__()
-        self.run_name = run_name
+        super().__init__(run_name)
         self.file_name = file_name
         self.files: list[ProbeFile] = []
         self.current: ProbeFile | None = None
         self.grid: dict[tuple[str, str], ProbeRecord] = {}
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -110,15 +100,12 @@ class ProbesScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="probes")
     def load(self) -> None:
         """Read every ``RUN/probes/*.json`` (results only, not weights) in a worker."""
-        folder = self.lab.runs_dir / self.run_name / "probes"
-        paths = sorted(folder.glob("*.json"), key=lambda p: checkpoint_order(p.stem)) if folder.is_dir() else []
-        self.post_message(Loaded("probes", [load_probe_file(p) for p in paths]))
+        paths = sorted(self.run_layout.probe_result_files(), key=lambda p: checkpoint_order(p.stem))
+        self.post_message(ProbesLoaded([load_probe_file(p) for p in paths]))
 
-    def on_loaded(self, message: Loaded) -> None:
-        if message.what != "probes":
-            return
+    def on_probes_loaded(self, message: ProbesLoaded) -> None:
         message.stop()
-        self.files = message.payload
+        self.files = message.files
         if not self.files:
             self.query_one("#probe-notes", Static).update(
                 Text(f"No probe results for {self.run_name} yet: run `rl-lab probe {self.run_name}` "

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Select, Static
 
 from tui.charts import fmt_num, sparkline
-from tui.messages import Loaded
-
-if TYPE_CHECKING:
-    from tui.app import LabApp
+from tui.messages import EpisodeLoaded, ReplayFileLoaded
+from tui.screens.base import RunScreen
 
 
 @dataclass
@@ -94,7 +91,7 @@ def read_episode(meta: FileMeta, index: int, hook: str | None) -> Episode:
     return Episode(index, ep_id, start, text, reward, action, labels, hook or "", acts)
 
 
-class ReplayScreen(Screen[None]):
+class ReplayScreen(RunScreen):
     """Step through a recorded episode with the env's text view, labels and hook activations."""
 
     BINDINGS = [
@@ -113,18 +110,13 @@ class ReplayScreen(Screen[None]):
 
     def __init__(self, run_name: str, file_name: str | None = None) -> None:
         """Args: run_name: the run. file_name: the activation file in ``RUN/activations`` (default: newest)."""
-        super().__init__()
-        self.run_name = run_name
+        super().__init__(run_name)
         self.file_name = file_name
         self.meta: FileMeta | None = None
         self.episode: Episode | None = None
         self.t = 0
         self.hook: str | None = None
         self._timer: Any = None
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -139,8 +131,7 @@ class ReplayScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = f"replay — {self.run_name}"
-        folder = self.lab.runs_dir / self.run_name / "activations"
-        files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+        files = self.run_layout.activation_files()
         if not files:
             self.query_one("#replay-info", Static).update(Text(
                 f"No recordings for {self.run_name} yet: run `rl-lab record {self.run_name}` "
@@ -161,16 +152,16 @@ class ReplayScreen(Screen[None]):
     def open_file(self, name: str) -> None:
         """Start reading activation file ``name`` (meta, then its first episode)."""
         self.query_one("#replay-info", Static).update(f"Reading {name}…")
-        self._load_meta(self.lab.runs_dir / self.run_name / "activations" / name)
+        self._load_meta(self.run_layout.activations_dir / name)
 
     @work(thread=True, exclusive=True, group="replay-meta")
     def _load_meta(self, path: Path) -> None:
         try:
             meta = read_meta(path)
         except Exception as exc:  # noqa: BLE001 - shown in the app, never raised
-            self.post_message(Loaded("replay-meta", None, f"cannot read {path.name}: {exc}"))
+            self.post_message(ReplayFileLoaded(None, f"cannot read {path.name}: {exc}"))
             return
-        self.post_message(Loaded("replay-meta", meta))
+        self.post_message(ReplayFileLoaded(meta))
 
     @work(thread=True, exclusive=True, group="replay-episode")
     def _load_episode(self, index: int, hook: str | None, t: int) -> None:
@@ -178,32 +169,37 @@ class ReplayScreen(Screen[None]):
         try:
             ep = read_episode(self.meta, index, hook)
         except Exception as exc:  # noqa: BLE001
-            self.post_message(Loaded("replay-episode", None, f"cannot read episode {index}: {exc}"))
+            self.post_message(EpisodeLoaded(None, t, f"cannot read episode {index}: {exc}"))
             return
-        self.post_message(Loaded("replay-episode", (ep, t)))
+        self.post_message(EpisodeLoaded(ep, t))
 
-    def on_loaded(self, message: Loaded) -> None:
-        if not message.what.startswith("replay"):
-            return
+    def _show_error(self, error: str | None) -> None:
+        error = error or "unreadable"
+        self.query_one("#replay-info", Static).update(Text(error, style="bold red"))
+        self.notify(error, severity="error")
+
+    def on_replay_file_loaded(self, message: ReplayFileLoaded) -> None:
         message.stop()
-        info = self.query_one("#replay-info", Static)
-        if message.error:
-            info.update(Text(message.error, style="bold red"))
-            self.notify(message.error, severity="error")
+        if message.meta is None:
+            self._show_error(message.error)
             return
-        if message.what == "replay-meta":
-            self.meta = message.payload
-            assert self.meta is not None
-            if not self.meta.episodes:
-                info.update(Text(f"{self.meta.path.name} holds no steps yet.", style="italic"))
-                return
-            if self.hook not in self.meta.hooks:
-                self.hook = self.meta.hooks[0] if self.meta.hooks else None
-            self._load_episode(0, self.hook, 0)
-        else:
-            self.episode, t = message.payload
-            self.t = max(0, min(t, len(self.episode) - 1))
-            self.show()
+        self.meta = message.meta
+        if not self.meta.episodes:
+            self.query_one("#replay-info", Static).update(
+                Text(f"{self.meta.path.name} holds no steps yet.", style="italic"))
+            return
+        if self.hook not in self.meta.hooks:
+            self.hook = self.meta.hooks[0] if self.meta.hooks else None
+        self._load_episode(0, self.hook, 0)
+
+    def on_episode_loaded(self, message: EpisodeLoaded) -> None:
+        message.stop()
+        if message.episode is None:
+            self._show_error(message.error)
+            return
+        self.episode = message.episode
+        self.t = max(0, min(message.t, len(self.episode) - 1))
+        self.show()
 
     def show(self) -> None:
         """Render the current step of the loaded episode."""

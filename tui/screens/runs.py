@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
 from tui.charts import fmt_num
 from tui.data import RUN_COLUMNS, SORT_KEYS, RunIndex, RunRow, filter_rows, sort_rows
 from tui.messages import RunsScanned
+from tui.screens.base import LabScreen
 from tui.widgets.footer import LabFooter
 from tui.widgets.table import FastTable
-
-if TYPE_CHECKING:
-    from tui.app import LabApp
 
 STATUS_STYLE = {"running": "bold yellow", "done": "green", "failed": "bold red", "interrupted": "magenta"}
 
@@ -55,7 +50,7 @@ def row_cells(row: RunRow) -> tuple[object, ...]:
     )
 
 
-class RunsScreen(Screen[None]):
+class RunsScreen(LabScreen):
     """Every run in the runs directory; refreshed from disk every ``poll_interval`` seconds.
 
     Start-up: the first scan is a quick one (metrics of the newest runs only, large files from
@@ -92,10 +87,6 @@ class RunsScreen(Screen[None]):
         self._index: RunIndex | None = None
         self._scan_lock = threading.Lock()
         self.scans = 0
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -11,25 +11,24 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Header, Select, Static
 
+from probes.layout import RunLayout, RunsDirLayout
 from tui.charts import fmt_num
 from tui.data import Band, RunIndex, RunRow, aggregate_curves, group_sweeps, read_json_quiet, read_return_curve, sweep_names
-from tui.messages import Loaded
+from tui.messages import SweepsLoaded
+from tui.screens.base import LabScreen
 from tui.widgets.chart import BandChart
 from tui.widgets.footer import LabFooter
 from tui.widgets.table import FastTable
-
-if TYPE_CHECKING:
-    from tui.app import LabApp
 
 FINAL_EPISODES = 10
 """Episodes averaged for a trial's final return."""
@@ -68,10 +67,10 @@ class SweepView:
     record_error: str | None
 
 
-def summarise_sweep(runs_dir: Any, name: str, rows: list[RunRow]) -> SweepView:
+def summarise_sweep(runs_dir: Path, name: str, rows: list[RunRow]) -> SweepView:
     """Read the curves of every trial of sweep ``name`` and aggregate them per condition."""
     groups = group_sweeps(rows).get(name, {})
-    record_path = runs_dir / "sweeps" / f"{name}.json"
+    record_path = RunsDirLayout(runs_dir).sweep_record(name)
     record, error = read_json_quiet(record_path) if record_path.exists() else (None, None)
     if record is not None and not isinstance(record, dict):
         record, error = None, f"{record_path.name} is not a JSON object"
@@ -84,13 +83,13 @@ def summarise_sweep(runs_dir: Any, name: str, rows: list[RunRow]) -> SweepView:
     conditions = []
     for cond in sorted(set(groups) | set(pending)):
         runs = groups.get(cond, [])
-        curves = [read_return_curve(r.path / "metrics.jsonl") for r in runs]
+        curves = [read_return_curve(RunLayout(r.path).metrics_path) for r in runs]
         finals = [sum(ys[-FINAL_EPISODES:]) / len(ys[-FINAL_EPISODES:]) for _, ys in curves if ys]
         conditions.append(ConditionSummary(cond, runs, pending.get(cond, 0), finals, aggregate_curves(curves)))
     return SweepView(name, conditions, record, error)
 
 
-class SweepsScreen(Screen[None]):
+class SweepsScreen(LabScreen):
     """Every sweep in the runs directory; one at a time, condition by condition."""
 
     AUTO_FOCUS = "#sweep-conditions"
@@ -107,10 +106,6 @@ class SweepsScreen(Screen[None]):
         self.view: SweepView | None = None
         self._names: list[str] = []
         self._lock = threading.Lock()
-
-    @property
-    def lab(self) -> "LabApp":
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -143,21 +138,19 @@ class SweepsScreen(Screen[None]):
             names = sweep_names(self.lab.runs_dir, rows)
             name = self.sweep if self.sweep in names else (names[0] if names else None)
             view = summarise_sweep(self.lab.runs_dir, name, rows) if name else None
-            self.post_message(Loaded("sweeps", (names, view)))
+            self.post_message(SweepsLoaded(names, view))
         except Exception as exc:  # noqa: BLE001 - shown, never raised into the UI
-            self.post_message(Loaded("sweeps", None, f"cannot read sweeps: {exc}"))
+            self.post_message(SweepsLoaded([], None, f"cannot read sweeps: {exc}"))
         finally:
             self._lock.release()
 
-    def on_loaded(self, message: Loaded) -> None:
-        if message.what != "sweeps":
-            return
+    def on_sweeps_loaded(self, message: SweepsLoaded) -> None:
         message.stop()
         info = self.query_one("#sweep-info", Static)
         if message.error:
             info.update(Text(message.error, style="bold red"))
             return
-        names, view = message.payload
+        names, view = message.names, message.view
         select = self.query_one("#sweep-select", Select)
         if names != self._names:
             self._names = names

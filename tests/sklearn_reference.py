@@ -1,8 +1,9 @@
 """The main probe of the sweep done with scikit-learn, on the same episode split and folds.
 
 Used by the tests (scores must agree with ``probes.linear`` to 1e-3) and by
-``benchmarks/probe_sweep.py`` (speed). scikit-learn is a test extra, imported here lazily.
-Loads whole datasets into memory: for checking, not for production use.
+``benchmarks/probe_sweep.py`` (speed). It lives beside the tests, not in ``probes``, because
+scikit-learn is a test extra; it is imported here lazily. Loads whole datasets into memory:
+for checking, not for production use.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Both sources give the training loop the same three things: ``sample`` (a random 
 pre-bias and the input scale), ``batches`` (an endless, reshuffled stream of training batches)
 and ``blocks`` (one ordered pass, for evaluation). ``H5Source`` never holds more than its shuffle
 buffer: blocks of whole HDF5 chunks are read in a random order, pooled into a buffer of a few
-blocks, permuted, and cut into batches; what is left over joins the next buffer.
+blocks, permuted, and cut into batches; what is left over joins the next buffer. ``split_rows``
+says which rows train and which are held out.
 """
 
 from __future__ import annotations
@@ -17,38 +18,35 @@ import torch
 
 from probes.activations import ActivationFile
 from probes.errors import ProbeError
+from probes.splits import episode_row_masks
 
 BUFFER_BYTES = 64 * 1024 * 1024
 """Upper bound on the shuffle buffer of ``H5Source`` (rows × d_in × 4 bytes)."""
 
 
-def split_episodes(
-    episodes: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def split_rows(episodes: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Split rows by episode: returns ``(train_mask, test_mask, notes)`` over the rows.
 
-    ``test_fraction`` of the distinct episodes (at least one) are held out, chosen by a numpy
-    Generator seeded with ``seed``. A file with a single episode cannot be split by episode; its
-    last ``test_fraction`` of rows are held out instead and a note says so.
+    ``episodes`` holds each row's episode id. The held-out episodes are those of the lab's one
+    episode split, ``probes.splits.split_episodes`` (``test_fraction`` of them, at least one).
+    A file with a single episode cannot be split by episode; its last ``test_fraction`` of rows
+    are held out instead and a note says so.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ProbeError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     notes: list[str] = []
-    unique = np.unique(episodes)
-    if len(unique) >= 2:
-        rng = np.random.default_rng(seed)
-        n_test = min(max(1, int(round(test_fraction * len(unique)))), len(unique) - 1)
-        test_eps = rng.choice(unique, size=n_test, replace=False)
-        test = np.isin(episodes, test_eps)
+    if len(np.unique(episodes)) >= 2:
+        train, test = episode_row_masks(episodes, test_fraction=test_fraction, seed=seed)
     else:
         n = len(episodes)
         cut = int(n * (1.0 - test_fraction))
         test = np.zeros(n, dtype=bool)
         test[cut:] = True
+        train = ~test
         notes.append("the file holds a single episode: its last rows were held out instead of whole episodes")
     if test.all() or not test.any():
         raise ProbeError("not enough rows to hold some out for evaluation")
-    return ~test, test, notes
+    return train, test, notes
 
 
 class TensorSource:

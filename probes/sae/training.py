@@ -5,11 +5,13 @@ Adam step, renormalise the decoder rows, track which latents fired. Before it, `
 to the geometric median (or mean) of a sample and inputs are rescaled so that their mean squared
 distance to it is ``d_in``; after it, the scale is folded into the biases so the saved SAE reads
 raw activations. ``evaluate`` streams held-out rows once and returns the metrics of
-``docs/sae.md``.
+``docs/sae.md``. ``train_sae_on_file`` is the file-level entry point (``python -m probes.sae``,
+``rl-lab sae`` and the sweep's sae stage all end there).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -21,18 +23,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from probes.activations import ActivationFile
 from probes.errors import ProbeError
-from probes.sae import (
-    LIVE_NOTE_PREFIX,
-    METRICS_FILENAME,
+from probes.layout import SAELayout
+from probes.sae.config import (
+    DEFAULT_ARCH,
     SAEConfig,
-    SparseAutoencoder,
     TopKConfig,
-    _write_json,
-    make_sae,
-    save_sae,
+    check_architecture,
+    default_out_dir,
+    default_width,
+    make_config,
 )
-from probes.sae_data import H5Source, TensorSource, split_episodes
+from probes.sae.data import H5Source, TensorSource, split_rows
+from probes.sae.features import compute_features
+from probes.sae.model import LIVE_NOTE_PREFIX, SparseAutoencoder, make_sae, save_sae, write_json
 
 DENSE_THRESHOLD = 0.1
 """A latent is *dense* if it fires on more than this fraction of held-out rows."""
@@ -241,13 +246,11 @@ def train_on_file(
     extra_metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Split ``path`` by episode, train on ``cfg.hook_name``, evaluate, save; return the metrics."""
-    from probes.activations import ActivationFile
-
     with ActivationFile(path) as af:
         af.hook_dim(cfg.hook_name)  # a clear error for an unknown hook
         episodes = af.episodes()
         meta = {k: af.attrs.get(k) for k in ("run", "checkpoint", "env_id")}
-    train_mask, test_mask, notes = split_episodes(episodes, cfg.test_fraction, cfg.seed)
+    train_mask, test_mask, notes = split_rows(episodes, cfg.test_fraction, cfg.seed)
     train_src = H5Source(path, cfg.hook_name, train_mask)
     test_src = H5Source(path, cfg.hook_name, test_mask)
     try:
@@ -281,8 +284,121 @@ def train_on_file(
     if "return_recovered" not in extra:
         notes.append(
             f"{LIVE_NOTE_PREFIX}: the run's network is not at hand here (splice the SAE into the live "
-            "agent and call probes.sae.update_metrics)"
+            "agent and call probes.sae.model.update_metrics)"
         )
     metrics["notes"] = notes
-    _write_json(out / METRICS_FILENAME, metrics)
+    write_json(SAELayout(out).metrics_path, metrics)
     return metrics
+
+
+# --------------------------------------------------------------------------- file-level API
+def train_sae_on_file(
+    path: Path | str,
+    hook: str,
+    *,
+    arch: str = DEFAULT_ARCH,
+    width: int | None = None,
+    k: int | None = None,
+    l1: float | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    out_dir: Path | str | None = None,
+    seed: int = SAEConfig.seed,
+    progress: bool = True,
+    features: bool = True,
+    extra_metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train an SAE on ``/acts/<hook>`` of an activation file, save it, return its metrics.
+
+    Parameters
+    ----------
+    path, hook:
+        The activation file and the hook to read.
+    arch:
+        ``topk`` or ``relu`` (``probes.sae.config.ARCHITECTURES``).
+    width:
+        Number of latents; default ``default_width(d_in)`` (``8 * d_in``).
+    k:
+        TopK's latents per sample (default 16, at most ``width``).
+    l1:
+        ReLU's L1 coefficient (default ``ReLUConfig.l1_coefficient``).
+    steps, epochs:
+        Training length (at most one); default: the config's sample budget.
+    lr, batch_size:
+        Override the config defaults.
+    out_dir:
+        Where to save; default ``default_out_dir``.
+    seed:
+        Seeds initialisation, the episode split and the data order.
+    progress:
+        Show a tqdm bar on stderr.
+    features:
+        Also compute ``features.*`` (``probes.sae.features.compute_features``) after training.
+    extra_metrics:
+        Metrics measured elsewhere (e.g. ``return_recovered`` from the live agent).
+
+    The returned dict is ``metrics.json``'s content plus ``out_dir``.
+    """
+    if steps is not None and epochs is not None:
+        raise ProbeError("give either steps or epochs, not both")
+    check_architecture(arch)
+    with ActivationFile(path) as af:
+        d_in = af.hook_dim(hook)
+    width = width or default_width(d_in)
+    kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": width, "hook_name": hook, "seed": seed,
+                              "steps": steps, "epochs": epochs}
+    if lr is not None:
+        kwargs["lr"] = lr
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    if arch == "topk":
+        kwargs["k"] = k if k is not None else min(TopKConfig.k, width)
+    elif k is not None:
+        raise ProbeError("--k applies to the topk architecture only")
+    if arch == "relu" and l1 is not None:
+        kwargs["l1_coefficient"] = l1
+    elif arch != "relu" and l1 is not None:
+        raise ProbeError("--l1 applies to the relu architecture only")
+    cfg = make_config(arch, **kwargs)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(path, hook, arch, width)
+    metrics = train_on_file(path, cfg, out, progress=progress, extra_metrics=extra_metrics)
+    if features:
+        compute_features(out, path, progress=progress)
+    metrics["out_dir"] = str(out)
+    return metrics
+
+
+def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[str, Any]:
+    """Train from parsed ``probes.sae.config.add_arguments`` options (``file`` overrides ``args.file``)."""
+    return train_sae_on_file(
+        file if file is not None else args.file,
+        args.hook,
+        arch=args.arch,
+        width=args.width,
+        k=args.k,
+        l1=args.l1,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        seed=args.seed,
+        progress=not args.json or sys.stderr.isatty(),
+        features=not args.no_features,
+    )
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A few human-readable lines summarising ``metrics.json``."""
+    lines = [
+        f"SAE saved to {metrics.get('out_dir', '?')}",
+        f"  L0 {metrics['l0']:.2f}   explained variance {metrics['explained_variance']:.4f}   "
+        f"MSE {metrics['mse']:.4g}   shrinkage {metrics['shrinkage']:.3f}",
+        f"  dead {metrics['dead_fraction']:.1%}   dense {metrics['dense_fraction']:.1%}   "
+        f"{metrics['samples']} samples ({metrics['train_rows']} train / {metrics['test_rows']} held-out rows) "
+        f"in {metrics['seconds']:.1f} s",
+    ]
+    lines += [f"  note: {n}" for n in metrics.get("notes", [])]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Arguments shared by several commands."""
+"""Arguments shared by several commands (a support module, not a command: ``rl_lab.cli.SUPPORT_MODULES``)."""
 
 from __future__ import annotations
 
