@@ -10,6 +10,11 @@ TransformerLens bridge by ``torch.nn.TransformerEncoder`` (pre-LN, GELU, causal 
 masks) with the same d_model, heads, MLP width and layers. Tokens per second count every token
 of every window (3 per timestep); the best of ``--repeats`` timings counts.
 
+It also times PPO on ``lab/Forage-v0`` with the transformer policy (``--policy transformer``: the
+same transformer as BC, trained by RL) against SB3's MLP policy: environment steps per second of
+``model.learn`` over ``--ppo-steps`` steps (rollouts and updates, 4 environments, the lab's PPO
+settings, one torch thread), reported as ``transformer_vs_mlp_fps`` (transformer / MLP).
+
 With ``--source RUN`` it also trains a DT from that RL run's trajectories
 (``rl_lab.dt.train.train_dt``) and reports the issue's criterion: the return achieved when
 conditioned on the dataset's best episode return, as a fraction of it.
@@ -25,9 +30,11 @@ import time
 import torch
 import torch.nn as nn
 
+from rl_lab.config import TrainConfig
 from rl_lab.dt.evaluate import evaluate, format_table
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accuracy
 from rl_lab.dt.train import DTTrainConfig, train_dt
+from rl_lab.train import algo_class, make_vec_env, policy_class
 
 
 class ReferenceDT(nn.Module):
@@ -79,6 +86,19 @@ def tokens_per_second(model: nn.Module, batches: list[dict[str, torch.Tensor]], 
     return tokens / best
 
 
+def ppo_steps_per_second(policy: str, steps: int, context: int) -> float:
+    """Environment steps per second of PPO's ``learn`` on Forage (rollouts + updates) for a policy type."""
+    cfg = TrainConfig(env_id="lab/Forage-v0", algo="ppo", policy=policy, total_timesteps=steps, context=context)
+    vec = make_vec_env(cfg)
+    try:
+        model = algo_class("ppo")(policy_class(cfg), vec, **cfg.algo_kwargs())
+        t0 = time.perf_counter()
+        model.learn(total_timesteps=steps)
+        return model.num_timesteps / (time.perf_counter() - t0)
+    finally:
+        vec.close()
+
+
 def synthetic_batches(cfg: DTModelConfig, n: int, batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -104,6 +124,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--context", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ppo-steps", type=int, default=2048,
+                        help="PPO environment steps timed per policy type (0: skip the PPO comparison)")
     parser.add_argument("--source", default=None, help="RL run to train a DT from for the 80%% criterion")
     parser.add_argument("--runs-dir", default=None)
     parser.add_argument("--dt-steps", type=int, default=3000)
@@ -128,6 +150,13 @@ def main() -> None:
         "ratio_dt_vs_reference": round(dt_tps / ref_tps, 3), "batch": args.batch, "context": args.context,
         "threads": args.threads,
     }
+    if args.ppo_steps > 0:
+        mlp_fps = ppo_steps_per_second("mlp", args.ppo_steps, args.context)
+        tf_fps = ppo_steps_per_second("transformer", args.ppo_steps, args.context)
+        print(f"PPO on Forage, MLP policy:         {mlp_fps:10.0f} env steps/s")
+        print(f"PPO on Forage, transformer policy: {tf_fps:10.0f} env steps/s")
+        result.update({"ppo_mlp_steps_per_s": round(mlp_fps, 1), "ppo_transformer_steps_per_s": round(tf_fps, 1),
+                       "transformer_vs_mlp_fps": round(tf_fps / mlp_fps, 4), "ppo_steps": args.ppo_steps})
     if args.source:
         t0 = time.perf_counter()
         run = train_dt(DTTrainConfig(source_run=args.source, steps=args.dt_steps, eval_episodes=0, seed=0,

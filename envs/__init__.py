@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from envs.api import LAB_ENV_IDS, behaviour_spec, latent_spec, make, text_render
+from envs.api import LAB_ENV_IDS, behaviour_spec, do, do_targets, latent_spec, make, text_render
 
-__all__ = ["LAB_ENV_IDS", "behaviour_spec", "latent_spec", "make", "text_render"]
+__all__ = ["LAB_ENV_IDS", "behaviour_spec", "do", "do_targets", "latent_spec", "make", "text_render"]
 
 _ENTRY_POINTS = {
     "lab/Forage-v0": "envs.forage:ForageEnv",

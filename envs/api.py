@@ -226,6 +226,22 @@ def behaviour_spec(env: gym.Env) -> dict[str, str]:
     return dict(found) if found else {}
 
 
+def do_targets(env: gym.Env) -> dict[str, dict[str, Any]]:
+    """The env's interventions on the world (``do_targets``: name -> description, value range,
+    default), looked up through any wrappers ({} if it offers none)."""
+    found = _find_attr(env, "do_targets")
+    return {name: dict(entry) for name, entry in found.items()} if found else {}
+
+
+def do(env: gym.Env, target: str, value: float | None = None) -> tuple[Any, dict[str, Any]]:
+    """Set a latent of ``env`` now (its ``do(target, value)``); returns ``(obs, info)`` with the new
+    observation and ``info["latents"]``. Deterministic: it draws no random numbers."""
+    method = _find_attr(env, "do")
+    if not callable(method):
+        raise ValueError(f"{getattr(env.spec, 'id', type(env).__name__)} offers no do interventions")
+    return method(target, value)
+
+
 def text_render(env: gym.Env) -> str | None:
     """The env's current state as text (its ansi rendering), or None if it has none."""
     render_text = _find_attr(env, "render_text")

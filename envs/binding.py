@@ -46,6 +46,17 @@ _DR = (-1, 0, 1, 0)
 _DC = (0, 1, 0, -1)
 
 
+DO_TARGETS: dict[str, dict[str, Any]] = {
+    "target_adjacent": {"description": "the agent moves to a free cell next to the target (first of up, right, "
+                                       "down, left of the target)", "value": None},
+    "colour_lure_adjacent": {"description": "the agent moves to a free cell next to the colour lure", "value": None},
+    "swap_goal_shape": {"description": "the goal names the colour lure's conjunction: target <-> colour lure, "
+                                       "shape lure <-> foil (objects stay where they are)", "value": None},
+    "swap_goal_colour": {"description": "the goal names the shape lure's conjunction: target <-> shape lure, "
+                                        "colour lure <-> foil", "value": None},
+}
+
+
 class BindingEnv(gym.Env):
     """Reach the object with the goal's colour AND shape, past lures that share one of them.
 
@@ -155,6 +166,8 @@ class BindingEnv(gym.Env):
             "reached_foil": "1 if this step reached the foil (neither goal feature), else 0",
             "reached_other": "1 if this step reached one of the further random objects, else 0",
         }
+
+        self.do_targets: dict[str, dict[str, Any]] = DO_TARGETS
 
         self._rand = RandomBuffer(self.np_random)
         # State: objects as lists (slot order); roles index into them.
@@ -353,6 +366,38 @@ class BindingEnv(gym.Env):
         self._hit = hit
         info = {"latents": self._latents(), "behaviour": self._behaviour(hit)}
         return self._obs(), float(reward), terminated, truncated, info
+
+    # ------------------------------------------------------------------ interventions
+    def do(self, target: str, value: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Change the scene now (an intervention on the world): ``target`` is a key of ``do_targets``.
+
+        Deterministic (no random numbers are drawn). Returns the new observation and an ``info``
+        with the new ``latents``.
+        """
+        if target not in DO_TARGETS:
+            raise ValueError(f"unknown do target {target!r}; choose one of {', '.join(DO_TARGETS)}")
+        if value is not None:
+            raise ValueError(f"do target {target!r} takes no value")
+        if target in ("target_adjacent", "colour_lure_adjacent"):
+            i = self._target if target == "target_adjacent" else self._colour_lure
+            objects = set(zip(self._rows, self._cols))
+            last = self.size - 1
+            for dr, dc in ((-1, 0), (0, 1), (1, 0), (0, -1)):
+                r, c = self._rows[i] + dr, self._cols[i] + dc
+                if 0 <= r <= last and 0 <= c <= last and (r, c) not in objects:
+                    self._ar, self._ac = r, c
+                    break
+            else:
+                raise ValueError(f"no free cell next to the object for {target!r}")
+        elif target == "swap_goal_shape":  # the goal now names the colour lure (same colour, other shape)
+            self._target, self._colour_lure = self._colour_lure, self._target
+            self._shape_lure, self._foil = self._foil, self._shape_lure
+            self._static_obs()
+        else:  # swap_goal_colour: the goal now names the shape lure (other colour, same shape)
+            self._target, self._shape_lure = self._shape_lure, self._target
+            self._colour_lure, self._foil = self._foil, self._colour_lure
+            self._static_obs()
+        return self._obs(), {"latents": self._latents()}
 
     # ------------------------------------------------------------------ rendering
     def render_text(self) -> str:

@@ -171,6 +171,12 @@ class ChainEnv(gym.Env):
             "pressed_right": "1 if the action was right, else 0",
             "reached_goal": "1 if this step entered the goal, else 0",
         }
+        self.do_targets: dict[str, dict[str, Any]] = {
+            "state": {"description": f"move to state VALUE (0..{self.n - 2}; the goal cannot be set)",
+                      "value": [0, self.n - 2], "default": 0},
+            "near_goal": {"description": f"move to state {self.n - 2}, one step from the goal", "value": None},
+            "start": {"description": "move back to state 0", "value": None},
+        }
         self._rand = RandomBuffer(self.np_random)
         self._s = 0
         self._t = 0
@@ -234,6 +240,24 @@ class ChainEnv(gym.Env):
             },
         }
         return self._eye[s_next].copy(), float(reward), terminated, truncated, info
+
+    def do(self, target: str, value: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Move the chain to another state now (an intervention on the world; no random numbers drawn).
+
+        The TD-error latents are 0 afterwards: no transition has happened since.
+        """
+        if target not in self.do_targets:
+            raise ValueError(f"unknown do target {target!r}; choose one of {', '.join(self.do_targets)}")
+        if target == "state":
+            v = 0 if value is None else value
+            if isinstance(v, bool) or float(v) != int(v):
+                raise ValueError(f"state must be an integer, got {value!r}")
+            self._s = check_int("state", int(v), 0, self.n - 2)
+        elif value is not None:
+            raise ValueError(f"do target {target!r} takes no value")
+        else:
+            self._s = self.n - 2 if target == "near_goal" else 0
+        return self._eye[self._s].copy(), {"latents": self._latents(0.0, 0.0, 0)}
 
     def render_text(self) -> str:
         """The chain as one line of cells plus a status line."""

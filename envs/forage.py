@@ -48,6 +48,27 @@ BEHAVIOUR_SPEC = {
     "ate_food": "1 if the agent took food this step, else 0",
     "drank_water": "1 if the agent drank water this step, else 0",
     "bitten": "1 if the predator caught the agent this step, else 0",
+    "distance_to_food": "Manhattan distance from the agent to the food after the step",
+    "distance_to_water": "Manhattan distance from the agent to the water after the step",
+    "idle": "1 if the agent's cell did not change this step (it stayed, or walked into a wall), else 0",
+}
+
+DO_TARGETS: dict[str, dict[str, Any]] = {
+    "predator_adjacent": {"description": "the predator moves to a cell next to the agent (the first free one of "
+                                         "up, right, down, left)", "value": None},
+    "predator_far": {"description": "the predator moves to the free cell farthest from the agent "
+                                    "(ties: the first in row-major order)", "value": None},
+    "food_adjacent": {"description": "the food moves to a cell next to the agent (the first free one of up, "
+                                     "right, down, left): food in reach", "value": None},
+    "water_adjacent": {"description": "the water moves to a cell next to the agent (first free of up, right, "
+                                      "down, left)", "value": None},
+    "energy": {"description": "set the energy level to VALUE", "value": [0.0, 1.0], "default": 0.1},
+    "water": {"description": "set the water level to VALUE", "value": [0.0, 1.0], "default": 0.1},
+    "hunger": {"description": "set the hunger to VALUE: energy = energy_set_point - VALUE", "value": [0.0, 1.0],
+               "default": 0.7},
+    "thirst": {"description": "set the thirst to VALUE: water = water_set_point - VALUE", "value": [0.0, 1.0],
+               "default": 0.7},
+    "health": {"description": "set the health to VALUE", "value": [0.0, 1.0], "default": 0.2},
 }
 
 
@@ -169,6 +190,7 @@ class ForageEnv(gym.Env):
             "step": spec("discrete", "steps taken in this episode", 0, self.max_steps),
         }
         self.behaviour_spec: dict[str, str] = dict(BEHAVIOUR_SPEC)
+        self.do_targets: dict[str, dict[str, Any]] = DO_TARGETS
 
         self._rand = RandomBuffer(self.np_random)
         # State (set in reset): positions as (row, col) ints, internal variables as floats.
@@ -308,6 +330,9 @@ class ForageEnv(gym.Env):
                 "ate_food": 0,
                 "drank_water": 0,
                 "bitten": 0,
+                "distance_to_food": float(abs(self._fr - self._ar) + abs(self._fc - self._ac)),
+                "distance_to_water": float(abs(self._wr - self._ar) + abs(self._wc - self._ac)),
+                "idle": 0,
             },
         }
         return self._obs(), info
@@ -317,6 +342,7 @@ class ForageEnv(gym.Env):
         if not 0 <= a < 5:
             raise ValueError(f"action must be in 0..4, got {action!r}")
         self._t += 1
+        before = (self._ar, self._ac)
         last = self.size - 1
         # Move the agent (walls block).
         r = self._ar + _DR[a]
@@ -372,9 +398,60 @@ class ForageEnv(gym.Env):
                 "ate_food": ate,
                 "drank_water": drank,
                 "bitten": bitten,
+                "distance_to_food": float(abs(self._fr - r) + abs(self._fc - c)),
+                "distance_to_water": float(abs(self._wr - r) + abs(self._wc - c)),
+                "idle": int((r, c) == before),
             },
         }
         return self._obs(), float(reward), terminated, truncated, info
+
+    # ------------------------------------------------------------------ interventions
+    def _adjacent_free(self, taken: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+        """The first in-grid cell of up, right, down, left of the agent not in ``taken``."""
+        last = self.size - 1
+        for dr, dc in ((-1, 0), (0, 1), (1, 0), (0, -1)):
+            r, c = self._ar + dr, self._ac + dc
+            if 0 <= r <= last and 0 <= c <= last and (r, c) not in taken:
+                return r, c
+        raise RuntimeError("no free cell next to the agent")  # impossible: 4 neighbours, <= 3 taken
+
+    def do(self, target: str, value: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Set a latent now (an intervention on the world): ``target`` is a key of ``do_targets``.
+
+        Deterministic: no random numbers are drawn, so the rest of the episode's random stream is
+        unchanged. Returns the new observation and an ``info`` with the new ``latents``; the
+        drive is recomputed (the next reward under ``reward_mode="drive"`` starts from it).
+        """
+        if target not in DO_TARGETS:
+            raise ValueError(f"unknown do target {target!r}; choose one of {', '.join(DO_TARGETS)}")
+        spec_ = DO_TARGETS[target]
+        if spec_["value"] is not None:
+            value = spec_["default"] if value is None else check_float(target, value, *spec_["value"])
+        elif value is not None:
+            raise ValueError(f"do target {target!r} takes no value")
+        agent, food, water, pred = (self._ar, self._ac), (self._fr, self._fc), (self._wr, self._wc), (self._pr, self._pc)
+        if target == "predator_adjacent":
+            self._pr, self._pc = self._adjacent_free((food, water))
+        elif target == "predator_far":
+            s = self.size
+            cells = [(r, c) for r in range(s) for c in range(s) if (r, c) not in (agent, food, water)]
+            self._pr, self._pc = max(cells, key=lambda rc: abs(rc[0] - self._ar) + abs(rc[1] - self._ac))
+        elif target == "food_adjacent":
+            self._fr, self._fc = self._adjacent_free((water, pred))
+        elif target == "water_adjacent":
+            self._wr, self._wc = self._adjacent_free((food, pred))
+        elif target == "energy":
+            self._energy = float(value)
+        elif target == "water":
+            self._water = float(value)
+        elif target == "hunger":
+            self._energy = min(1.0, max(0.0, self.energy_set_point - float(value)))
+        elif target == "thirst":
+            self._water = min(1.0, max(0.0, self.water_set_point - float(value)))
+        elif target == "health":
+            self._health = float(value)
+        self._d = self._drive(self._energy, self._water, self._health)
+        return self._obs(), {"latents": self._latents()}
 
     # ------------------------------------------------------------------ rendering
     def render_text(self) -> str:

@@ -2,11 +2,18 @@
 
 Schema (version 1, see ``docs/design.md``)::
 
-    /                  attrs: schema_version, run, checkpoint, env_id, policy_kind, gamma, complete
+    /                  attrs: schema_version, run, checkpoint, env_id, policy_kind, gamma, complete,
+                              input_window (optional JSON: what the network receives, see below)
     /steps/{obs,action,reward,done,episode,t,text}
-    /labels/<name>     attrs: kind, description, linear_in
+    /labels/<name>     attrs: kind, description, linear_in, derived_from (optional)
     /acts/<hook>       (N, d) float32
-    /acts_random/<hook> (N, d) float32   (optional random-weights baseline)
+    /acts_random/<hook> (N, d) float32   (optional random-weights baseline: the first twin)
+    /acts_random_<i>/<hook>              (optional further twins i = 1, 2, ...: other random inits)
+    /inputs/<name>     (N,) float32      (optional per-step network inputs not in /steps, e.g. rtg)
+
+A label without a ``kind`` attribute (a file written by someone else) is discrete when its dtype
+is bool, or integer with at most ``MAX_CLASSES`` distinct values, else continuous
+(``label_info`` says how the kind was decided: ``kind_source``).
 
 ``ActivationWriter`` appends rows as a rollout goes and sets ``complete`` last;
 ``ActivationFile`` reads lazily and in chunks, and refuses a cut file unless asked not to.
@@ -15,6 +22,7 @@ Schema (version 1, see ``docs/design.md``)::
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -25,6 +33,44 @@ from probes.errors import ProbeError
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 1024
+MAX_CLASSES = 20
+"""An integer label with at most this many distinct values and no ``kind`` attribute is discrete."""
+RANDOM_GROUP = "acts_random"
+"""The first random-weights twin; twin i > 0 is in ``acts_random_<i>`` (``random_group``)."""
+INPUTS_GROUP = "inputs"
+KIND_ATTRIBUTE = "attribute"
+"""``kind_source`` of a label whose file states its kind."""
+
+
+def random_group(twin: int) -> str:
+    """The HDF5 group of random-weights twin ``twin`` (0: ``acts_random``, i: ``acts_random_<i>``)."""
+    return RANDOM_GROUP if twin == 0 else f"{RANDOM_GROUP}_{twin}"
+
+
+def infer_kind(dtype: np.dtype, distinct: int | None) -> tuple[str, str]:
+    """``(kind, kind_source)`` of a label without a ``kind`` attribute.
+
+    ``distinct`` is the number of distinct values (only needed for integers; more than
+    ``MAX_CLASSES`` may be given as ``MAX_CLASSES + 1``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return "discrete", "inferred: bool dtype"
+    if dtype.kind in "iu":
+        if distinct is not None and distinct <= MAX_CLASSES:
+            return "discrete", f"inferred: integer dtype with {distinct} distinct values (<= {MAX_CLASSES})"
+        return "continuous", f"inferred: integer dtype with more than {MAX_CLASSES} distinct values"
+    return "continuous", f"inferred: {dtype.name} dtype"
+
+
+def _distinct(ds: h5py.Dataset, n: int, limit: int = MAX_CLASSES) -> int:
+    """Distinct values of an integer/bool dataset's first ``n`` rows, counted up to ``limit + 1``."""
+    seen: set = set()
+    for start in range(0, n, 65536):
+        seen.update(np.unique(ds[start : min(start + 65536, n)]).tolist())
+        if len(seen) > limit:
+            return limit + 1
+    return len(seen)
 
 
 class ActivationWriter:
@@ -61,6 +107,8 @@ class ActivationWriter:
             self._h5.attrs[key] = _attr(value)
         self._h5.attrs["schema_version"] = SCHEMA_VERSION
         self._h5.attrs["complete"] = False
+        if "recording_id" not in attrs:
+            self._h5.attrs["recording_id"] = uuid.uuid4().hex  # what probe results refer to
         for group in ("steps", "labels", "acts"):
             self._h5.require_group(group)
 
@@ -70,9 +118,14 @@ class ActivationWriter:
         steps: Mapping[str, np.ndarray | Sequence[Any]],
         labels: Mapping[str, np.ndarray],
         acts: Mapping[str, np.ndarray],
-        acts_random: Mapping[str, np.ndarray] | None = None,
+        acts_random: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+        inputs: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Append a block of ``n`` rows: every array's first axis has length ``n``."""
+        """Append a block of ``n`` rows: every array's first axis has length ``n``.
+
+        ``acts_random`` is one twin's activations (written to ``/acts_random``) or a sequence
+        of twins (twin i to ``random_group(i)``); ``inputs`` go to ``/inputs/<name>``.
+        """
         n = len(steps["reward"])
         for name, value in steps.items():
             if name == "text":
@@ -83,8 +136,12 @@ class ActivationWriter:
             self._append("labels", name, np.asarray(value), meta=self._label_meta.get(name))
         for name, value in acts.items():
             self._append("acts", name, np.asarray(value, dtype=np.float32))
-        for name, value in (acts_random or {}).items():
-            self._append("acts_random", name, np.asarray(value, dtype=np.float32))
+        twins = [acts_random] if isinstance(acts_random, Mapping) else list(acts_random or [])
+        for i, twin in enumerate(twins):
+            for name, value in twin.items():
+                self._append(random_group(i), name, np.asarray(value, dtype=np.float32))
+        for name, value in (inputs or {}).items():
+            self._append(INPUTS_GROUP, name, np.asarray(value, dtype=np.float32))
         self._episodes.update(int(e) for e in np.unique(np.asarray(steps["episode"])))
         self._n += n
 
@@ -151,7 +208,11 @@ class ActivationWriter:
             return
         for name, ds in self._h5["labels"].items():
             if "kind" not in ds.attrs:
-                ds.attrs["kind"] = "continuous"
+                # No metadata given: the kind follows the reader's rule for files without one.
+                distinct = _distinct(ds, ds.shape[0]) if ds.dtype.kind in "iub" else None
+                kind, source = infer_kind(ds.dtype, distinct)
+                ds.attrs["kind"] = kind
+                ds.attrs["kind_source"] = source
                 ds.attrs["description"] = ""
                 ds.attrs["linear_in"] = "[]"
         self._h5.attrs["n_steps"] = self._n
@@ -231,7 +292,7 @@ class ActivationFile:
         self.n = min(lengths) if lengths else 0
 
     def _iter_datasets(self) -> Iterator[h5py.Dataset]:
-        for group in ("steps", "labels", "acts", "acts_random"):
+        for group in ("steps", "labels", "acts", *self._random_groups(), INPUTS_GROUP):
             if group in self._h5:
                 yield from (ds for ds in self._h5[group].values() if isinstance(ds, h5py.Dataset))
 
@@ -245,7 +306,43 @@ class ActivationFile:
 
     @property
     def random_hooks(self) -> list[str]:
-        return sorted(self._h5["acts_random"].keys()) if "acts_random" in self._h5 else []
+        """Hooks that have at least the first random-weights twin (``/acts_random``)."""
+        return sorted(self._h5[RANDOM_GROUP].keys()) if RANDOM_GROUP in self._h5 else []
+
+    def _random_groups(self) -> list[str]:
+        out, i = [], 0
+        while random_group(i) in self._h5:
+            out.append(random_group(i))
+            i += 1
+        return out
+
+    def random_twins(self, hook: str) -> list[str]:
+        """The groups holding random-weights twins of ``hook``, first twin first (may be empty)."""
+        return [g for g in self._random_groups() if hook in self._h5[g]]
+
+    @property
+    def input_window(self) -> dict[str, Any] | None:
+        """What the network receives at each step (root attr ``input_window``), None when not stated.
+
+        ``{"context": K, "fields": [...]}``: the last K steps of the episode (left-padded with
+        zeros), each with the listed fields: ``obs`` (``/steps/obs``), ``prev_action`` (the
+        action taken before that step, ``/steps/action``), ``rtg`` (``/inputs/rtg``) and
+        ``timestep`` (``/steps/t``).
+        """
+        raw = self.attrs.get("input_window")
+        if not raw:
+            return None
+        try:
+            spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return None
+        if not isinstance(spec, dict) or not isinstance(spec.get("context"), int) or spec["context"] < 1:
+            return None
+        return {"context": int(spec["context"]), "fields": [str(x) for x in spec.get("fields", ["obs"])]}
+
+    def has_input(self, name: str) -> bool:
+        """Whether ``/inputs/<name>`` exists."""
+        return INPUTS_GROUP in self._h5 and name in self._h5[INPUTS_GROUP]
 
     @property
     def labels(self) -> list[str]:
@@ -255,20 +352,33 @@ class ActivationFile:
         return int(self._dataset("acts", hook).shape[1])
 
     def label_info(self, name: str) -> dict[str, Any]:
-        """``kind``, ``description`` and ``linear_in`` (a list of hook names) of a label."""
+        """``kind``, ``kind_source``, ``description``, ``linear_in`` (a list of hook names) and
+        ``derived_from`` (None when not stated) of a label.
+
+        ``kind_source`` is ``"attribute"`` when the file states the kind, else how it was
+        inferred (``infer_kind``: bool, or integer with at most ``MAX_CLASSES`` values, is discrete).
+        """
         ds = self._dataset("labels", name)
-        kind = _decode(ds.attrs.get("kind", "continuous"))
+        if "kind" in ds.attrs:
+            kind = _decode(ds.attrs["kind"])
+            source = _decode(ds.attrs.get("kind_source", KIND_ATTRIBUTE)) or KIND_ATTRIBUTE
+        else:
+            distinct = _distinct(ds, self.n) if ds.dtype.kind in "iub" else None
+            kind, source = infer_kind(ds.dtype, distinct)
+        derived = _decode(ds.attrs.get("derived_from", "")) or None
         linear_in = _decode(ds.attrs.get("linear_in", "[]")) or "[]"
         try:
             linear = json.loads(linear_in) if isinstance(linear_in, str) else list(linear_in)
         except json.JSONDecodeError:
             linear = []
-        return {"kind": kind, "description": _decode(ds.attrs.get("description", "")), "linear_in": linear}
+        return {"kind": kind, "kind_source": source, "description": _decode(ds.attrs.get("description", "")),
+                "linear_in": linear, "derived_from": str(derived) if derived is not None else None}
 
     def _dataset(self, group: str, name: str) -> h5py.Dataset:
         if group not in self._h5 or name not in self._h5[group]:
             available = ", ".join(sorted(self._h5[group].keys())) if group in self._h5 else "none"
-            what = {"acts": "hook", "acts_random": "random-weights hook", "labels": "label", "steps": "step field"}[group]
+            what = {"acts": "hook", "labels": "label", "steps": "step field", INPUTS_GROUP: "input"}.get(
+                group, "random-weights hook")
             raise ProbeError(f"{self.path.name} has no {what} {name!r} (available: {available})")
         return self._h5[group][name]
 
@@ -331,3 +441,34 @@ class ActivationFile:
     def __repr__(self) -> str:
         state = "complete" if self.complete else "INCOMPLETE"
         return f"ActivationFile({str(self.path)!r}, n={self.n}, hooks={len(self.hooks)}, {state})"
+
+
+def recording_id(path: Path | str) -> str | None:
+    """The ``recording_id`` attribute of an activation file (unique per recording), or None."""
+    try:
+        with h5py.File(path, "r") as h5:
+            value = h5.attrs.get("recording_id")
+    except (OSError, ValueError):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value) if value is not None else None
+
+
+def stale_reason(results: Any) -> str | None:
+    """Why probe results no longer describe their recording, or None if they still do.
+
+    ``results`` is a ``ProbeResults`` or its dict. Results written from a recording carry its
+    ``recording_id``; a recording replaced since (``rl-lab record --overwrite``) has another one,
+    and a removed recording has none. Results from before recording ids are never called stale.
+    """
+    doc = results.to_dict() if hasattr(results, "to_dict") else dict(results)
+    wanted = doc.get("recording_id")
+    if not wanted:
+        return None
+    path = Path(str(doc.get("file", "")))
+    if not path.is_file():
+        return f"stale: the recording {path.name} is gone"
+    if recording_id(path) != wanted:
+        return f"stale: the recording {path.name} was replaced after these probes ran; probe it again"
+    return None

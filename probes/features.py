@@ -6,6 +6,12 @@
 array look-ups (well under a millisecond). The TUI reads SAEs through it, so this module never
 imports torch; the script loads the writer when it runs.
 
+Label associations exist over all rows (``pearson``, ``auroc``) and, in files written since the
+held-out split was added, over the training and the held-out episodes (``*_train``, ``*_test``;
+``index["split"]`` says which). The best latents for a label are chosen on the training
+episodes and reported on the held-out ones (``best_latents``); a maximum over thousands of
+latents on the rows it was chosen on is not a finding.
+
 Script: ``python -m probes.features SAE_DIR FILE.h5``.
 """
 
@@ -25,6 +31,8 @@ from probes.layout import SAELayout
 SCHEMA_VERSION = 1
 """Version of the ``features.json`` / ``features.npz`` format."""
 SORT_KEYS = ("density", "max_activation", "mean_activation", "association", "pearson", "auroc")
+SPLITS = ("all", "train", "test")
+"""Rows a label association is computed on: every row, the training or the held-out episodes."""
 
 
 class FeatureStore:
@@ -74,18 +82,69 @@ class FeatureStore:
                 out.append({"offset": o, "row": row + o, "text": self.text(row + o)})
         return out
 
+    @property
+    def has_heldout(self) -> bool:
+        """Whether the file has associations on training and held-out episodes."""
+        return "pearson_test" in self.arrays and "auroc_test" in self.arrays
+
+    def _array(self, kind: str, split: str) -> np.ndarray:
+        """``pearson`` or ``auroc`` over ``split`` rows."""
+        if split not in SPLITS:
+            raise ProbeError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+        if split == "all":
+            return self.arrays[kind]
+        if not self.has_heldout:
+            raise ProbeError(f"{self.dir} has no held-out associations (recompute: python -m probes.features {self.dir} FILE.h5)")
+        return self.arrays[f"{kind}_{split}"]
+
     def label_scores(self, i: int) -> dict[str, dict[str, Any]]:
-        """Association of latent ``i`` with every label."""
+        """Association of latent ``i`` with every label (all rows; with ``pearson_train`` /
+        ``pearson_test`` or ``auroc_train`` / ``auroc_test`` of the same class when the file has them)."""
         out: dict[str, dict[str, Any]] = {}
         for m in self.index["labels"]:
             if m["kind"] == "continuous":
-                out[m["name"]] = {"kind": "continuous", "pearson": _f(self.arrays["pearson"][m["pearson_row"], i])}
+                entry: dict[str, Any] = {"kind": "continuous", "pearson": _f(self.arrays["pearson"][m["pearson_row"], i])}
+                if self.has_heldout:
+                    entry["pearson_train"] = _f(self.arrays["pearson_train"][m["pearson_row"], i])
+                    entry["pearson_test"] = _f(self.arrays["pearson_test"][m["pearson_row"], i])
             else:
                 per = {str(c): _f(self.arrays["auroc"][r, i]) for c, r in zip(m["auroc_classes"], m["auroc_rows"])}
                 vals = self.arrays["auroc"][m["auroc_rows"], i]
                 best = int(np.nanargmax(vals)) if np.isfinite(vals).any() else 0
-                out[m["name"]] = {"kind": "discrete", "auroc": _f(vals[best]),
-                                  "class": m["auroc_classes"][best], "per_class": per}
+                entry = {"kind": "discrete", "auroc": _f(vals[best]), "class": m["auroc_classes"][best], "per_class": per}
+                if self.has_heldout:
+                    # the class is chosen on the training episodes, its AUROC reported on held-out ones
+                    tr = self.arrays["auroc_train"][m["auroc_rows"], i]
+                    k = int(np.nanargmax(tr)) if np.isfinite(tr).any() else 0
+                    entry["class_train"] = m["auroc_classes"][k]
+                    entry["auroc_train"] = _f(tr[k])
+                    entry["auroc_test"] = _f(self.arrays["auroc_test"][m["auroc_rows"][k], i])
+            out[m["name"]] = entry
+        return out
+
+    def best_latents(self, label: str, k: int = 5) -> list[dict[str, Any]]:
+        """The ``k`` latents most associated with ``label`` on the TRAINING episodes, each with
+        its association on the held-out episodes (the number to report).
+
+        Returns dicts ``{"latent", "train", "test", "class"}``: |Pearson r| ordering for a
+        continuous label (signed r reported), best-class AUROC for a discrete one (the class is
+        the one chosen on training episodes).
+        """
+        if label not in self.labels:
+            raise ProbeError(f"no label {label!r} (have: {', '.join(self.labels) or 'none'})")
+        order = self.sorted_by("association", label, split="train")[:k]
+        m = self.labels[label]
+        out = []
+        for i in order:
+            i = int(i)
+            if m["kind"] == "continuous":
+                row = m["pearson_row"]
+                out.append({"latent": i, "train": _f(self.arrays["pearson_train"][row, i]),
+                            "test": _f(self.arrays["pearson_test"][row, i]), "class": None})
+            else:
+                scores = self.label_scores(i)[label]
+                out.append({"latent": i, "train": scores["auroc_train"], "test": scores["auroc_test"],
+                            "class": scores["class_train"]})
         return out
 
     def latent(self, i: int) -> dict[str, Any]:
@@ -114,10 +173,10 @@ class FeatureStore:
             "labels": self.label_scores(i),
         }
 
-    def scores(self, key: str, label: str | None = None) -> np.ndarray:
+    def scores(self, key: str, label: str | None = None, split: str = "all") -> np.ndarray:
         """One value per latent: ``density``, ``max_activation``, ``mean_activation``, or with a
         ``label``: ``pearson`` (continuous), ``auroc`` (discrete: best class), ``association``
-        (|pearson| or best-class AUROC)."""
+        (|pearson| or best-class AUROC), over ``split`` rows (``all``, ``train``, ``test``)."""
         if key not in SORT_KEYS:
             raise ProbeError(f"unknown sort key {key!r} (choose from {', '.join(SORT_KEYS)})")
         if key in ("density", "max_activation", "mean_activation"):
@@ -128,17 +187,19 @@ class FeatureStore:
         if m["kind"] == "continuous":
             if key == "auroc":
                 raise ProbeError(f"{label} is continuous: sort by pearson or association")
-            r = self.arrays["pearson"][m["pearson_row"]].astype(np.float64)
+            r = self._array("pearson", split)[m["pearson_row"]].astype(np.float64)
             return np.abs(r) if key == "association" else r
         if key == "pearson":
             raise ProbeError(f"{label} is discrete: sort by auroc or association")
-        vals = self.arrays["auroc"][m["auroc_rows"]].astype(np.float64)
+        vals = self._array("auroc", split)[m["auroc_rows"]].astype(np.float64)
         with np.errstate(all="ignore"):
             return np.where(np.isfinite(vals).any(axis=0), np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=0), np.nan)
 
-    def sorted_by(self, key: str, label: str | None = None, descending: bool = True) -> np.ndarray:
-        """Latent indices ordered by ``scores(key, label)``; NaNs (silent latents) go last."""
-        s = self.scores(key, label)
+    def sorted_by(
+        self, key: str, label: str | None = None, descending: bool = True, split: str = "all"
+    ) -> np.ndarray:
+        """Latent indices ordered by ``scores(key, label, split)``; NaNs (silent latents) go last."""
+        s = self.scores(key, label, split)
         filled = np.where(np.isnan(s), -np.inf if descending else np.inf, s)
         order = np.argsort(-filled if descending else filled, kind="stable")
         return order
@@ -156,21 +217,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10, help="top-activating steps kept per latent (default 10)")
     parser.add_argument("--context", type=int, default=2, help="neighbouring steps kept each side (default 2)")
     parser.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
+    parser.add_argument("--test-fraction", type=float, default=0.25, help="fraction of episodes held out (default 0.25)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episode split (default 0)")
     args = parser.parse_args(argv)
+    if not 0.0 < args.test_fraction < 1.0:
+        print("probes.features: error: --test-fraction must be in (0, 1)", file=sys.stderr)
+        return 2
     from probes.sae.features import compute_features  # the writer needs torch; the reader does not
 
     try:
-        out = compute_features(args.sae_dir, args.file, n_top=args.top, context=args.context, bins=args.bins)
+        out = compute_features(args.sae_dir, args.file, n_top=args.top, context=args.context, bins=args.bins,
+                               test_fraction=args.test_fraction, seed=args.seed)
         store = FeatureStore(out)
     except ProbeError as exc:
         print(f"probes.features: error: {exc}", file=sys.stderr)
         return 2
     alive = int((store.arrays["density"] > 0).sum())
     print(f"features of {store.d_sae} latents ({alive} fire) written to {out}")
-    for name in store.labels:
-        best = store.sorted_by("association", name)[:3]
-        print(f"  {name}: top latents {', '.join(str(int(i)) for i in best)}")
+    if store.has_heldout:
+        sp = store.index["split"]
+        print(f"best latents per label, chosen on {sp['n_train_episodes']} training episodes; "
+              f"value on {sp['n_test_episodes']} held-out episodes (train value in brackets)")
+        for name, m in store.labels.items():
+            what = "r" if m["kind"] == "continuous" else "AUROC"
+            parts = [f"{b['latent']}: {what} {_fmt(b['test'])} ({_fmt(b['train'])})" for b in store.best_latents(name, 3)]
+            print(f"  {name}: " + ", ".join(parts))
+    else:
+        for name in store.labels:
+            best = store.sorted_by("association", name)[:3]
+            print(f"  {name}: top latents {', '.join(str(int(i)) for i in best)}")
     return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ Standard library only: reading the layout never costs an import.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from probes.errors import ProbeError
 
 # ------------------------------------------------------------------ inside a run folder
 RUN_JSON = "run.json"
@@ -52,6 +55,54 @@ COMPARISONS = "comparisons"
 RESERVED_NAMES = frozenset({SWEEPS, COMPARISONS})
 """Folders of a runs directory that are not runs: no run may take their names."""
 
+LOCK_FILE = ".lock"
+"""``RUN/.lock``: held (``fcntl.flock``) by the one process that trains or resumes the run."""
+TMP_MARK = ".tmp-"
+"""Temporary names carry this mark (``step_X.h5.tmp-<pid>``, ``saes/.<name>.tmp-<pid>``): never listed."""
+
+MAX_COMPONENT = 128
+"""Longest name that becomes one path component. File systems allow 255 bytes; the lab appends
+suffixes (``-topk-512``, ``.weights.npz``, ``.tmp-<pid>``) and keeps the rest for them."""
+
+
+# ------------------------------------------------------------------ names that become paths
+class UnsafeName(ProbeError, ValueError):
+    """A name (run, hook, label, SAE, trajectories, ...) that cannot safely become a path component."""
+
+
+def safe_component(name: object, what: str) -> str:
+    """Return ``name`` if it can be used as one path component inside a run folder, else raise.
+
+    The one check for every name that becomes a path (run names, hook and label names, SAE
+    names, trajectory names, steering outputs): a non-empty string of at most ``MAX_COMPONENT``
+    characters, with no path separator, no NUL or control character, not starting with ``.``
+    (``.``, ``..``, hidden and temporary names) nor ``-`` (read as an option), so it names
+    exactly one entry of the folder it is joined to. ``what`` names it in the message
+    (``"hook"``, ``"SAE name"``, ...). Raises :class:`UnsafeName` (a ``ProbeError``).
+    """
+    if not isinstance(name, str):
+        raise UnsafeName(f"invalid {what}: expected text, got {type(name).__name__}")
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    if not name:
+        raise UnsafeName(f"invalid {what}: it is empty")
+    if len(name) > MAX_COMPONENT:
+        raise UnsafeName(f"invalid {what} {shown!r}: longer than {MAX_COMPONENT} characters "
+                         "(it becomes a file name, and file systems limit those)")
+    if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise UnsafeName(f"invalid {what} {shown!r}: it may not contain a path separator")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UnsafeName(f"invalid {what} {shown!r}: it may not contain control characters")
+    if name.startswith("."):
+        raise UnsafeName(f"invalid {what} {shown!r}: it may not start with '.'")
+    if name.startswith("-"):
+        raise UnsafeName(f"invalid {what} {shown!r}: it may not start with '-'")
+    return name
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a hidden or temporary entry (a write in progress, a lock): never listed."""
+    return path.name.startswith(".") or TMP_MARK in path.name
+
 
 @dataclass
 class RunLayout:
@@ -78,6 +129,11 @@ class RunLayout:
         return self.path / EVAL_JSON
 
     # folders
+    @property
+    def lock_path(self) -> Path:
+        """``.lock``: the training lock (see ``rl_lab.runs.RunLock``)."""
+        return self.path / LOCK_FILE
+
     @property
     def checkpoints_dir(self) -> Path:
         return self.path / CHECKPOINTS
@@ -111,49 +167,49 @@ class RunLayout:
 
     def activation_path(self, stem: str) -> Path:
         """``activations/<stem>.h5`` (``stem`` is a checkpoint stem such as ``step_000001000``)."""
-        return self.activations_dir / f"{stem}{ACTIVATION_SUFFIX}"
+        return self.activations_dir / f"{safe_component(stem, 'recording name')}{ACTIVATION_SUFFIX}"
 
     def probe_results_path(self, stem: str) -> Path:
         """``probes/<stem>.json``: the probe results of ``activations/<stem>.h5``."""
-        return self.probes_dir / f"{stem}{PROBE_RESULTS_SUFFIX}"
+        return self.probes_dir / f"{safe_component(stem, 'recording name')}{PROBE_RESULTS_SUFFIX}"
 
     def probe_weights_path(self, stem: str) -> Path:
         """``probes/<stem>.weights.npz``: the probe weights beside those results."""
-        return self.probes_dir / f"{stem}{PROBE_WEIGHTS_SUFFIX}"
+        return self.probes_dir / f"{safe_component(stem, 'recording name')}{PROBE_WEIGHTS_SUFFIX}"
 
     def sae_dir(self, name: str) -> Path:
         """``saes/<name>/``: one trained SAE."""
-        return self.saes_dir / name
+        return self.saes_dir / safe_component(name, "SAE name")
 
     def steer_path(self, stem: str) -> Path:
         """``steer/<stem>.json``: one intervention experiment."""
-        return self.steer_dir / f"{stem}.json"
+        return self.steer_dir / f"{safe_component(stem, 'steering output name')}.json"
 
     def trajectories_path(self, name: str = "default") -> Path:
         """``trajectories/<name>.h5``: an offline dataset collected from this run."""
-        return self.trajectories_dir / f"{name}.h5"
+        return self.trajectories_dir / f"{safe_component(name, 'trajectories name')}.h5"
 
     # listings
     def activation_files(self) -> list[Path]:
         if not self.activations_dir.is_dir():
             return []
-        return sorted(self.activations_dir.glob(f"*{ACTIVATION_SUFFIX}"))
+        return sorted(p for p in self.activations_dir.glob(f"*{ACTIVATION_SUFFIX}") if not is_temporary(p))
 
     def probe_result_files(self) -> list[Path]:
         """Every ``probes/<stem>.json`` (the weights files are not listed)."""
         if not self.probes_dir.is_dir():
             return []
-        return sorted(self.probes_dir.glob(f"*{PROBE_RESULTS_SUFFIX}"))
+        return sorted(p for p in self.probes_dir.glob(f"*{PROBE_RESULTS_SUFFIX}") if not is_temporary(p))
 
     def sae_dirs(self) -> list[Path]:
         if not self.saes_dir.is_dir():
             return []
-        return sorted(p for p in self.saes_dir.iterdir() if p.is_dir())
+        return sorted(p for p in self.saes_dir.iterdir() if p.is_dir() and not is_temporary(p))
 
     def steer_files(self) -> list[Path]:
         if not self.steer_dir.is_dir():
             return []
-        return sorted(self.steer_dir.glob("*.json"))
+        return sorted(p for p in self.steer_dir.glob("*.json") if not is_temporary(p))
 
     def log_files(self) -> list[Path]:
         """``*.log`` files left in the run folder itself (by a user or a job; the app lists them)."""
@@ -213,7 +269,7 @@ class RunsDirLayout:
 
     def sweep_record(self, name: str) -> Path:
         """``sweeps/<name>.json``: a sweep's trial statuses and aggregate."""
-        return self.sweeps_dir / f"{name}.json"
+        return self.sweeps_dir / f"{safe_component(name, 'sweep name')}.json"
 
     def sweep_records(self) -> list[Path]:
         """Every ``sweeps/<name>.json``, by name."""
@@ -258,4 +314,4 @@ def sae_output_dir(h5: Path | str, name: str) -> Path:
     run = run_of_file(h5)
     if run is not None:
         return run.sae_dir(name)
-    return h5.resolve().parent / f"{h5.stem}.saes" / name
+    return h5.resolve().parent / f"{h5.stem}.saes" / safe_component(name, "SAE name")

@@ -1,21 +1,30 @@
 """Linear probe sweep: every hook x label of an activation file, scored against baselines.
 
-For each hook and label a linear probe is fitted on training episodes and scored on held-out
-episodes: ridge regression (R^2) for continuous labels, logistic regression (accuracy and
-AUROC, macro one-vs-rest for more than two classes) for discrete ones. Regularisation is chosen
-by cross-validation grouped by episode. Beside each score the same probe is run on baselines:
+For each hook and label a linear probe predicts the label from the layer: ridge regression
+(R^2) for continuous labels, logistic regression (accuracy and AUROC, macro one-vs-rest for more
+than two classes) for discrete ones. Every statistical rule is stated once in ``docs/probes.md``:
 
-``mean``           predict the training mean / majority class;
-``raw_obs``        the probe on the observation ``/steps/obs``;
-``random_weights`` the probe on ``/acts_random/<hook>`` (same network, random weights);
-``control_task``   Hewitt & Liang (2019): every distinct observation gets a random fixed output
-                   drawn from the label's training distribution; the probe is trained on that.
-                   ``selectivity = score - control_task``.
+- **Repeated nested cross-validation grouped by episode.** Episodes are dealt into K outer folds
+  (``probes.splits.outer_folds``; default 5, so every episode is tested once per repeat). Outer
+  fold k is predicted by a probe fitted on the other folds, whose regularisation is chosen by
+  leave-one-fold-out CV over those other folds (the inner folds). The score is the out-of-fold
+  score over all episodes (the mean over repeats); its CI is a bootstrap over episodes of the
+  out-of-fold predictions.
+- **Baselines, all probed on the same folds:** ``mean`` (training-fold mean / majority class),
+  ``raw_obs`` (the current observation ``/steps/obs``), ``input_matched`` (everything the network
+  receives, when the file says what that is: ``ActivationFile.input_window``), ``random_weights``
+  (the mean over the random-weights twins ``/acts_random*/<hook>``, spread reported), and
+  ``control_task``: the same hook predicting the label of ANOTHER episode (episodes permuted,
+  each keeping its time course), ``selectivity = score - control_task``.
+- **Paired comparisons.** For each baseline, ``score - baseline`` with a paired bootstrap interval
+  over the same episode resamples; "beats X" means the interval lies above 0.
+- **Multiple comparisons.** One p-value per cell (hook x label: that the probe beats every
+  baseline, the largest of the per-baseline p-values), Holm-adjusted across every cell of the
+  run; ``significant`` (and the sentences, the TUI's marks) use the adjusted result.
 
 Ridge is solved from streamed sufficient statistics (``probes.ridge``), so memory does not grow
-with the file; logistic regression keeps at most ``max_logistic_rows`` training rows in memory
-(a seeded uniform subsample beyond that). The document and its records are ``probes.results``
-(``ProbeResults``, ``ProbeRecord``); ``docs/probes.md`` gives the JSON schema.
+with the file; logistic regression keeps at most ``max_logistic_rows`` rows in memory (a seeded
+uniform subsample beyond that). The document and its records are ``probes.results``.
 
 Run ``python -m probes.linear FILE.h5 [--json]``.
 """
@@ -25,15 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from probes.activations import ActivationFile
+from probes.activations import MAX_CLASSES, ActivationFile
 from probes.errors import ProbeError
 from probes.layout import PROBE_RESULTS_SUFFIX, PROBE_WEIGHTS_SUFFIX, run_of_file
 from probes.logistic import CS, auroc, fit_logistic, log_loss, predict_proba
@@ -49,444 +60,604 @@ from probes.results import (
     jsonable,
     write_probe_results,
 )
-from probes.ridge import RidgeStats, fit_ridge_cv, r2_from_sums
-from probes.splits import EpisodeSplit, bootstrap_counts, percentile_ci, split_episodes, unique_episodes
+from probes.ridge import RidgeStats, fit_ridge_all, fit_ridge_nested, r2_from_sums
+from probes.splits import OuterFolds, bootstrap_counts, outer_folds, percentile_ci, unique_episodes
 
 ROWS_PER_CHUNK = 8192
 MAX_LOGISTIC_ROWS = 100_000
 MAX_FEATURE_DIM = 2048
-MAX_CLASSES = 20
+INNER_TOL = 1e-5
+"""Gradient tolerance of the inner (C-selecting) logistic fits; the outer fits use the solver's own."""
+N_FOLDS = 5
+N_REPEATS = 1
+SIGNIFICANCE = 0.05
+"""Level of the Holm-corrected test and of the 95% intervals."""
+CORRECTION = "holm"
+CONTROL = "episode_permuted_label"
+"""The control task: the label of another episode (episodes permuted, time course kept)."""
+RANDOM_WEIGHTS = "random_weights"
+RAW_OBS = "raw_obs"
+INPUT_MATCHED = "input_matched"
+MEAN = "mean"
 CONTROL_SEED_SALT = 0x5EED_C0DE
 
 
 class Source(NamedTuple):
-    """A feature source of the file: ``/<group>/<dataset>``."""
+    """A feature source of the file: ``/<group>/<dataset>``, or the network's input window."""
 
-    group: str  # "acts", "acts_random" or "steps"
+    group: str  # "acts", "acts_random[_i]", "steps" or "input_window"
     dataset: str  # the hook, or "obs"
 
     def __str__(self) -> str:
-        return f"{self.group}/{self.dataset}"
+        return f"{self.group}/{self.dataset}" if self.dataset else self.group
 
 
 OBS = Source("steps", "obs")
+WINDOW = Source("input_window", "")
 
 
 # ---------------------------------------------------------------------------- labels
 @dataclass
 class LabelPlan:
-    """What the sweep knows about one label after a scan of its column."""
+    """What the sweep knows about one label after reading its column."""
 
     name: str
     kind: str  # "continuous" | "discrete"
     linear_in: list[str]
     description: str = ""
+    kind_source: str = "attribute"
+    derived_from: str | None = None
     classes: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    train_freq: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    freq: np.ndarray = field(default_factory=lambda: np.zeros(0))
     mean: float = 0.0
     std: float = 0.0
     n_nan: int = 0
     skip: str | None = None
 
+    @property
+    def discrete(self) -> bool:
+        return self.kind == DISCRETE
+
     def codes(self, values: np.ndarray) -> np.ndarray:
-        """Discrete values -> class codes ``0..K-1`` (``-1`` for NaN or unseen in training)."""
+        """Discrete values -> class codes ``0..K-1`` (``-1`` for NaN or a value not in ``classes``)."""
         values = np.asarray(values, dtype=np.float64)
-        idx = np.clip(np.searchsorted(self.classes, values), 0, max(len(self.classes) - 1, 0))
-        ok = np.isfinite(values) & (len(self.classes) > 0)
-        ok &= self.classes[idx] == values if len(self.classes) else ok
+        if len(self.classes) == 0:
+            return np.full(len(values), -1)
+        idx = np.clip(np.searchsorted(self.classes, values), 0, len(self.classes) - 1)
+        ok = np.isfinite(values) & (self.classes[idx] == values)
         return np.where(ok, idx, -1)
 
+    def target(self, values: np.ndarray) -> np.ndarray:
+        """What the probe predicts: class codes (discrete, -1 = left out) or values (NaN = left out)."""
+        return self.codes(values) if self.discrete else np.asarray(values, dtype=np.float64)
 
-def scan_labels(f: ActivationFile, names: Sequence[str], split: EpisodeSplit, notes: list[str]) -> list[LabelPlan]:
-    plans = []
-    for name in names:
-        info = f.label_info(name)
-        kind = info["kind"] if info["kind"] in (CONTINUOUS, DISCRETE) else CONTINUOUS
-        plan = LabelPlan(name=name, kind=kind, linear_in=list(info["linear_in"]), description=str(info["description"]))
-        n = s = ss = 0.0
-        n_nan = 0
-        counts: dict[float, int] = {}
-        for (sl, values), (_, eps) in zip(
-            f.iter_chunks("labels", name, ROWS_PER_CHUNK), f.iter_chunks("steps", "episode", ROWS_PER_CHUNK)
-        ):
-            values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)[:, 0]
-            train = split.groups_of(eps) < split.n_folds
-            finite = np.isfinite(values)
-            n_nan += int((~finite).sum())
-            v = values[train & finite]
-            n += len(v)
-            s += float(v.sum())
-            ss += float((v * v).sum())
-            if kind == DISCRETE:
-                u, c = np.unique(v, return_counts=True)
-                for key, cnt in zip(u.tolist(), c.tolist()):
-                    counts[key] = counts.get(key, 0) + cnt
-                    if len(counts) > 10 * MAX_CLASSES:
-                        break
-        plan.n_nan = n_nan
-        if n_nan:
-            notes.append(f"label {name!r}: {n_nan} NaN value(s) were left out of its probes")
-        if n == 0:
-            plan.skip = "it has no finite value in the training episodes"
-        elif kind == CONTINUOUS:
-            plan.mean = s / n
-            plan.std = math.sqrt(max(ss / n - plan.mean**2, 0.0))
-            if plan.std <= 1e-12 * max(1.0, abs(plan.mean)):
-                plan.skip = "it has no variance in the training episodes"
+
+def plan_label(f: ActivationFile, name: str, values: np.ndarray, notes: list[str]) -> LabelPlan:
+    """Decide how to probe one label from its whole column (``values`` [N])."""
+    info = f.label_info(name)
+    kind = info["kind"]
+    if kind not in (CONTINUOUS, DISCRETE):
+        notes.append(f"label {name!r}: unknown kind {kind!r}, probed as continuous")
+        kind = CONTINUOUS
+    plan = LabelPlan(name=name, kind=kind, linear_in=list(info["linear_in"]), description=str(info["description"]),
+                     kind_source=str(info.get("kind_source", "attribute")), derived_from=info.get("derived_from"))
+    finite = np.isfinite(values)
+    plan.n_nan = int((~finite).sum())
+    if plan.n_nan:
+        notes.append(f"label {name!r}: {plan.n_nan} NaN value(s) were left out of its probes")
+    v = values[finite]
+    if len(v) == 0:
+        plan.skip = "it has no finite value"
+    elif plan.discrete:
+        classes, counts = np.unique(v, return_counts=True)
+        if len(classes) < 2:
+            plan.skip = "it takes a single value"
+        elif len(classes) > MAX_CLASSES:
+            plan.skip = f"it has more than {MAX_CLASSES} classes (is it really discrete?)"
         else:
-            if len(counts) < 2:
-                plan.skip = "it takes a single value in the training episodes"
-            elif len(counts) > MAX_CLASSES:
-                plan.skip = f"it has more than {MAX_CLASSES} classes (is it really discrete?)"
-            else:
-                plan.classes = np.array(sorted(counts), dtype=np.float64)
-                freq = np.array([counts[c] for c in sorted(counts)], dtype=np.float64)
-                plan.train_freq = freq / freq.sum()
-                plan.mean = s / n
-                plan.std = math.sqrt(max(ss / n - plan.mean**2, 0.0))
-        if plan.skip:
-            notes.append(f"label {name!r} was not probed: {plan.skip}")
-        plans.append(plan)
-    return plans
+            plan.classes = classes.astype(np.float64)
+            plan.freq = counts / counts.sum()
+    else:
+        plan.mean, plan.std = float(v.mean()), float(v.std())
+        if plan.std <= 1e-12 * max(1.0, abs(plan.mean)):
+            plan.skip = "it has no variance"
+    if plan.skip:
+        notes.append(f"label {name!r} was not probed: {plan.skip}")
+    return plan
 
 
 # ---------------------------------------------------------------------------- control task
-def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def episode_permutation(n_episodes: int, seed: int) -> np.ndarray:
+    """A seeded permutation of ``0..n_episodes-1`` that moves every episode (a derangement)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_episodes)
+    if n_episodes < 2:
+        return perm
+    for i in np.flatnonzero(perm == np.arange(n_episodes)):
+        j = (i + 1) % n_episodes
+        perm[i], perm[j] = perm[j], perm[i]
+    for i in np.flatnonzero(perm == np.arange(n_episodes)):  # the swap can leave one fixed point
+        j = (i - 1) % n_episodes
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
 
 
-def observation_types(obs: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per observation row: equal observations get equal ids."""
-    flat = np.ascontiguousarray(np.asarray(obs, dtype=np.float32).reshape(len(obs), -1) + np.float32(0.0))
-    words = flat.view(np.uint32).astype(np.uint64)
-    mult = _multipliers(words.shape[1])
-    with np.errstate(over="ignore"):
-        return _splitmix((words * mult).sum(axis=1, dtype=np.uint64))
+def control_column(values: np.ndarray, ep_idx: np.ndarray, n_episodes: int, seed: int) -> np.ndarray:
+    """The control task's target: row t of episode e gets the label of row ``t mod len(e')`` of
+    episode ``e' = perm(e)``, a different episode.
 
-
-_MULT_CACHE: dict[int, np.ndarray] = {}
-
-
-def _multipliers(n: int) -> np.ndarray:
-    if n not in _MULT_CACHE:
-        rng = np.random.default_rng(CONTROL_SEED_SALT)
-        _MULT_CACHE[n] = rng.integers(1, 2**62, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    return _MULT_CACHE[n]
-
-
-def _uniform(types: np.ndarray, label_index: int, seed: int) -> np.ndarray:
-    key = np.uint64((seed * 1_000_003 + label_index * 7919 + 1) % (2**63))
-    with np.errstate(over="ignore"):
-        z = _splitmix(types ^ _splitmix(np.array([key], dtype=np.uint64))[0])
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
-
-
-def control_targets(plan: LabelPlan, types: np.ndarray, label_index: int, seed: int) -> np.ndarray:
-    """Hewitt & Liang control task: a random fixed output per observation type.
-
-    Continuous labels get a value uniform with the label's training mean and std; discrete
-    labels get a class code drawn with the label's training class frequencies.
+    The control keeps the label's marginal distribution, its autocorrelation within an episode
+    and its time course, but breaks its link with the activations of the episode it is paired
+    with. A probe that decodes it reads something that is not the label of this episode: the
+    time within the episode, or (with a leak across folds) the episode's identity.
     """
-    u = _uniform(types, label_index, seed)
-    if plan.kind == CONTINUOUS:
-        return plan.mean + plan.std * math.sqrt(12.0) * (u - 0.5)
-    return np.minimum(np.searchsorted(np.cumsum(plan.train_freq), u, side="right"), len(plan.classes) - 1)
+    perm = episode_permutation(n_episodes, seed)
+    order = np.argsort(ep_idx, kind="stable")  # rows of each episode, in recording order
+    starts = np.searchsorted(ep_idx[order], np.arange(n_episodes))
+    lengths = np.bincount(ep_idx, minlength=n_episodes)
+    pos = np.empty(len(ep_idx), dtype=np.int64)
+    pos[order] = np.arange(len(ep_idx)) - np.repeat(starts, lengths)  # step within the episode
+    donor = perm[ep_idx]
+    src = order[starts[donor] + pos % np.maximum(lengths[donor], 1)]
+    return np.asarray(values)[src]
 
 
-# ---------------------------------------------------------------------------- targets
-@dataclass
-class _Target:
-    """One column to probe: a real label or its control task."""
+# ---------------------------------------------------------------------------- reading features
+def window_features(f: ActivationFile, spec: Mapping[str, Any], rows: slice, n_actions: int | None) -> np.ndarray:
+    """The network's input window for ``rows``: the last K steps of the episode, oldest first,
+    zero-padded before the episode's start, with a validity column per position.
 
-    plan: LabelPlan
-    index: int
-    control: bool
+    Fields (``spec["fields"]``): ``obs`` (the observation), ``rtg`` (``/inputs/rtg``),
+    ``prev_actions`` (the actions of the window's earlier steps, one-hot when discrete; not the
+    current step's, which the network has not taken yet) and ``timestep`` (``/steps/t`` of the
+    current step; earlier positions' timesteps are that minus their offset).
+    """
+    K = int(spec["context"])
+    fields = list(spec["fields"])
+    lo = max(0, rows.start - (K - 1))
+    block = slice(lo, rows.stop)
+    eps = f.steps("episode", block)
+    t = f.steps("t", block)
+    cur = np.arange(rows.start, rows.stop) - lo
+    cols: list[np.ndarray] = []
+    obs = np.asarray(f.steps("obs", block), dtype=np.float64).reshape(len(eps), -1) if "obs" in fields else None
+    rtg = np.asarray(f.read("inputs", "rtg", block), dtype=np.float64).reshape(-1) if "rtg" in fields else None
+    act = None
+    if "prev_actions" in fields:
+        a = np.asarray(f.steps("action", block))
+        a = a.reshape(len(a), -1)
+        act = np.eye(n_actions)[np.clip(a[:, 0].astype(np.int64), 0, n_actions - 1)] if n_actions else a.astype(np.float64)
+    for k in range(K - 1, -1, -1):
+        src = cur - k
+        ok = src >= 0
+        s = np.clip(src, 0, None)
+        ok &= (eps[s] == eps[cur]) & (t[s] == t[cur] - k)
+        m = ok.astype(np.float64)[:, None]
+        cols.append(m)
+        if obs is not None:
+            cols.append(obs[s] * m)
+        if rtg is not None:
+            cols.append((rtg[s] * m[:, 0])[:, None])
+        if act is not None and k > 0:
+            cols.append(act[s] * m)
+    if "timestep" in fields:
+        cols.append(np.asarray(t[cur], dtype=np.float64)[:, None])
+    return np.concatenate(cols, axis=1)
 
-    @property
-    def key(self) -> str:
-        return ("control:" if self.control else "") + self.plan.name
 
-    @property
-    def discrete(self) -> bool:
-        return self.plan.kind == DISCRETE
+class _Reader:
+    """Reads one source's rows as float64 ``[n, d]``."""
 
+    def __init__(self, f: ActivationFile, source: Source) -> None:
+        self.f, self.source = f, source
+        self.spec = f.input_window if source == WINDOW else None
+        self.n_actions: int | None = None
+        if self.spec is not None and "prev_actions" in self.spec["fields"]:
+            a = np.asarray(f.steps("action"))
+            if a.dtype.kind in "iub" and a.size and a.reshape(len(a), -1).shape[1] == 1 and a.max() < MAX_CLASSES:
+                self.n_actions = int(a.max()) + 1
 
-def _target_values(t: _Target, raw: dict[str, np.ndarray], types: np.ndarray | None, seed: int) -> np.ndarray:
-    values = raw[t.plan.name]
-    if not t.control:
-        return t.plan.codes(values) if t.discrete else values
-    assert types is not None
-    out = control_targets(t.plan, types, t.index, seed)
-    bad = ~np.isfinite(values)
-    if t.discrete:
-        return np.where(bad, -1, out)
-    return np.where(bad, np.nan, out)
+    def read(self, rows: slice) -> np.ndarray:
+        if self.source == WINDOW:
+            assert self.spec is not None
+            return window_features(self.f, self.spec, rows, self.n_actions)
+        x = self.f.read(*self.source, rows=rows)
+        return np.asarray(x, dtype=np.float64).reshape(rows.stop - rows.start, -1)
+
+    def dim(self) -> int:
+        return int(self.read(slice(0, 1)).shape[1])
 
 
 # ---------------------------------------------------------------------------- one feature source
 @dataclass
-class _Chunk:
-    rows: slice
-    x: np.ndarray
-    groups: np.ndarray
-    episodes: np.ndarray
-    raw: dict[str, np.ndarray]
-    types: np.ndarray | None
-
-
-def _chunks(
-    f: ActivationFile, source: Source, plans: Sequence[LabelPlan], split: EpisodeSplit, need_types: bool
-) -> Iterable[_Chunk]:
-    for start in range(0, f.n, ROWS_PER_CHUNK):
-        sl = slice(start, min(start + ROWS_PER_CHUNK, f.n))
-        x = np.asarray(f.read(*source, rows=sl), dtype=np.float64).reshape(sl.stop - sl.start, -1)
-        eps = f.steps("episode", sl)
-        raw = {p.name: np.asarray(f.label(p.name, sl), dtype=np.float64).reshape(len(x), -1)[:, 0] for p in plans}
-        types = None
-        if need_types:
-            types = observation_types(x if source == OBS else f.steps("obs", sl))
-        yield _Chunk(sl, x, split.groups_of(eps), eps, raw, types)
-
-
-class RidgeFit(NamedTuple):
-    """A ridge probe fitted on the training episodes (acts on raw features)."""
-
-    coef: np.ndarray  # [d]
-    intercept: float
-    alpha: float
-    n_train: int
-
-
-class LogisticFit(NamedTuple):
-    """A logistic probe fitted on the training episodes; ``w`` acts on standardised features."""
-
-    w: np.ndarray  # [d + 1, cols]: weights, then the bias row
-    mean: np.ndarray  # [d] standardisation
-    scale: np.ndarray  # [d]
-    C: float
-    n_train: int
-
-
-@dataclass
 class ProbeResult:
-    """Held-out result of one probe (one source x one target)."""
+    """Out-of-fold result of one probe (one source x one target).
+
+    ``sums[r, e]`` are the out-of-fold sums of episode e in repeat r: ``(n, sum y, sum y^2, SSE)``
+    for R^2, ``(n, correct)`` for accuracy. ``inner[r, k]`` is the inner-CV score (R^2 or
+    accuracy) at the regularisation chosen for outer fold k: it never saw fold k.
+    """
 
     metric: str
-    score: float
-    ci: list[float]
+    sums: np.ndarray  # [R, E, c]
+    inner: np.ndarray  # [R, K]
+    reg: float  # alpha (ridge) or C (logistic) of the final direction
     n_train: int
     n_test: int
-    reg: float  # alpha (ridge) or C (logistic)
-    mean_baseline: float
     auroc: float | None = None
-    coef: np.ndarray | None = None  # raw-space direction(s): [d] or [K, d]
+    coef: np.ndarray | None = None  # final direction(s), raw space: [d] or [K, d]
     bias: np.ndarray | None = None
+
+    @property
+    def score(self) -> float:
+        return float(np.mean(score_of_sums(self.metric, self.sums.sum(axis=1))))
+
+
+def score_of_sums(metric: str, sums: np.ndarray) -> np.ndarray:
+    """R^2 or accuracy from (possibly bootstrap-weighted) sums ``[..., c]``."""
+    if metric == R2:
+        return r2_from_sums(sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sums[..., 0] > 0, sums[..., 1] / sums[..., 0], np.nan)
+
+
+def bootstrap_scores(metric: str, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[B]`` scores over episode resamples (``counts`` [B, E]), averaged over repeats."""
+    return np.mean(score_of_sums(metric, np.einsum("be,rec->rbc", counts, sums)), axis=0)
+
+
+def _geo_median(values: np.ndarray) -> float:
+    """The median in log space of positive regularisation strengths (a grid value for odd counts)."""
+    return float(np.exp(np.median(np.log(np.asarray(values, dtype=np.float64).ravel()))))
 
 
 def fit_source(
     f: ActivationFile,
     source: Source,
-    plans: Sequence[LabelPlan],
-    split: EpisodeSplit,
+    targets: Mapping[str, tuple[LabelPlan, np.ndarray]],
+    folds: OuterFolds,
+    ep_idx: np.ndarray,
     *,
-    with_control: bool,
     seed: int,
-    n_bootstrap: int,
     max_logistic_rows: int,
     notes: list[str],
 ) -> dict[str, ProbeResult]:
-    """Fit every target on one feature source; two streaming passes over the file."""
-    active = [p for p in plans if p.skip is None]
-    targets: list[_Target] = []
-    for i, p in enumerate(plans):
-        if p.skip is None:
-            targets.append(_Target(p, i, False))
-            if with_control:
-                targets.append(_Target(p, i, True))
+    """Nested-CV probes of every target on one feature source; two streaming passes over the file.
+
+    ``targets`` maps a key to ``(plan, target column [N])`` (``LabelPlan.target``);
+    ``ep_idx`` [N] is each row's episode index in ``folds.episodes``.
+    """
     if not targets:
         return {}
-    cont = [t for t in targets if not t.discrete]
-    disc = [t for t in targets if t.discrete]
-    # Targets with NaNs need their own statistics (different rows); the rest share one set.
-    shared = [t for t in cont if t.plan.n_nan == 0]
-    own = [t for t in cont if t.plan.n_nan > 0]
-    d = int(np.prod(f.read(*source, rows=slice(0, 1)).shape[1:]))
-    n_groups = split.n_folds + 1
-    stats_shared = RidgeStats(n_groups, d, len(shared)) if shared else None
-    stats_own = {t.key: RidgeStats(n_groups, d, 1) for t in own}
+    reader = _Reader(f, source)
+    R, K, E = folds.n_repeats, folds.n_folds, folds.n_episodes
+    fold_rows = folds.fold[:, ep_idx]  # [R, N]
+    keys = list(targets)
+    cont = [k for k in keys if not targets[k][0].discrete]
+    disc = [k for k in keys if targets[k][0].discrete]
+    # Targets without NaN share one set of statistics per repeat; the others need their own rows.
+    shared = [k for k in cont if np.isfinite(targets[k][1]).all()]
+    own = [k for k in cont if k not in shared]
+    d = reader.dim()
+    stats_shared = [RidgeStats(K, d, len(shared)) for _ in range(R)] if shared else []
+    stats_own = {k: [RidgeStats(K, d, 1) for _ in range(R)] for k in own}
+    y_shared = np.stack([targets[k][1] for k in shared], axis=1) if shared else None
 
-    # Logistic training rows: a seeded uniform subsample of at most max_logistic_rows.
-    n_train_rows = 0
-    if disc:
-        for _, eps in f.iter_chunks("steps", "episode", ROWS_PER_CHUNK):
-            n_train_rows += int((split.groups_of(eps) < split.n_folds).sum())
-    keep_p = min(1.0, max_logistic_rows / max(n_train_rows, 1))
+    n_rows = f.n
+    keep_p = min(1.0, max_logistic_rows / max(n_rows, 1))
     if disc and keep_p < 1.0:
-        notes.append(
-            f"{source}: logistic probes were trained on a seeded subsample of "
-            f"{max_logistic_rows} of {n_train_rows} training rows (max_logistic_rows)"
-        )
+        notes.append(f"{source}: logistic probes were trained on a seeded subsample of about "
+                     f"{max_logistic_rows} of {n_rows} rows (max_logistic_rows); they are scored on every row")
     lx: list[np.ndarray] = []
-    ly: list[np.ndarray] = []
-    lg: list[np.ndarray] = []
-    n_bad_rows = 0
+    lrow: list[np.ndarray] = []
+    n_bad = 0
 
-    # ---- pass 1: sufficient statistics (ridge) and the training subsample (logistic)
-    for ch in _chunks(f, source, active, split, need_types=with_control):
-        finite = np.isfinite(ch.x).all(axis=1)
-        n_bad_rows += int((~finite).sum())
-        vals = {t.key: _target_values(t, ch.raw, ch.types, seed) for t in targets}
-        train = finite & (ch.groups < split.n_folds)
-        if stats_shared is not None:
-            y = np.stack([vals[t.key] for t in shared], axis=1)
-            stats_shared.add(ch.x[train], y[train], ch.groups[train])
-        for t in own:
-            m = train & np.isfinite(vals[t.key])
-            stats_own[t.key].add(ch.x[m], vals[t.key][m][:, None], ch.groups[m])
+    # ---- pass 1: sufficient statistics (ridge) and the logistic rows
+    for start in range(0, n_rows, ROWS_PER_CHUNK):
+        sl = slice(start, min(start + ROWS_PER_CHUNK, n_rows))
+        x = reader.read(sl)
+        finite = np.isfinite(x).all(axis=1)
+        n_bad += int((~finite).sum())
+        rows = np.arange(sl.start, sl.stop)
+        for r in range(R):
+            g = fold_rows[r, sl]
+            if y_shared is not None:
+                stats_shared[r].add(x[finite], y_shared[sl][finite], g[finite])
+            for k in own:
+                m = finite & np.isfinite(targets[k][1][sl])
+                stats_own[k][r].add(x[m], targets[k][1][sl][m][:, None], g[m])
         if disc:
-            rng = np.random.default_rng([seed, ch.rows.start])
-            take = train & (rng.random(len(ch.x)) < keep_p)
-            lx.append(ch.x[take])
-            ly.append(np.stack([vals[t.key] for t in disc], axis=1)[take])
-            lg.append(ch.groups[take])
-    if n_bad_rows:
-        notes.append(f"{source}: {n_bad_rows} row(s) with non-finite activations were left out")
+            rng = np.random.default_rng([seed, CONTROL_SEED_SALT, start])
+            take = finite & (rng.random(len(x)) < keep_p)
+            lx.append(x[take])
+            lrow.append(rows[take])
+    if n_bad:
+        notes.append(f"{source}: {n_bad} row(s) with non-finite activations were left out")
 
-    fits: dict[str, RidgeFit | LogisticFit] = {}
-    for stats, group in ([(stats_shared, shared)] if stats_shared is not None else []) + [
-        (stats_own[t.key], [t]) for t in own
-    ]:
-        fit = fit_ridge_cv(stats, split.n_folds)
-        n_train = int(stats.pooled(list(range(split.n_folds))).n)
-        for j, t in enumerate(group):
-            fits[t.key] = RidgeFit(fit.coef[:, j], fit.intercept[j], float(fit.alpha[j]), n_train)
+    # ---- fits: per repeat and outer fold (nested), and a final direction on every row
+    ridge: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]] = {}
+    groups = ([(stats_shared, shared)] if shared else []) + [(stats_own[k], [k]) for k in own]
+    for stats, group in groups:
+        nested = [fit_ridge_nested(s, K) for s in stats]
+        for j, k in enumerate(group):
+            coef = np.stack([n.coef[:, :, j] for n in nested])  # [R, K, d]
+            icpt = np.stack([n.intercept[:, j] for n in nested])  # [R, K]
+            inner = np.stack([n.inner_r2[:, j] for n in nested])  # [R, K]
+            alpha = _geo_median(np.stack([n.alpha[:, j] for n in nested]))
+            fc, fi = fit_ridge_all(stats[0], K, np.full(stats[0].L, alpha))
+            ridge[k] = (coef, icpt, inner, alpha, fc[:, j], np.array([fi[j]]))
+    logistic: dict[str, tuple[list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]], np.ndarray, float, int]] = {}
+    final_logistic: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if disc:
         X = np.concatenate(lx) if lx else np.zeros((0, d))
-        Y = np.concatenate(ly) if ly else np.zeros((0, len(disc)), dtype=np.int64)
-        G = np.concatenate(lg) if lg else np.zeros(0, dtype=np.int64)
-        del lx, ly, lg
-        for j, t in enumerate(disc):
-            fits[t.key] = _fit_logistic_cv(X, Y[:, j].astype(np.int64), G, len(t.plan.classes), split.n_folds)
-        del X, Y, G
-
-    # ---- pass 2: held-out predictions, summed per test episode
-    e_test = len(split.test_episodes)
-    per_ep = {t.key: np.zeros((e_test, 4)) for t in targets}  # n, sum y | correct, sum y^2, sse
-    mean_sse = {t.key: np.zeros(e_test) for t in cont}
-    probs: dict[str, list[np.ndarray]] = {t.key: [] for t in disc}
-    codes: dict[str, list[np.ndarray]] = {t.key: [] for t in disc}
-    for ch in _chunks(f, source, active, split, need_types=with_control):
-        test = (ch.groups == split.test_group) & np.isfinite(ch.x).all(axis=1)
-        if not test.any():
-            continue
-        x = ch.x[test]
-        ep = split.test_index_of(ch.episodes[test])
-        for t in targets:
-            v = _target_values(t, ch.raw, ch.types, seed)[test]
-            acc = per_ep[t.key]
-            fit = fits[t.key]
-            if isinstance(fit, LogisticFit):
-                p = predict_proba((x - fit.mean) / fit.scale, fit.w, len(t.plan.classes))
-                ok = v >= -1  # every row counts; codes of -1 (unseen class) are errors
-                pred = np.argmax(p, axis=1)
-                np.add.at(acc[:, 0], ep[ok], 1.0)
-                np.add.at(acc[:, 1], ep[ok], (pred == v)[ok].astype(np.float64))
-                probs[t.key].append(p)
-                codes[t.key].append(v)
-            else:
-                ok = np.isfinite(v)
-                yhat = x[ok] @ fit.coef + fit.intercept
-                e = ep[ok]
-                np.add.at(acc[:, 0], e, 1.0)
-                np.add.at(acc[:, 1], e, v[ok])
-                np.add.at(acc[:, 2], e, v[ok] ** 2)
-                np.add.at(acc[:, 3], e, (v[ok] - yhat) ** 2)
-                np.add.at(mean_sse[t.key], e, (v[ok] - t.plan.mean) ** 2)
-
-    counts = bootstrap_counts(e_test, n_bootstrap, seed + 1) if n_bootstrap > 0 else np.zeros((0, e_test))
-    out: dict[str, ProbeResult] = {}
-    for t in targets:
-        acc = per_ep[t.key]
-        fit = fits[t.key]
-        n_test = int(acc[:, 0].sum())
-        if n_test == 0:
-            continue
-        if isinstance(fit, LogisticFit):
-            w, mu, scale = fit.w, fit.mean, fit.scale
-            score = float(acc[:, 1].sum() / n_test)
-            boot = (counts @ acc[:, 1]) / np.maximum(counts @ acc[:, 0], 1)
-            p_all = np.concatenate(probs[t.key])
-            y_all = np.concatenate(codes[t.key])
-            majority = int(np.argmax(t.plan.train_freq))
+        rows_kept = np.concatenate(lrow) if lrow else np.zeros(0, dtype=np.int64)
+        del lx, lrow
+        for k in disc:
+            plan, col = targets[k]
+            y = col[rows_kept].astype(np.int64)
+            ok = y >= 0
+            per_repeat, inners, Cs = [], [], []
+            for r in range(R):
+                models, inner, chosen = _fit_logistic_nested(X[ok], y[ok], fold_rows[r, rows_kept[ok]], K, len(plan.classes))
+                per_repeat.append(models)
+                inners.append(inner)
+                Cs.extend(chosen)
+            C = _geo_median(np.array(Cs))
+            mu, scale = _standardiser(X[ok])
+            w = fit_logistic((X[ok] - mu) / scale, y[ok], len(plan.classes), C)
             raw_coef = (w[:-1] / scale[:, None]).T  # [cols, d]
             raw_bias = w[-1] - (mu / scale) @ w[:-1]
-            out[t.key] = ProbeResult(
-                metric=ACCURACY,
-                score=score,
-                ci=percentile_ci(boot),
-                n_train=fit.n_train,
-                n_test=n_test,
-                reg=float(fit.C),
-                mean_baseline=float(np.mean(y_all == majority)),
-                auroc=auroc(p_all, y_all),
-                coef=raw_coef[0] if raw_coef.shape[0] == 1 else raw_coef,
-                bias=raw_bias,
-            )
+            logistic[k] = (per_repeat, np.array(inners), C, int(ok.sum() * (K - 1) / K))
+            final_logistic[k] = (raw_coef[0] if raw_coef.shape[0] == 1 else raw_coef, raw_bias)
+        del X
+
+    # ---- pass 2: out-of-fold predictions, summed per episode
+    sums = {k: np.zeros((R, E, 4 if k in ridge else 2)) for k in keys}
+    probs: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in range(R)] for k in disc}
+    codes: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in range(R)] for k in disc}
+    for start in range(0, n_rows, ROWS_PER_CHUNK):
+        sl = slice(start, min(start + ROWS_PER_CHUNK, n_rows))
+        x = reader.read(sl)
+        finite = np.isfinite(x).all(axis=1)
+        ep = ep_idx[sl]
+        for r in range(R):
+            g = fold_rows[r, sl]
+            for k in keys:
+                v = targets[k][1][sl]
+                acc = sums[k][r]
+                if k in ridge:
+                    coef, icpt = ridge[k][0][r], ridge[k][1][r]  # [K, d], [K]
+                    ok = finite & np.isfinite(v)
+                    yhat = np.einsum("nd,nd->n", x[ok], coef[g[ok]]) + icpt[g[ok]]
+                    e, vv = ep[ok], v[ok]
+                    np.add.at(acc[:, 0], e, 1.0)
+                    np.add.at(acc[:, 1], e, vv)
+                    np.add.at(acc[:, 2], e, vv**2)
+                    np.add.at(acc[:, 3], e, (vv - yhat) ** 2)
+                else:
+                    models = logistic[k][0][r]
+                    n_classes = len(targets[k][0].classes)
+                    ok = finite & (v >= 0)
+                    p = np.zeros((int(ok.sum()), n_classes))
+                    gk = g[ok]
+                    for fold, (w, mu, scale) in enumerate(models):
+                        m = gk == fold
+                        if m.any():
+                            p[m] = predict_proba((x[ok][m] - mu) / scale, w, n_classes)
+                    vv = v[ok].astype(np.int64)
+                    np.add.at(acc[:, 0], ep[ok], 1.0)
+                    np.add.at(acc[:, 1], ep[ok], (np.argmax(p, axis=1) == vv).astype(np.float64))
+                    probs[k][r].append(p)
+                    codes[k][r].append(vv)
+
+    out: dict[str, ProbeResult] = {}
+    for k in keys:
+        n_test = int(sums[k][0, :, 0].sum())
+        if n_test == 0:
+            continue
+        if k in ridge:
+            _, _, inner, alpha, fc, fi = ridge[k]
+            n_train = int(round(n_test * (K - 1) / K))
+            out[k] = ProbeResult(R2, sums[k], inner, alpha, n_train, n_test, coef=fc, bias=fi)
         else:
-            sums = acc.sum(axis=0)
-            score = float(r2_from_sums(sums[0], sums[1], sums[2], sums[3]))
-            b = counts @ acc
-            boot = r2_from_sums(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
-            out[t.key] = ProbeResult(
-                metric=R2,
-                score=score,
-                ci=percentile_ci(boot),
-                n_train=fit.n_train,
-                n_test=n_test,
-                reg=fit.alpha,
-                mean_baseline=float(r2_from_sums(sums[0], sums[1], sums[2], mean_sse[t.key].sum())),
-                coef=fit.coef,
-                bias=np.array([fit.intercept]),
-            )
+            _, inner, C, n_train = logistic[k]
+            aurocs = [auroc(np.concatenate(probs[k][r]), np.concatenate(codes[k][r])) for r in range(R)]
+            finite_auc = [a for a in aurocs if math.isfinite(a)]
+            coef, bias = final_logistic[k]
+            out[k] = ProbeResult(ACCURACY, sums[k], inner, C, n_train, n_test,
+                                 auroc=float(np.mean(finite_auc)) if finite_auc else None, coef=coef, bias=bias)
     return out
 
 
-def _fit_logistic_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, n_folds: int) -> LogisticFit:
-    """Choose C by grouped CV (mean held-out log-loss, ties to the first) and refit on all rows."""
-    ok = y >= 0
-    X, y, groups = X[ok], y[ok], groups[ok]
-    best_C = 1.0
-    if n_folds >= 2:
-        losses = np.zeros(len(CS))
-        for k in range(n_folds):
-            tr, va = groups != k, groups == k
-            if not va.any() or not tr.any():
-                continue
-            mu, scale = _standardiser(X[tr])
-            xt, xv = (X[tr] - mu) / scale, (X[va] - mu) / scale
-            xtb = np.concatenate([xt, np.ones((len(xt), 1))], axis=1)
-            w = None
-            state: dict = {}  # the Hessian preconditioner travels along the C path
-            for i, C in enumerate(CS):
-                w = fit_logistic(xt, y[tr], n_classes, float(C), w0=w, xb=xtb, state=state)
-                losses[i] += log_loss(predict_proba(xv, w, n_classes), y[va])
-        best_C = float(CS[int(np.argmin(losses))])
-    mu, scale = _standardiser(X)
-    w = fit_logistic((X - mu) / scale, y, n_classes, best_C)
-    return LogisticFit(w, mu, scale, best_C, int(len(y)))
+ProgressFn = Callable[[int, int, str], None]
+PARALLEL_MIN_CELLS = 4_000_000
+"""Rows x feature dimensions summed over the sources below which one process is faster than a pool."""
+
+
+def _fit_source_job(path: str, allow_incomplete: bool, source: Source, targets: Mapping[str, tuple[LabelPlan, np.ndarray]],
+                    folds: OuterFolds, ep_idx: np.ndarray, seed: int, max_logistic_rows: int) -> tuple[dict[str, ProbeResult], list[str]]:
+    """``fit_source`` in a worker process: opens the file itself, returns the results and notes."""
+    notes: list[str] = []
+    with ActivationFile(path, allow_incomplete=allow_incomplete) as f:
+        res = fit_source(f, source, targets, folds, ep_idx, seed=seed, max_logistic_rows=max_logistic_rows, notes=notes)
+    return res, notes
+
+
+def _fit_sources(
+    f: ActivationFile,
+    jobs: Sequence[tuple[Source, Mapping[str, tuple[LabelPlan, np.ndarray]]]],
+    folds: OuterFolds,
+    ep_idx: np.ndarray,
+    *,
+    seed: int,
+    max_logistic_rows: int,
+    notes: list[str],
+    allow_incomplete: bool,
+    workers: int | None,
+    progress: ProgressFn | None,
+) -> list[dict[str, ProbeResult]]:
+    """``fit_source`` for every job, in order, in this process or in a pool of ``workers``."""
+    if workers is None:
+        cells = f.n * sum(_Reader(f, src).dim() for src, _ in jobs)
+        workers = min(os.cpu_count() or 1, len(jobs)) if cells >= PARALLEL_MIN_CELLS else 1
+    workers = max(1, min(workers, len(jobs)))
+    results: list[dict[str, ProbeResult]] = []
+    if workers == 1:
+        for i, (src, targets) in enumerate(jobs):
+            results.append(fit_source(f, src, targets, folds, ep_idx, seed=seed,
+                                      max_logistic_rows=max_logistic_rows, notes=notes))
+            if progress is not None:
+                progress(i + 1, len(jobs), str(src))
+        return results
+    # spawn, not the forkserver: that server is one per interpreter and keeps the stderr it
+    # started with, so a caller's later pool (a sweep's) would write its progress there
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_fit_source_job, str(f.path), allow_incomplete, src, targets, folds, ep_idx,
+                               seed, max_logistic_rows) for src, targets in jobs]
+        done = 0
+        for fut in as_completed(futures):
+            fut.result()  # a failing job fails the sweep at once
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs), "")
+        for fut in futures:  # merged in job order: the results and notes do not depend on timing
+            res, job_notes = fut.result()
+            results.append(res)
+            notes.extend(job_notes)
+    return results
+
+
+def _fit_logistic_nested(
+    X: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, n_classes: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray, list[float]]:
+    """Per outer fold k: C chosen by leave-one-fold-out CV over the other folds (mean held-out
+    log-loss, ties to the first C), then a fit on all of them.
+
+    The fit on "every fold but {j, k}" along the C path is validated on j for outer fold k and
+    on k for outer fold j, so each pair is fitted once. Returns ``[(w, mean, scale)] * K``,
+    the inner accuracy at each chosen C ``[K]`` and the chosen Cs.
+    """
+    losses = np.zeros((n_folds, len(CS)))
+    accs = np.zeros((n_folds, len(CS)))
+    votes = np.zeros(n_folds)
+    if n_folds >= 3:
+        for j in range(n_folds):
+            for k in range(j + 1, n_folds):
+                tr = (fold != j) & (fold != k)
+                vals = [(fold == j, k), (fold == k, j)]  # (validation rows, the outer fold they serve)
+                if not tr.any() or len(np.unique(y[tr])) < 2:
+                    continue
+                mu, scale = _standardiser(X[tr])
+                xt = (X[tr] - mu) / scale
+                xtb = np.concatenate([xt, np.ones((len(xt), 1))], axis=1)
+                xv = [((X[m] - mu) / scale, y[m], outer) for m, outer in vals if m.any()]
+                for _, _, outer in xv:
+                    votes[outer] += 1
+                w = None
+                state: dict = {}  # the Hessian preconditioner travels along the C path
+                path = np.zeros((len(xv), len(CS), 2))  # [validation set, C, (loss, accuracy)]
+                for i, C in enumerate(CS):
+                    w = fit_logistic(xt, y[tr], n_classes, float(C), w0=w, xb=xtb, state=state, tol=INNER_TOL)
+                    for v, (xval, yval, _) in enumerate(xv):
+                        p = predict_proba(xval, w, n_classes)
+                        path[v, i] = log_loss(p, yval), float(np.mean(np.argmax(p, axis=1) == yval))
+                    if i >= 2 and (np.diff(path[:, i - 2:i + 1, 0], axis=1) > 0).all():
+                        # two rises in a row on every validation set: larger C over-fits more;
+                        # the rest of the path is taken as no better than its last point
+                        path[:, i + 1:] = path[:, i:i + 1]
+                        break
+                for v, (_, _, outer) in enumerate(xv):
+                    losses[outer] += path[v, :, 0]
+                    accs[outer] += path[v, :, 1]
+    models, inner, chosen = [], np.full(n_folds, np.nan), []
+    for k in range(n_folds):
+        C = 1.0
+        if votes[k] > 0:
+            best = int(np.argmin(losses[k]))
+            C, inner[k] = float(CS[best]), accs[k, best] / votes[k]
+        chosen.append(C)
+        tr = fold != k
+        mu, scale = _standardiser(X[tr])
+        w = fit_logistic((X[tr] - mu) / scale, y[tr], n_classes, C)
+        models.append((w, mu, scale))
+    return models, inner, chosen
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population std of the columns (constant columns keep scale 1), as StandardScaler."""
+    if len(x) == 0:
+        return np.zeros(x.shape[1]), np.ones(x.shape[1])
     mu = x.mean(axis=0)
     var = x.var(axis=0)
     scale = np.sqrt(var)
     tiny = 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0) ** 2
     scale[var <= tiny] = 1.0
     return mu, scale
+
+
+def mean_baseline(plan: LabelPlan, target: np.ndarray, ep_idx: np.ndarray, folds: OuterFolds) -> ProbeResult:
+    """The ``mean`` baseline on the same folds: each outer fold predicted by the other folds'
+    mean (continuous) or majority class (discrete)."""
+    R, K, E = folds.n_repeats, folds.n_folds, folds.n_episodes
+    ok = target >= 0 if plan.discrete else np.isfinite(target)
+    e, v = ep_idx[ok], target[ok]
+    sums = np.zeros((R, E, 2 if plan.discrete else 4))
+    for r in range(R):
+        g = folds.fold[r, e]
+        if plan.discrete:
+            counts = np.zeros((K, len(plan.classes)))
+            np.add.at(counts, (g, v.astype(np.int64)), 1.0)
+            majority = np.argmax(counts.sum(axis=0)[None, :] - counts, axis=1)  # [K]: of the other folds
+            np.add.at(sums[r, :, 0], e, 1.0)
+            np.add.at(sums[r, :, 1], e, (v == majority[g]).astype(np.float64))
+        else:
+            n_k = np.bincount(g, minlength=K).astype(np.float64)
+            s_k = np.bincount(g, weights=v, minlength=K)
+            means = (s_k.sum() - s_k) / np.maximum(n_k.sum() - n_k, 1.0)
+            np.add.at(sums[r, :, 0], e, 1.0)
+            np.add.at(sums[r, :, 1], e, v)
+            np.add.at(sums[r, :, 2], e, v**2)
+            np.add.at(sums[r, :, 3], e, (v - means[g]) ** 2)
+    n = int(ok.sum())
+    return ProbeResult(ACCURACY if plan.discrete else R2, sums, np.full((R, K), np.nan), float("nan"),
+                       int(round(n * (K - 1) / K)), n)
+
+
+# ---------------------------------------------------------------------------- statistics
+def paired_difference(main: np.ndarray, base: np.ndarray, difference: float, level: float = 0.95) -> dict[str, Any]:
+    """``score - baseline`` with its paired bootstrap interval and p-value.
+
+    ``main`` and ``base`` are bootstrap scores over the SAME episode resamples. The interval is
+    the percentile interval of the paired differences; ``p`` tests "the probe is better" as
+    ``2 * Phi(-d / se)`` (capped at 1) with the bootstrap standard error ``se``, so that
+    ``p < 0.05`` goes with a 95% interval above 0; it can reach the small values that a
+    correction over hundreds of cells needs, which a bootstrap count cannot.
+    """
+    diff = np.asarray(main) - np.asarray(base)
+    diff = diff[np.isfinite(diff)]
+    ci = percentile_ci(diff, level)
+    if not math.isfinite(difference) or len(diff) < 2:
+        return {"difference": difference, "ci": ci, "p": 1.0}
+    se = float(np.std(diff, ddof=1))
+    if se <= 0:
+        p = 0.0 if difference > 0 else 1.0
+    else:
+        p = min(1.0, math.erfc(difference / se / math.sqrt(2.0)))  # = 2 * Phi(-d / se)
+    return {"difference": difference, "ci": ci, "p": p}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out.tolist()
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -515,12 +686,15 @@ def probe_file(
     labels: Sequence[str] | None = None,
     hooks: Sequence[str] | None = None,
     seed: int = 0,
-    test_fraction: float = 0.25,
+    n_folds: int = N_FOLDS,
+    n_repeats: int = N_REPEATS,
     n_bootstrap: int = 200,
     out_json: Path | str | None = None,
     weights_path: Path | str | None = None,
     allow_incomplete: bool = False,
     max_logistic_rows: int = MAX_LOGISTIC_ROWS,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Probe every hook x label of one activation file; returns the JSON document.
 
@@ -531,11 +705,13 @@ def probe_file(
     labels, hooks:
         Restrict the sweep (default: all); an unknown name raises ``ProbeError``.
     seed:
-        Seeds the episode split, the control task, subsampling and the bootstrap.
-    test_fraction:
-        Fraction of episodes held out for scoring.
+        Seeds the folds, the control task, subsampling and the bootstrap.
+    n_folds:
+        Outer folds of the nested cross-validation (every episode is tested once per repeat).
+    n_repeats:
+        Repeats of the outer partition with different permutations (scores are averaged).
     n_bootstrap:
-        Number of episode resamples for the confidence intervals (0: no CI).
+        Episode resamples for the intervals and paired tests (0: no interval, nothing significant).
     out_json:
         Also write the document there (atomically).
     weights_path:
@@ -544,8 +720,21 @@ def probe_file(
     allow_incomplete:
         Read a file that was cut short (a note says so) instead of refusing it.
     max_logistic_rows:
-        Cap on the training rows a logistic probe holds in memory (seeded subsample beyond).
+        Cap on the rows a logistic probe holds in memory (seeded subsample beyond).
+    workers:
+        Processes that fit feature sources side by side (default: one per core on a file large
+        enough to repay starting them, else 1). The results do not depend on it.
+    progress:
+        Called as ``progress(done, total, source)`` after each feature source.
     """
+    if workers is not None and workers < 1:
+        raise ProbeError(f"the number of workers must be at least 1, got {workers}")
+    if n_folds < 2:
+        raise ProbeError(f"the number of folds must be at least 2, got {n_folds}")
+    if n_repeats < 1:
+        raise ProbeError(f"the number of repeats must be at least 1, got {n_repeats}")
+    if n_bootstrap < 0:
+        raise ProbeError(f"the number of bootstrap resamples cannot be negative, got {n_bootstrap}")
     path = Path(path)
     out_path = Path(out_json) if out_json is not None else None
     notes: list[str] = []
@@ -564,62 +753,109 @@ def probe_file(
             seed=seed,
             n_steps=int(f.n),
             notes=notes,
+            control=CONTROL,
+            correction=CORRECTION,
+            significance_level=SIGNIFICANCE,
         )
+        if f.attrs.get("recording_id") is not None:  # the results go stale once the recording is replaced
+            doc.extra["recording_id"] = str(f.attrs["recording_id"])
         if not label_names:
             notes.append("the file has no labels: nothing to probe")
             return _finish(doc, out_path)
-        episodes = unique_episodes(f)
         try:
-            split = split_episodes(episodes, test_fraction=test_fraction, seed=seed)
+            folds = outer_folds(unique_episodes(f), n_folds=n_folds, n_repeats=n_repeats, seed=seed)
         except ValueError as exc:
             notes.append(f"no probe was fitted: {exc}")
             return _finish(doc, out_path)
-        doc.n_train_episodes = int(len(split.train_episodes))
-        doc.n_test_episodes = int(len(split.test_episodes))
-        if split.n_folds < 2:
-            notes.append(
-                "only one training episode: regularisation was not cross-validated (alpha = C = 1)"
-            )
-        if len(split.test_episodes) < 5:
-            notes.append(f"only {len(split.test_episodes)} test episode(s): confidence intervals are rough")
-        plans = scan_labels(f, label_names, split, notes)
-        common = dict(seed=seed, n_bootstrap=n_bootstrap, max_logistic_rows=max_logistic_rows, notes=notes)
+        doc.cv = {"outer_folds": folds.n_folds, "repeats": folds.n_repeats, "n_episodes": folds.n_episodes,
+                  "inner": "leave-one-fold-out over the other outer folds", "n_bootstrap": n_bootstrap}
+        if not folds.nested:
+            notes.append(f"only {folds.n_folds} outer folds: regularisation was not cross-validated (alpha = C = 1)")
+        if folds.n_episodes < 10:
+            notes.append(f"only {folds.n_episodes} episodes: intervals and tests are rough")
+        if n_bootstrap == 0:
+            notes.append("no bootstrap (n_bootstrap = 0): no interval, and no probe counts as significant")
+        ep_idx = folds.index_of(f.episodes())
+        plans, main_t, ctrl_t = [], {}, {}
+        for i, name in enumerate(label_names):
+            values = np.asarray(f.label(name), dtype=np.float64).reshape(f.n, -1)[:, 0]
+            plan = plan_label(f, name, values, notes)
+            plans.append(plan)
+            if plan.skip is None:
+                target = plan.target(values)
+                main_t[name] = (plan, target)
+                ctrl_t["control:" + name] = (plan, control_column(target, ep_idx, folds.n_episodes, seed * 7919 + i))
+        common = dict(seed=seed, max_logistic_rows=max_logistic_rows, notes=notes)
+        means = {name: mean_baseline(plan, t, ep_idx, folds) for name, (plan, t) in main_t.items()}
 
-        def too_wide(source: Source) -> bool:
-            dim = int(np.prod(f.read(*source, rows=slice(0, 1)).shape[1:]))
+        def usable(source: Source) -> bool:
+            dim = _Reader(f, source).dim()
             if dim > MAX_FEATURE_DIM:
                 notes.append(f"{source} has {dim} dimensions (> {MAX_FEATURE_DIM}); it was not probed")
-                return True
-            return False
+                return False
+            return True
 
-        obs_results: dict[str, ProbeResult] = {}
-        if _has(f, OBS) and not too_wide(OBS):
-            obs_results = fit_source(f, OBS, plans, split, with_control=False, **common)
+        # every feature source is one job: the baselines first, then each hook and its twins
+        jobs: list[tuple[Source, dict[str, tuple[LabelPlan, np.ndarray]]]] = []
+        if _has(f, OBS) and usable(OBS):
+            jobs.append((OBS, main_t))
         else:
             notes.append("no usable /steps/obs: the raw-observation baseline is missing")
-        missing_random = [h for h in hook_names if h not in f.random_hooks]
+        if f.input_window is None:
+            notes.append("the file does not say what the network receives beyond the current observation "
+                         "(no input_window attribute): the input-matched baseline is absent")
+        elif _window_ok(f, f.input_window, notes) and usable(WINDOW):
+            jobs.append((WINDOW, main_t))
+        missing_random = [h for h in hook_names if not f.random_twins(h)]
         if missing_random:
             notes.append(
                 "the random-weights baseline needs the run's network and was not recorded for "
-                + ", ".join(missing_random)
-                + " (no /acts_random); it is left out"
+                + ", ".join(missing_random) + " (no /acts_random); it is left out"
             )
+        few = sorted({len(f.random_twins(h)) for h in hook_names if 0 < len(f.random_twins(h)) < 3})
+        if few:
+            notes.append(f"only {', '.join(map(str, few))} random-weights twin(s) recorded for some hooks "
+                         "(3 or more make the twin baseline robust to one lucky initialisation)")
+        probed = [h for h in hook_names if usable(Source("acts", h))]
+        for hook in probed:
+            jobs.append((Source("acts", hook), {**main_t, **ctrl_t}))
+            jobs.extend((Source(g, hook), main_t) for g in f.random_twins(hook))
+        results = _fit_sources(f, jobs, folds, ep_idx, allow_incomplete=allow_incomplete, workers=workers,
+                               progress=progress, **common)
+        by_source = {str(src): res for (src, _), res in zip(jobs, results)}
+        obs_results = by_source.get(str(OBS), {})
+        window_results = by_source.get(str(WINDOW), {})
+        counts = bootstrap_counts(folds.n_episodes, n_bootstrap, seed + 1) if n_bootstrap > 0 else None
+        stats = _Stats(counts)
         weights: dict[str, np.ndarray] = {}
-        for hook in hook_names:
-            if too_wide(Source("acts", hook)):
-                continue
-            main = fit_source(f, Source("acts", hook), plans, split, with_control=True, **common)
-            rand = (
-                fit_source(f, Source("acts_random", hook), plans, split, with_control=False, **common)
-                if hook in f.random_hooks
-                else {}
-            )
+        per_label: dict[str, list[tuple[ProbeRecord, ProbeResult]]] = {}
+        for hook in probed:
+            main = by_source[str(Source("acts", hook))]
+            twins = [by_source[str(Source(g, hook))] for g in f.random_twins(hook)]
             for plan in plans:
                 res = main.get(plan.name)
                 if res is None:
                     continue
-                doc.records.append(_record(plan, hook, res, main, obs_results, rand, checkpoint, doc.step))
+                baselines: dict[str, list[ProbeResult]] = {MEAN: [means[plan.name]]}
+                for name, table in ((RAW_OBS, obs_results), (INPUT_MATCHED, window_results)):
+                    if plan.name in table:
+                        baselines[name] = [table[plan.name]]
+                twin_res = [t[plan.name] for t in twins if plan.name in t]
+                if twin_res:
+                    baselines[RANDOM_WEIGHTS] = twin_res
+                if "control:" + plan.name in main:
+                    baselines[CONTROL_TASK] = [main["control:" + plan.name]]
+                rec = _record(plan, hook, res, baselines, stats, checkpoint, doc.step)
+                doc.records.append(rec)
+                per_label.setdefault(plan.name, []).append((rec, res))
                 _store_weights(weights, plan, hook, res)
+        doc.records = _correct(doc.records)
+        doc.n_tests = sum(1 for r in doc.records if r.p_value is not None)
+        doc.best_hooks = {
+            label: best for label, cells in per_label.items()
+            if (best := _nested_best_hook(cells, folds, stats, means[label],
+                                          {k: t[label] for k, t in ((RAW_OBS, obs_results), (INPUT_MATCHED, window_results)) if label in t}))
+        }
         wpath = Path(weights_path) if weights_path is not None else _default_weights_path(path, out_path)
         if wpath is not None and weights:
             wpath.parent.mkdir(parents=True, exist_ok=True)
@@ -628,6 +864,56 @@ def probe_file(
             os.replace(tmp, wpath)
             doc.weights = str(wpath)
     return _finish(doc, out_path)
+
+
+def main_probe_scores(
+    path: Path | str,
+    *,
+    hooks: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    seed: int = 0,
+    n_folds: int = N_FOLDS,
+    max_logistic_rows: int = MAX_LOGISTIC_ROWS,
+) -> dict[tuple[str, str], float]:
+    """The out-of-fold score of the main probe only (no baseline, control or bootstrap) per
+    ``(hook, label)``, on the same folds as ``probe_file(..., n_repeats=1)``: what a comparison
+    with another implementation (``tests/sklearn_reference.py``, the benchmark) times."""
+    path = Path(path)
+    out: dict[tuple[str, str], float] = {}
+    notes: list[str] = []
+    with ActivationFile(path) as f:
+        folds = outer_folds(unique_episodes(f), n_folds=n_folds, n_repeats=1, seed=seed)
+        ep_idx = folds.index_of(f.episodes())
+        targets = {}
+        for name in _select(labels, f.labels, "label", path):
+            values = np.asarray(f.label(name), dtype=np.float64).reshape(f.n, -1)[:, 0]
+            plan = plan_label(f, name, values, notes)
+            if plan.skip is None:
+                targets[name] = (plan, plan.target(values))
+        for hook in _select(hooks, f.hooks, "hook", path):
+            res = fit_source(f, Source("acts", hook), targets, folds, ep_idx, seed=seed,
+                             max_logistic_rows=max_logistic_rows, notes=notes)
+            out.update({(hook, label): r.score for label, r in res.items()})
+    return out
+
+
+def _window_ok(f: ActivationFile, spec: Mapping[str, Any], notes: list[str]) -> bool:
+    """Whether the file has every dataset the input window needs (a note says what is missing)."""
+    need = {"obs": ("steps", "obs"), "prev_actions": ("steps", "action"), "timestep": ("steps", "t")}
+    for fld in spec["fields"]:
+        if fld == "rtg":
+            if not f.has_input("rtg"):
+                notes.append("input_window lists rtg but the file has no /inputs/rtg: the input-matched baseline is absent")
+                return False
+        elif fld in need:
+            if not _has(f, Source(*need[fld])):
+                notes.append(f"input_window lists {fld} but the file has no /{'/'.join(need[fld])}: "
+                             "the input-matched baseline is absent")
+                return False
+        else:
+            notes.append(f"input_window lists an unknown field {fld!r}: the input-matched baseline is absent")
+            return False
+    return True
 
 
 def _has(f: ActivationFile, source: Source) -> bool:
@@ -645,41 +931,69 @@ def _finish(doc: ProbeResults, out_path: Path | None) -> dict[str, Any]:
     return jsonable(doc.to_dict())
 
 
+class _Stats:
+    """Bootstrap scores of results over one shared set of episode resamples (so all are paired)."""
+
+    def __init__(self, counts: np.ndarray | None) -> None:
+        self.counts = counts
+        self._cache: dict[int, tuple[ProbeResult, np.ndarray]] = {}  # holds the result: its id stays unique
+
+    def boot(self, res: ProbeResult) -> np.ndarray | None:
+        if self.counts is None:
+            return None
+        if id(res) not in self._cache:
+            self._cache[id(res)] = (res, bootstrap_scores(res.metric, res.sums, self.counts))
+        return self._cache[id(res)][1]
+
+    def boot_mean(self, results: Sequence[ProbeResult]) -> np.ndarray | None:
+        boots = [self.boot(r) for r in results]
+        return None if any(b is None for b in boots) else np.mean(np.stack(boots), axis=0)  # type: ignore[arg-type]
+
+    def ci(self, boot: np.ndarray | None) -> list[float]:
+        return percentile_ci(boot) if boot is not None else [float("nan"), float("nan")]
+
+
 def _record(
     plan: LabelPlan,
     hook: str,
     res: ProbeResult,
-    main: dict[str, ProbeResult],
-    obs: dict[str, ProbeResult],
-    rand: dict[str, ProbeResult],
+    baselines: Mapping[str, Sequence[ProbeResult]],
+    stats: _Stats,
     checkpoint: str,
     step: int | None,
 ) -> ProbeRecord:
-    baselines: dict[str, float] = {"mean": res.mean_baseline}
-    auroc_baselines: dict[str, float] = {"mean": 0.5}
-    for name, table in (("raw_obs", obs), ("random_weights", rand)):
-        if plan.name in table:
-            baselines[name] = table[plan.name].score
-            if table[plan.name].auroc is not None:
-                auroc_baselines[name] = table[plan.name].auroc  # type: ignore[assignment]
-    control = main.get("control:" + plan.name)
-    if control is not None:
-        baselines[CONTROL_TASK] = control.score
-        if control.auroc is not None:
-            auroc_baselines[CONTROL_TASK] = control.auroc
+    """One record: the score, each baseline (mean over its results), the paired differences and
+    the cell's uncorrected p-value (the largest per-baseline p: the probe must beat them all)."""
+    score = res.score
+    boot = stats.boot(res)
+    scores: dict[str, float] = {}
+    paired: dict[str, dict[str, Any]] = {}
+    for name, results in baselines.items():
+        base = float(np.mean([r.score for r in results]))
+        scores[name] = base
+        base_boot = stats.boot_mean(results)
+        if boot is not None and base_boot is not None:
+            paired[name] = paired_difference(boot, base_boot, score - base)
+    p_value = max((p["p"] for p in paired.values()), default=None) if paired else None
+    twins = baselines.get(RANDOM_WEIGHTS, [])
     discrete = res.metric == ACCURACY
+    auroc_baselines = None
+    if discrete:
+        auroc_baselines = {MEAN: 0.5}
+        for name, results in baselines.items():
+            if name != MEAN and all(r.auroc is not None for r in results):
+                auroc_baselines[name] = float(np.mean([r.auroc for r in results]))  # type: ignore[misc]
+    control = scores.get(CONTROL_TASK)
     return ProbeRecord(
         hook=hook,
         label=plan.name,
         kind=plan.kind,
         metric=res.metric,
-        score=res.score,
-        baselines=baselines,
-        selectivity=res.score - control.score if control is not None else None,
-        beats_baselines=bool(res.ci[0] > max(v for v in baselines.values() if v is not None and math.isfinite(v)))
-        if math.isfinite(res.ci[0])
-        else False,
-        ci=(res.ci[0], res.ci[1]),
+        score=score,
+        baselines=scores,
+        selectivity=score - control if control is not None else None,
+        beats_baselines=False,  # set by _correct: significant after correction
+        ci=tuple(stats.ci(boot)),  # type: ignore[arg-type]
         checkpoint=checkpoint,
         step=step,
         linear_by_construction=hook in plan.linear_in,
@@ -687,10 +1001,113 @@ def _record(
         n_test=res.n_test,
         alpha=None if discrete else res.reg,
         auroc=res.auroc if discrete else None,
-        auroc_baselines=auroc_baselines if discrete else None,
+        auroc_baselines=auroc_baselines,
         C=res.reg if discrete else None,
         n_classes=int(len(plan.classes)) if discrete else None,
+        paired=paired,
+        p_value=p_value,
+        control=CONTROL if control is not None else None,
+        random_twins={"n": len(twins), "scores": [r.score for r in twins],
+                      "std": float(np.std([r.score for r in twins], ddof=1)) if len(twins) > 1 else None}
+        if twins else None,
+        kind_source=plan.kind_source,
+        derived_from=plan.derived_from,
     )
+
+
+def _correct(records: list[ProbeRecord]) -> list[ProbeRecord]:
+    """Holm over every cell with a p-value; ``significant`` = adjusted p below ``SIGNIFICANCE``
+    and every paired interval above 0 (so each "beyond X" of the sentences holds on its own)."""
+    tested = [i for i, r in enumerate(records) if r.p_value is not None]
+    adjusted = holm([records[i].p_value for i in tested])  # type: ignore[misc]
+    out = list(records)
+    for i, p_adj in zip(tested, adjusted):
+        r = records[i]
+        above = all(p["ci"][0] is not None and math.isfinite(p["ci"][0]) and p["ci"][0] > 0 for p in r.paired.values())
+        sig = bool(p_adj < SIGNIFICANCE and above)
+        out[i] = r.replace(p_adjusted=p_adj, significant=sig, beats_baselines=sig)
+    return out
+
+
+def _nested_best_hook(
+    cells: Sequence[tuple[ProbeRecord, ProbeResult]],
+    folds: OuterFolds,
+    stats: _Stats,
+    mean: ProbeResult,
+    shared: Mapping[str, ProbeResult],
+) -> dict[str, Any] | None:
+    """The best hook for one label, chosen inside the training folds.
+
+    For each repeat and outer fold, the hook with the best inner-CV score (which never saw that
+    fold) is chosen, and that fold's out-of-fold predictions are taken from it; the score is the
+    out-of-fold score of this selection, so it carries no selection bias. Hooks where the label is
+    linear by construction are left out. None when no hook has an inner-CV score.
+    """
+    cells = [(rec, res) for rec, res in cells if not rec.linear_by_construction]
+    if not cells:
+        return None
+    inner = np.stack([np.where(np.isfinite(res.inner), res.inner, -np.inf) for _, res in cells])  # [H, R, K]
+    if not np.isfinite(inner).any():
+        return None
+    choice = np.argmax(inner, axis=0)  # [R, K]
+    sums = np.zeros_like(cells[0][1].sums)
+    for r in range(folds.n_repeats):
+        for k in range(folds.n_folds):
+            eps = folds.fold[r] == k
+            sums[r, eps] = cells[int(choice[r, k])][1].sums[r, eps]
+    metric = cells[0][1].metric
+    chosen = ProbeResult(metric, sums, np.full_like(cells[0][1].inner, np.nan), float("nan"), 0, 0)
+    boot = stats.boot(chosen)
+    names, n = np.unique(choice, return_counts=True)
+    hooks_chosen = {cells[int(h)][0].hook: int(c) for h, c in zip(names, n)}
+    paired = {}
+    for name, base in ((MEAN, mean), *shared.items()):
+        base_boot = stats.boot(base)
+        if boot is not None and base_boot is not None:
+            paired[name] = paired_difference(boot, base_boot, chosen.score - base.score)
+    return {
+        "hook": max(hooks_chosen, key=lambda h: hooks_chosen[h]),
+        "hooks_chosen": hooks_chosen,
+        "metric": metric,
+        "score": chosen.score,
+        "ci": stats.ci(boot),
+        "n_hooks": len(cells),
+        "method": "nested: chosen by inner-CV score in each outer fold's training folds",
+        "paired": paired,
+    }
+
+
+def best_hook(doc: ProbeResults | Mapping[str, Any], label: str, hooks: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """The best hook for ``label`` in one probe document, reported without selection bias.
+
+    When ``hooks`` is None (every probed hook) and the document has a nested selection
+    (``best_hooks``, written by ``probe_file``), that is returned: the hook is chosen inside the
+    training folds and its score is out-of-fold (``method`` starts with ``nested``). Otherwise
+    (a subset of hooks, or an older document) the result says plainly that it is the maximum over
+    ``n_hooks`` hooks (``method: "max over N hooks"``): its score is optimistic, and its
+    ``significant``/``p_adjusted`` are the cell's Holm-corrected values, which already cover every
+    cell of the file (so they stay valid under the selection). Hooks where the label is linear
+    by construction are left out. None when no record qualifies.
+    """
+    res = _results(doc)
+    stored = res.best_hooks.get(label) if hooks is None else None
+    if stored:
+        return dict(stored)
+    recs = [r for r in res.records if r.label == label and not r.linear_by_construction and r.score is not None
+            and (hooks is None or r.hook in hooks)]
+    if not recs:
+        return None
+    top = max(recs, key=lambda r: r.score)  # type: ignore[arg-type, return-value]
+    return {
+        "hook": top.hook,
+        "metric": top.metric,
+        "score": top.score,
+        "ci": list(top.ci) if top.ci is not None else None,
+        "n_hooks": len(recs),
+        "method": f"max over {len(recs)} hooks (the score is optimistic; significance is Holm-corrected over the file)",
+        "p_adjusted": top.p_adjusted,
+        "significant": top.significant,
+    }
 
 
 def _store_weights(weights: dict[str, np.ndarray], plan: LabelPlan, hook: str, res: ProbeResult) -> None:
@@ -741,6 +1158,10 @@ def _f2(v: float | None) -> str:
     return "?" if v is None else f"{v:.2f}"
 
 
+def _pfmt(p: float | None) -> str:
+    return "  -   " if p is None else (f"{p:.4f}" if p >= 1e-4 else "<1e-4 ")
+
+
 def _results(doc: ProbeResults | Mapping[str, Any]) -> ProbeResults:
     return doc if isinstance(doc, ProbeResults) else ProbeResults.from_dict(doc)
 
@@ -754,7 +1175,8 @@ def format_table(doc: ProbeResults | Mapping[str, Any]) -> str:
         hw = max(len("hook"), *(len(r.hook) for r in recs))
         lw = max(len("label"), *(len(r.label) + (1 if r.linear_by_construction else 0) for r in recs))
         head = (
-            f"{'hook':<{hw}}  {'label':<{lw}}  metric    score  95% CI        mean   obs    rand   ctrl   select  auroc"
+            f"{'hook':<{hw}}  {'label':<{lw}}  metric    score  95% CI        mean   obs    input  rand   ctrl   "
+            "select  auroc  p_adj   sig"
         )
         lines += [head, "-" * len(head)]
         for r in recs:
@@ -764,15 +1186,21 @@ def format_table(doc: ProbeResults | Mapping[str, Any]) -> str:
             ci = f"{_fmt(low)}-{_fmt(high).strip()}"
             lines.append(
                 f"{r.hook:<{hw}}  {name:<{lw}}  {r.metric:<8}  {_fmt(r.score)}  {ci:<12}  "
-                f"{_fmt(b.get('mean'))}  {_fmt(b.get('raw_obs'))}  {_fmt(b.get('random_weights'))}  "
-                f"{_fmt(b.get(CONTROL_TASK))}  {_fmt(r.selectivity)}   {_fmt(r.auroc)}"
+                f"{_fmt(b.get(MEAN))}  {_fmt(b.get(RAW_OBS))}  {_fmt(b.get(INPUT_MATCHED))}  "
+                f"{_fmt(b.get(RANDOM_WEIGHTS))}  {_fmt(b.get(CONTROL_TASK))}  {_fmt(r.selectivity)}   {_fmt(r.auroc)}  "
+                f"{_pfmt(r.p_adjusted)}  {'yes' if r.significant else 'no'}"
             )
     else:
         lines.append("(no probe was fitted)")
+    cv = res.cv or {}
     lines.append(
-        "score: R^2 (continuous) or accuracy (discrete) on held-out episodes; baselines: mean = mean/majority "
-        "predictor, obs = same probe on the raw observation, rand = on the random-weights network, ctrl = "
-        "control task (random output per observation); select = score - ctrl; * = linear by construction "
+        f"score: out-of-fold R^2 (continuous) or accuracy (discrete) over held-out episodes (nested CV, "
+        f"{cv.get('outer_folds', '?')} outer folds x {cv.get('repeats', '?')} repeat(s)); baselines on the same folds: "
+        "mean = mean/majority predictor, obs = the current observation, input = everything the network receives "
+        "(its input window), rand = mean over the random-weights twins, ctrl = control task (the label of another "
+        "episode: episodes permuted); select = score - ctrl; p_adj = Holm-adjusted p of beating every baseline "
+        f"(paired episode bootstrap) over {res.n_tests if res.n_tests is not None else '?'} tests; sig = p_adj < "
+        f"{res.significance_level or SIGNIFICANCE} and every paired interval above 0; * = linear by construction "
         "(not a discovery)"
     )
     lines += [f"note: {n}" for n in res.notes]
@@ -780,38 +1208,70 @@ def format_table(doc: ProbeResults | Mapping[str, Any]) -> str:
 
 
 def summarise(doc: ProbeResults | Mapping[str, Any]) -> list[str]:
-    """Sentences in words: which labels which layers encode beyond every baseline."""
+    """Sentences in words: which labels which layers encode beyond every baseline.
+
+    A cell counts only when it is ``significant``: its Holm-adjusted p (over every cell of the
+    document) is below the level and each paired interval ``score - baseline`` lies above 0.
+    Records from older documents (no ``significant``) fall back to ``beats_baselines``.
+    """
     res = _results(doc)
     out: list[str] = []
     by_label: dict[str, list[ProbeRecord]] = {}
     for r in res.records:
         by_label.setdefault(r.label, []).append(r)
+    tests = f"Holm-corrected over {res.n_tests} tests" if res.n_tests else "uncorrected"
 
     def score(r: ProbeRecord) -> float:
         return r.score if r.score is not None else -math.inf
 
+    def significant(r: ProbeRecord) -> bool:
+        return bool(r.significant) if r.significant is not None else r.beats_baselines
+
+    words = ((RAW_OBS, "the raw observation"), (INPUT_MATCHED, "the network's input window"),
+             (RANDOM_WEIGHTS, "random weights"), (CONTROL_TASK, "the control task"))
     for label, recs in by_label.items():
-        found = [r for r in recs if r.beats_baselines]
+        found = [r for r in recs if significant(r)]
         for r in sorted(found, key=lambda r: -score(r)):
             what = "R^2" if r.metric == R2 else "accuracy"
             vs = []
-            for key, words in (("raw_obs", "the raw observation"), ("random_weights", "random weights"), (CONTROL_TASK, "the control task")):
+            for key, text in words:
                 if r.baselines.get(key) is not None:
-                    vs.append(f"{words} ({r.baselines[key]:.2f})")
+                    diff = r.paired.get(key, {}).get("difference")
+                    vs.append(f"{text} ({r.baselines[key]:.2f}" + (f", {diff:+.2f}" if diff is not None else "") + ")")
             tail = " (linear by construction, so expected, not a discovery)" if r.linear_by_construction else ""
+            if r.derived_from in ("value_output", "policy_output"):
+                tail += f" (a readout of the network's {r.derived_from.replace('_', ' ')}, not an emerged variable)"
             low, high = r.ci or (None, None)
+            p = f", p_adj {_pfmt(r.p_adjusted).strip()}" if r.p_adjusted is not None else ""
             out.append(
                 f"{label} is linearly decodable from {r.hook} ({what} {_f2(r.score)}, 95% CI "
-                f"{_f2(low)}-{_f2(high)}) beyond " + (", ".join(vs) or "the mean predictor") + tail + "."
+                f"{_f2(low)}-{_f2(high)}{p}) beyond " + (", ".join(vs) or "the mean predictor")
+                + f" (paired, {tests})" + tail + "."
             )
         if not found:
             best = max(recs, key=score)
-            strongest = best.best_baseline or ("mean", None)
             low, high = best.ci or (None, None)
+            worst = None
+            if best.paired:
+                worst = min(best.paired.items(), key=lambda kv: (kv[1]["ci"][0] if kv[1]["ci"][0] is not None else -math.inf))
+            if worst is not None:
+                d = worst[1]
+                why = (f"its paired difference with the {worst[0]} baseline is {_f2(d['difference'])} "
+                       f"(95% CI {_f2(d['ci'][0])}-{_f2(d['ci'][1])})")
+                if best.p_adjusted is not None and all((v["ci"][0] or -1) > 0 for v in best.paired.values()):
+                    why = f"its Holm-adjusted p is {_pfmt(best.p_adjusted).strip()} ({tests})"
+            else:
+                strongest = best.best_baseline or ("mean", None)
+                why = f"it does not clear the {strongest[0]} baseline ({_f2(strongest[1])}) with its whole interval"
             out.append(
                 f"{label} is not decoded beyond the baselines by any probed layer: the best, {best.hook} "
-                f"({_f2(best.score)}, 95% CI {_f2(low)}-{_f2(high)}), does not clear the "
-                f"{strongest[0]} baseline ({_f2(strongest[1])}) with its whole interval."
+                f"({_f2(best.score)}, 95% CI {_f2(low)}-{_f2(high)}), is not significant: {why}."
+            )
+        top = best_hook(res, label)
+        if top is not None and top.get("method", "").startswith("nested") and top.get("n_hooks", 0) > 1:
+            out.append(
+                f"  best hook for {label}, chosen inside the training folds among {top['n_hooks']}: {top['hook']} "
+                f"(out-of-fold {_f2(top['score'])}, 95% CI {_f2(top['ci'][0])}-{_f2(top['ci'][1])})."
             )
     if not out:
         out.append("no probe was fitted" + (f": {res.notes[0]}" if res.notes else "."))
@@ -843,6 +1303,17 @@ def _split_list(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+def stderr_progress(done: int, total: int, source: str) -> None:
+    """Progress on stderr: one overwritten line on a terminal, a line per source in a log."""
+    what = f" ({source})" if source else ""
+    line = f"probes.linear: {done}/{total} feature sources fitted{what}"
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{line}\x1b[K" + ("\n" if done == total else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m probes.linear FILE.h5 [FILE.h5 ...] [--json] ...``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m probes.linear", description=__doc__.splitlines()[0])
@@ -850,18 +1321,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--labels", help="comma-separated labels to probe (default: all)")
     parser.add_argument("--hooks", help="comma-separated hooks to probe (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, control task and bootstrap")
-    parser.add_argument("--test-fraction", type=float, default=0.25, help="fraction of episodes held out")
-    parser.add_argument("--bootstrap", type=int, default=200, help="episode resamples for the CI")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, control task and bootstrap")
+    parser.add_argument("--folds", type=int, default=N_FOLDS, help="outer folds of the nested CV (by episode)")
+    parser.add_argument("--repeats", type=int, default=N_REPEATS, help="repeats of the outer partition")
+    parser.add_argument("--bootstrap", type=int, default=200, help="episode resamples for intervals and paired tests")
     parser.add_argument("--out", help="also write the JSON document to this path")
     parser.add_argument("--weights", help="where to save probe directions (.npz)")
     parser.add_argument("--allow-incomplete", action="store_true", help="read a file that was cut short")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes fitting feature sources side by side (default: one per core on large files)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
     kwargs: dict[str, Any] = dict(
+        workers=args.workers,
+        progress=None if args.quiet else stderr_progress,
         labels=_split_list(args.labels),
         hooks=_split_list(args.hooks),
         seed=args.seed,
-        test_fraction=args.test_fraction,
+        n_folds=args.folds,
+        n_repeats=args.repeats,
         n_bootstrap=args.bootstrap,
         allow_incomplete=args.allow_incomplete,
     )

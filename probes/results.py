@@ -16,7 +16,7 @@ import json
 import math
 import numbers
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -66,6 +66,27 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _str(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _paired(value: Any) -> dict[str, dict[str, Any]]:
+    """``baseline -> {"difference", "ci": [low, high], "p"}``; malformed entries are dropped."""
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in value.items():
+        if not isinstance(entry, Mapping):
+            continue
+        ci = entry.get("ci")
+        out[str(name)] = {
+            "difference": _num(entry.get("difference")),
+            "ci": [_num(ci[0]), _num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None],
+            "p": _num(entry.get("p")),
+        }
+    return out
+
+
 def _scores(value: Any) -> dict[str, float | None]:
     """A ``name -> score`` table; a name whose score is null keeps ``None``."""
     if not isinstance(value, Mapping):
@@ -93,9 +114,26 @@ class ProbeRecord:
     selectivity: float | None = None
     """``score - baselines["control_task"]``."""
     beats_baselines: bool = False
-    """The lower end of ``ci`` is above every baseline."""
+    """Same as ``significant`` (older files: the lower end of ``ci`` was above every baseline)."""
     ci: tuple[float | None, float | None] | None = None
-    """95% bootstrap interval ``(low, high)`` of ``score`` over test episodes."""
+    """95% bootstrap interval ``(low, high)`` of ``score`` over episodes (out-of-fold predictions)."""
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Baseline name -> ``{"difference": score - baseline, "ci": [low, high], "p"}``: a paired
+    bootstrap over the same episode resamples. "Beats X" means ``ci[0] > 0``."""
+    p_value: float | None = None
+    """Uncorrected p of "the probe beats every baseline" (the largest per-baseline ``p``)."""
+    p_adjusted: float | None = None
+    """``p_value`` Holm-adjusted over every cell of the document (``ProbeResults.n_tests``)."""
+    significant: bool | None = None
+    """``p_adjusted`` below the level and every paired interval above 0 (None: not tested)."""
+    control: str | None = None
+    """The control task behind ``baselines["control_task"]`` (e.g. ``episode_permuted_label``)."""
+    random_twins: dict[str, Any] | None = None
+    """``{"n", "scores", "std"}`` of the random-weights twins; ``baselines["random_weights"]`` is their mean."""
+    kind_source: str | None = None
+    """How the label's kind was decided: ``attribute`` or ``inferred: ...``."""
+    derived_from: str | None = None
+    """Where the label comes from (``value_output``, ``policy_output``, ``environment``; None: unknown)."""
     checkpoint: str = ""
     step: int | None = None
     linear_by_construction: bool = False
@@ -140,6 +178,15 @@ class ProbeRecord:
         """The random-weights twin's score (None when the recording has no ``/acts_random``)."""
         return self.baselines.get("random_weights")
 
+    def beats(self, baseline: str) -> bool:
+        """Whether the paired interval of ``score - baseline`` lies above 0 (uncorrected)."""
+        low = self.paired.get(baseline, {}).get("ci", [None, None])[0]
+        return low is not None and low > 0
+
+    def replace(self, **changes: Any) -> ProbeRecord:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
     def summary(self) -> dict[str, Any]:
         """The keys a sweep keeps per probe (``SUMMARY_KEYS``), as JSON values."""
         full = self.to_dict()
@@ -162,6 +209,14 @@ class ProbeRecord:
             "selectivity": self.selectivity,
             "beats_baselines": self.beats_baselines,
             "ci": list(self.ci) if self.ci is not None else None,
+            "paired": {k: dict(v) for k, v in self.paired.items()},
+            "p_value": self.p_value,
+            "p_adjusted": self.p_adjusted,
+            "significant": self.significant,
+            "control": self.control,
+            "random_twins": dict(self.random_twins) if self.random_twins is not None else None,
+            "kind_source": self.kind_source,
+            "derived_from": self.derived_from,
             "checkpoint": self.checkpoint,
             "step": self.step,
             "linear_by_construction": self.linear_by_construction,
@@ -199,6 +254,14 @@ class ProbeRecord:
             selectivity=_num(data.get("selectivity")),
             beats_baselines=bool(data.get("beats_baselines", False)),
             ci=(_num(ci[0]), _num(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else None,
+            paired=_paired(data.get("paired")),
+            p_value=_num(data.get("p_value")),
+            p_adjusted=_num(data.get("p_adjusted")),
+            significant=bool(data["significant"]) if isinstance(data.get("significant"), bool) else None,
+            control=_str(data.get("control")),
+            random_twins=dict(data["random_twins"]) if isinstance(data.get("random_twins"), Mapping) else None,
+            kind_source=_str(data.get("kind_source")),
+            derived_from=_str(data.get("derived_from")),
             checkpoint=str(data.get("checkpoint") or checkpoint),
             step=_int(data.get("step")),
             linear_by_construction=bool(data.get("linear_by_construction", False)),
@@ -233,6 +296,17 @@ class ProbeResults:
     n_train_episodes: int | None = None
     """Absent (None) when the episodes could not be split."""
     n_test_episodes: int | None = None
+    control: str | None = None
+    """The control task of the records (``episode_permuted_label``)."""
+    correction: str | None = None
+    """The multiple-comparison correction behind ``p_adjusted`` (``holm``)."""
+    significance_level: float | None = None
+    n_tests: int | None = None
+    """Number of cells (hook x label) in the correction."""
+    cv: dict[str, Any] | None = None
+    """``{"outer_folds", "repeats", "n_episodes", "inner", "n_bootstrap"}``."""
+    best_hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Label -> the best hook chosen inside the training folds (``probes.linear.best_hook``)."""
     schema_version: int = SCHEMA_VERSION
     skipped: int = 0
     """Malformed records left out when reading (not written)."""
@@ -256,6 +330,8 @@ class ProbeResults:
             out["n_train_episodes"] = self.n_train_episodes
         if self.n_test_episodes is not None:
             out["n_test_episodes"] = self.n_test_episodes
+        out.update(control=self.control, correction=self.correction, significance_level=self.significance_level,
+                   n_tests=self.n_tests, cv=self.cv, best_hooks=self.best_hooks)
         out.update(self.extra)
         return out
 
@@ -285,6 +361,13 @@ class ProbeResults:
             weights=str(weights) if weights is not None else None,
             n_train_episodes=_int(data.get("n_train_episodes")),
             n_test_episodes=_int(data.get("n_test_episodes")),
+            control=_str(data.get("control")),
+            correction=_str(data.get("correction")),
+            significance_level=_num(data.get("significance_level")),
+            n_tests=_int(data.get("n_tests")),
+            cv=dict(data["cv"]) if isinstance(data.get("cv"), Mapping) else None,
+            best_hooks={str(k): dict(v) for k, v in (data.get("best_hooks") or {}).items() if isinstance(v, Mapping)}
+            if isinstance(data.get("best_hooks"), Mapping) else {},
             schema_version=_int(data.get("schema_version")) or SCHEMA_VERSION,
             skipped=skipped,
             extra={k: v for k, v in data.items() if k not in _DOCUMENT_KEYS},

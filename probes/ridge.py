@@ -179,3 +179,75 @@ def r2_from_sums(n: np.ndarray, sy: np.ndarray, syy: np.ndarray, sse: np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         out = 1.0 - sse / sst
     return np.where(sst > 0, out, np.nan)
+
+
+@dataclass
+class NestedRidge:
+    """Ridge fits for nested cross-validation: one per outer fold, each in RAW feature space.
+
+    Outer fold k is predicted by ``coef[k]``, ``intercept[k]``, fitted on every other outer fold
+    with the alpha (per target) that won leave-one-fold-out CV over those other folds.
+    """
+
+    coef: np.ndarray  # [K, d, L]
+    intercept: np.ndarray  # [K, L]
+    alpha: np.ndarray  # [K, L] alpha chosen in the inner folds of each outer fold
+    inner_r2: np.ndarray  # [K, L] the inner-CV R^2 at that alpha (NaN without inner CV)
+
+
+def fit_ridge_nested(
+    stats: RidgeStats, n_folds: int, alphas: np.ndarray = ALPHAS, default_alpha: float = 1.0
+) -> NestedRidge:
+    """Nested CV over the groups ``0..n_folds-1`` of ``stats`` (the outer folds).
+
+    For outer fold k the inner folds are the other outer folds: alpha is chosen by the mean
+    R^2 over them (each scored by a fit on the remaining ones; ties to the first alpha), then
+    the probe is refitted on all of them. With fewer than 3 outer folds there is no inner CV
+    and ``default_alpha`` is used. The solver on "every group but {j, k}" serves both outer
+    fold k (validated on j) and outer fold j (validated on k), so it is built once.
+    """
+    alphas = np.asarray(alphas, dtype=np.float64)
+    groups = list(range(n_folds))
+    cache: dict[frozenset[int], _Solver] = {}
+
+    def solver(excluded: frozenset[int]) -> _Solver:
+        if excluded not in cache:
+            cache[excluded] = _Solver(stats.pooled([g for g in groups if g not in excluded]))
+        return cache[excluded]
+
+    assert stats.shift_x is not None and stats.shift_y is not None
+    coef = np.zeros((n_folds, stats.d, stats.L))
+    intercept = np.zeros((n_folds, stats.L))
+    chosen = np.full((n_folds, stats.L), float(default_alpha))
+    inner = np.full((n_folds, stats.L), np.nan)
+    for k in groups:
+        others = [g for g in groups if g != k]
+        if len(others) >= 2:
+            scores = np.full((len(others), len(alphas), stats.L), np.nan)
+            for a, j in enumerate(others):
+                s = solver(frozenset((k, j)))
+                val = stats.pooled([j])
+                sst = _sst(val)
+                for i, alpha in enumerate(alphas):
+                    beta, b = s.coef(alpha)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        scores[a, i] = np.where(sst > 0, 1.0 - _sse(val, beta, b) / sst, np.nan)
+            finite = np.isfinite(scores)
+            count = finite.sum(axis=0)
+            mean = np.where(finite, scores, 0.0).sum(axis=0) / np.maximum(count, 1)
+            mean = np.where(count > 0, mean, np.nan)  # a fold with no variance does not vote
+            filled = np.where(np.isfinite(mean), mean, -np.inf)
+            best = np.argmax(filled, axis=0)
+            chosen[k] = alphas[best]
+            inner[k] = mean[best, np.arange(stats.L)]
+        beta, b = solver(frozenset((k,))).coef(chosen[k])
+        coef[k] = beta
+        intercept[k] = b + stats.shift_y - stats.shift_x @ beta
+    return NestedRidge(coef=coef, intercept=intercept, alpha=chosen, inner_r2=inner)
+
+
+def fit_ridge_all(stats: RidgeStats, n_folds: int, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-space ``(coef [d, L], intercept [L])`` fitted on every group ``0..n_folds-1`` with ``alpha`` [L]."""
+    beta, b = _Solver(stats.pooled(list(range(n_folds)))).coef(np.asarray(alpha, dtype=np.float64))
+    assert stats.shift_x is not None and stats.shift_y is not None
+    return beta, b + stats.shift_y - stats.shift_x @ beta

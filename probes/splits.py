@@ -1,5 +1,11 @@
 """Episode-level train/test splits, grouped cross-validation folds and episode bootstraps.
 
+Two kinds of split live here and nowhere else:
+
+- ``outer_folds``: the probe sweep's repeated K-fold partition of the episodes (every episode
+  is tested exactly once per repeat; the inner folds of outer fold k are the other outer folds);
+- ``split_episodes``: one held-out test set plus CV folds over the rest (CCS and SAEs).
+
 Steps inside one episode are strongly correlated, so every split in the lab is a split of
 *episodes*: a random split of timesteps would put near-duplicate neighbouring steps on both
 sides and report memorisation as decoding.
@@ -104,6 +110,79 @@ def split_episodes(
     group[order[:n_test]] = n_folds
     group[order[n_test:]] = np.arange(n_train) % n_folds
     return EpisodeSplit(episodes=eps, group=group, n_folds=n_folds)
+
+
+@dataclass(frozen=True)
+class OuterFolds:
+    """A repeated K-fold partition of the episodes for nested cross-validation.
+
+    Attributes
+    ----------
+    episodes:
+        Sorted unique episode ids of the file.
+    fold:
+        ``[n_repeats, n_episodes]``: the outer fold ``0..n_folds-1`` of each episode in each
+        repeat. In repeat r, outer fold k is scored by a probe trained on the other folds, whose
+        regularisation is chosen by leave-one-fold-out CV over those other folds (the inner folds).
+    n_folds:
+        Number of outer folds K (at most the number of episodes).
+    """
+
+    episodes: np.ndarray
+    fold: np.ndarray
+    n_folds: int
+
+    @property
+    def n_repeats(self) -> int:
+        return int(self.fold.shape[0])
+
+    @property
+    def n_episodes(self) -> int:
+        return int(len(self.episodes))
+
+    @property
+    def nested(self) -> bool:
+        """Whether the inner CV has at least two folds (else regularisation takes its default)."""
+        return self.n_folds >= 3
+
+    def index_of(self, episode_ids: np.ndarray) -> np.ndarray:
+        """Position of each row's episode among ``episodes`` (for per-episode sums and bootstraps)."""
+        episode_ids = np.asarray(episode_ids)
+        idx = np.clip(np.searchsorted(self.episodes, episode_ids), 0, len(self.episodes) - 1)
+        if not np.array_equal(self.episodes[idx], episode_ids):
+            raise ValueError("episode id not in the folds")
+        return idx
+
+    def folds_of(self, episode_ids: np.ndarray) -> np.ndarray:
+        """``[n_repeats, n_rows]``: the outer fold of each row in each repeat."""
+        return self.fold[:, self.index_of(episode_ids)]
+
+
+def outer_folds(episodes: np.ndarray, *, n_folds: int = MAX_FOLDS, n_repeats: int = 1, seed: int = 0) -> OuterFolds:
+    """Assign episodes to ``n_folds`` outer folds, ``n_repeats`` times with different permutations.
+
+    Folds are balanced in episodes (sizes differ by at most one). Repeat 0 depends only on
+    ``seed``; each further repeat is a fresh permutation.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two episodes, ``n_folds < 2`` or ``n_repeats < 1``.
+    """
+    eps = np.unique(np.asarray(episodes, dtype=np.int64))
+    if len(eps) < 2:
+        raise ValueError(f"{len(eps)} episode(s): at least 2 are needed to hold episodes out")
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be at least 1, got {n_repeats}")
+    k = int(min(n_folds, len(eps)))
+    rng = np.random.default_rng(seed)
+    fold = np.empty((n_repeats, len(eps)), dtype=np.int64)
+    for r in range(n_repeats):
+        order = rng.permutation(len(eps))
+        fold[r, order] = np.arange(len(eps)) % k
+    return OuterFolds(episodes=eps, fold=fold, n_folds=k)
 
 
 def bootstrap_counts(n_items: int, n_draws: int, seed: int) -> np.ndarray:

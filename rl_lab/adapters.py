@@ -1,8 +1,20 @@
 """What the recorder needs from a trained network, and the adapter for stable-baselines3 policies.
 
 ``PolicyAdapter`` is the protocol ``rl_lab.record`` rolls out and hooks; ``SB3Adapter`` implements it
-for an SB3 agent (the decision transformer's lives in ``rl_lab.dt.record``). ``SB3Adapter.modules``
-is the one map from a hook name to the module it names, used by steering and SAE splicing too.
+for an SB3 agent (the decision transformer's lives in ``rl_lab.dt.record``), ``RecurrentAdapter``
+for sb3-contrib's ``RecurrentPPO``; ``make_adapter`` picks one for a loaded model.
+``SB3Adapter.modules`` is the one map from a hook name to the module it names, used by steering
+and SAE splicing too.
+
+A policy may name its own hooks: if it has ``hook_modules()`` (name -> module), ``linear_in()``
+and ``new_history()`` (``rl_lab.policies.TransformerActorCriticPolicy``), the adapter uses them
+instead of its module discovery, and feeds the policy the history vector of the last K steps,
+built from the raw observations the recorder passes.
+
+The recurrent agent's LSTM states are hooks too: ``lstm_actor.hidden`` and ``lstm_actor.cell``
+(and ``lstm_critic.hidden``, ``lstm_critic.cell`` for the critic's own LSTM), each [T, hidden]:
+the LSTM's hidden and cell state after reading the observation of step t, i.e. the memory the
+actor (critic) reads at step t and carries to step t + 1.
 """
 
 from __future__ import annotations
@@ -13,10 +25,11 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from torch import nn
 
 from rl_lab.errors import LabError
-from rl_lab.runs import Run
+from rl_lab.runs import Run, check_checkpoint
 from rl_lab.train import algo_class
 
 
@@ -64,17 +77,28 @@ class SB3Adapter:
         root = self.policy.q_net if self.is_dqn else self.policy
         prefix = "q_net." if self.is_dqn else ""
         self.modules: dict[str, nn.Module] = {}  # hook name -> module (the one address)
-        for name, module in root.named_modules():
-            if not name or "features_extractor" in name or list(module.children()):
-                continue
-            if isinstance(module, nn.Linear) or type(module).__module__ == "torch.nn.modules.activation":
-                self.modules[prefix + name] = module
+        own_hooks = getattr(self.policy, "hook_modules", None)
+        if callable(own_hooks):
+            self.modules = dict(own_hooks())
+        else:
+            for name, module in root.named_modules():
+                if not name or "features_extractor" in name or list(module.children()):
+                    continue
+                if isinstance(module, nn.Linear) or type(module).__module__ == "torch.nn.modules.activation":
+                    self.modules[prefix + name] = module
         self.hooks = list(self.modules)
         self.linear_in: dict[str, list[str]] = {}
-        if not self.is_dqn:
+        own_linear = getattr(self.policy, "linear_in", None)
+        if callable(own_linear):
+            self.linear_in = own_linear()
+        elif not self.is_dqn:
             value_layers = [h for h in self.hooks if h.startswith("mlp_extractor.value_net.")]
             last = value_layers[-1:] if value_layers else []
             self.linear_in = {"value": last + ["value_net"]}
+        new_history = getattr(self.policy, "new_history", None)
+        self.history = new_history() if callable(new_history) else None  # acting on raw observations
+        self._replay = new_history() if callable(new_history) else None  # rebuilding an episode's inputs
+        self._last_action: Any = None
         self._captured: dict[str, np.ndarray] = {}
         self._capture = False
         for name, module in self.modules.items():
@@ -88,13 +112,17 @@ class SB3Adapter:
         return hook
 
     def reset(self) -> None:
-        pass
+        self._last_action = None
 
     def act(self, obs: np.ndarray) -> Any:
         """The action ``model.predict`` would take (same sampling calls), without its per-call
         overhead (``predict`` re-walks every module to set eval mode on each call)."""
+        if self.history is not None:  # the policy reads the last K steps: extend the history by obs
+            first = self._last_action is None
+            obs = self.history.reset(obs) if first else self.history.step(self._last_action, obs)
         if self.is_dqn:
             action, _ = self.model.predict(obs, deterministic=self.deterministic)
+            self._last_action = action
             return action
         with torch.no_grad():
             obs_t, _ = self.policy.obs_to_tensor(obs)
@@ -103,6 +131,7 @@ class SB3Adapter:
         low = getattr(self.model.action_space, "low", None)
         if low is not None:
             action = np.clip(action, low, self.model.action_space.high)
+        self._last_action = action
         return action
 
     def _tensor(self, obs: np.ndarray) -> Any:
@@ -111,6 +140,8 @@ class SB3Adapter:
     def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                         final_obs: np.ndarray) -> EpisodeForward:
         extra: dict[str, np.ndarray] = {}
+        if self._replay is not None:  # the inputs the acting policy had: history vectors [T, size]
+            obs, final_obs = self._replay.episode(obs, actions, final_obs)
         with torch.no_grad():
             obs_t = self._tensor(obs)  # [T, *obs_shape]
             final_t = self._tensor(final_obs[None])  # [1, *obs_shape]
@@ -149,9 +180,141 @@ class SB3Adapter:
         return SB3Adapter(self.model, policy=twin_policy, deterministic=self.deterministic)
 
 
+class StateView(nn.Module):
+    """Identity on an LSTM state [B, hidden]: the hook the recurrent agent's memory is read and edited at."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class RecurrentAdapter(SB3Adapter):
+    """Hooks sb3-contrib's ``RecurrentPPO`` (``MlpLstmPolicy``): the usual Linear and activation
+    modules after the LSTM, plus its hidden and cell states as hooks (module docstring).
+
+    The adapter steps the LSTM one observation at a time exactly as ``RecurrentPPO.predict``
+    does (zero state at an episode's start), passing every new state through a ``StateView``:
+    a forward hook on ``modules["lstm_actor.hidden"]`` reads — or edits, and the edit is carried
+    to the next step — the actor's memory.
+    """
+
+    def __init__(self, model: Any, policy: Any | None = None, deterministic: bool = False) -> None:
+        super().__init__(model, policy=policy, deterministic=deterministic)
+        self.kind = "recurrent-ppo"
+        lstms = [("lstm_actor", self.policy.lstm_actor)]
+        if self.policy.lstm_critic is not None:
+            lstms.append(("lstm_critic", self.policy.lstm_critic))
+        self.lstms = dict(lstms)
+        views = {f"{name}.{part}": StateView() for name, _ in lstms for part in ("hidden", "cell")}
+        for name, view in views.items():
+            view.register_forward_hook(self._make_hook(name))
+        self.modules = {**views, **self.modules}
+        self.hooks = list(self.modules)
+        self._state: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def zero_state(self, batch: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The state at an episode's start for ``batch`` parallel episodes."""
+        return {name: (torch.zeros(lstm.num_layers, batch, lstm.hidden_size),
+                       torch.zeros(lstm.num_layers, batch, lstm.hidden_size)) for name, lstm in self.lstms.items()}
+
+    def step(self, obs_t: torch.Tensor, state: dict[str, tuple[torch.Tensor, torch.Tensor]],
+             critic: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """One step for a batch [B, ...]: the actor's latent [B, hidden], the critic's (None when
+        ``critic`` is False or the critic has no LSTM) and the new state (the views' outputs)."""
+        features = self.policy.extract_features(obs_t, self.policy.pi_features_extractor)  # [B, F]
+        new = dict(state)
+        for name, lstm in self.lstms.items():
+            if name == "lstm_critic" and not critic:
+                continue
+            _, (h, c) = lstm(features.unsqueeze(0), state[name])  # [layers, B, H] each
+            h_top = self.modules[f"{name}.hidden"](h[-1])  # [B, H]
+            c_top = self.modules[f"{name}.cell"](c[-1])
+            new[name] = (torch.cat([h[:-1], h_top[None]]), torch.cat([c[:-1], c_top[None]]))
+        latent_pi = new["lstm_actor"][0][-1]
+        if "lstm_critic" in self.lstms:
+            latent_vf = new["lstm_critic"][0][-1] if critic else None
+        elif critic:
+            latent_vf = latent_pi.detach() if self.policy.shared_lstm else self.policy.critic(features)
+        else:
+            latent_vf = None
+        return latent_pi, latent_vf, new
+
+    def distribution(self, latent_pi: torch.Tensor) -> Any:
+        """The SB3 action distribution from the actor's LSTM output."""
+        return self.policy._get_action_dist_from_latent(self.policy.mlp_extractor.forward_actor(latent_pi))
+
+    def value(self, latent_vf: torch.Tensor) -> torch.Tensor:
+        return self.policy.value_net(self.policy.mlp_extractor.forward_critic(latent_vf))
+
+    def reset(self) -> None:
+        self._state = None
+
+    def act(self, obs: np.ndarray) -> Any:
+        with torch.no_grad():
+            obs_t = self._tensor(obs)
+            state = self._state if self._state is not None else self.zero_state(obs_t.shape[0])
+            latent_pi, _, self._state = self.step(obs_t, state, critic=False)
+            action = self.distribution(latent_pi).get_actions(deterministic=self.deterministic)
+        action = action.cpu().numpy().reshape((-1, *self.model.action_space.shape))[0]
+        low = getattr(self.model.action_space, "low", None)
+        if low is not None:
+            action = np.clip(action, low, self.model.action_space.high)
+        return action
+
+    def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                        final_obs: np.ndarray) -> EpisodeForward:
+        T = len(obs)
+        with torch.no_grad():
+            obs_t = self._tensor(np.concatenate([obs, final_obs[None]]))  # [T + 1, ...]
+            state = self.zero_state(1)
+            pi, vf = [], []
+            memory: dict[str, list[torch.Tensor]] = {name: [] for name in self.modules if name.startswith("lstm_")}
+            for t in range(T + 1):  # the memory, one step at a time, as when acting (nothing captured)
+                latent_pi, latent_vf, state = self.step(obs_t[t:t + 1], state)
+                pi.append(latent_pi)
+                vf.append(latent_vf)
+                for name, (h, c) in state.items():
+                    memory[f"{name}.hidden"].append(h[-1])
+                    memory[f"{name}.cell"].append(c[-1])
+            latent_pi, latent_vf = torch.cat(pi), torch.cat(vf)  # [T + 1, H]
+            self._captured = {}
+            self._capture = True
+            try:  # the states, then everything after the LSTM, as one hooked batch of the T steps
+                for name, rows in memory.items():
+                    self.modules[name](torch.cat(rows[:T]))  # [T, H]
+                dist = self.distribution(latent_pi[:T])
+                values_t = self.value(latent_vf[:T])
+            finally:
+                self._capture = False
+            acts = dict(self._captured)
+            final_value = float(self.value(latent_vf[T:]).item())
+            values = values_t.flatten().cpu().numpy()
+            entropy = dist.entropy().flatten().cpu().numpy()
+        extra = {"entropy": entropy}
+        n_actions = int(getattr(self.model.action_space, "n", 0))
+        if n_actions > 1:
+            extra["arousal"] = 1.0 - entropy / np.log(n_actions)
+        return EpisodeForward(acts=acts, values=values, final_value=final_value, extra_labels=extra)
+
+    def random_twin(self, seed: int) -> "RecurrentAdapter":
+        torch.manual_seed(seed)
+        kwargs = dict(self.model.policy_kwargs)
+        twin_policy = self.model.policy_class(
+            self.model.observation_space, self.model.action_space, lambda _: 0.0, **kwargs
+        )
+        return RecurrentAdapter(self.model, policy=twin_policy, deterministic=self.deterministic)
+
+
+def make_adapter(model: Any, deterministic: bool = False) -> SB3Adapter:
+    """The adapter for a loaded SB3 model: ``RecurrentAdapter`` for an LSTM policy, else ``SB3Adapter``."""
+    if isinstance(model.policy, RecurrentActorCriticPolicy):
+        return RecurrentAdapter(model, deterministic=deterministic)
+    return SB3Adapter(model, deterministic=deterministic)
+
+
 def load_sb3(run: Run, checkpoint: Path) -> Any:
     """The SB3 model of ``checkpoint``, loaded on the CPU with the run's algorithm."""
     algo = run.info.get("algo", "ppo")
+    check_checkpoint(run, checkpoint)  # never unpickle a file from elsewhere without --trust
     try:
         return algo_class(algo).load(checkpoint, device="cpu")
     except LabError:

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from probes.errors import ProbeError
 from probes.layout import RunsDirLayout
 from probes.linear import probe_file
 from probes.results import ProbeRecord, ProbeResults, read_probe_results
+from probes.stats import t_interval
 from rl_lab.errors import LabError
+from rl_lab.labels import default_derived_from, is_readout
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
 
 RANDOM_SUFFIX = " (random weights)"
@@ -94,6 +95,13 @@ def hook_matches(hook: str, patterns: Sequence[str] | None) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(hook, p) for p in patterns)
 
 
+def record_derived_from(rec: ProbeRecord) -> str:
+    """Where a probed label comes from (``derived_from`` of the record; for results written before
+    records carried it, the lab's default for that label name)."""
+    value = getattr(rec, "derived_from", None) or rec.extra.get("derived_from")
+    return str(value) if value else default_derived_from(rec.label)
+
+
 def best_by_label(records: Sequence[ProbeRecord], hooks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """For each label: the best-scoring hook (not linear by construction, matching ``hooks``) and
     the best random twin over the same hooks."""
@@ -107,7 +115,8 @@ def best_by_label(records: Sequence[ProbeRecord], hooks: Sequence[str] | None = 
             out[rec.label] = {"score": score, "hook": rec.hook, "metric": rec.metric,
                               "ci": list(rec.ci) if rec.ci is not None else None, "selectivity": rec.selectivity,
                               "raw_obs": rec.baselines.get("raw_obs"),
-                              "random_weights": (cur or {}).get("random_weights")}
+                              "random_weights": (cur or {}).get("random_weights"),
+                              "derived_from": record_derived_from(rec)}
         rand = rec.random_weights
         if rand is not None:
             best_rand = out[rec.label].get("random_weights")
@@ -116,13 +125,9 @@ def best_by_label(records: Sequence[ProbeRecord], hooks: Sequence[str] | None = 
 
 
 def seed_interval(values: Sequence[float]) -> tuple[float, list[float] | None]:
-    """Mean and 95% t-interval across seeds (None with fewer than two)."""
-    arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean())
-    if len(arr) < 2:
-        return mean, None
-    half = float(student_t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
-    return mean, [mean - half, mean + half]
+    """Mean and 95% t-interval across seeds (None with fewer than two); ``probes.stats.t_interval``."""
+    mean, low, high = t_interval(values)
+    return mean, ([low, high] if math.isfinite(low) else None)
 
 
 def compare(
@@ -203,7 +208,13 @@ def compare(
                     g_mean, g_ci = seed_interval(gains)
                     cell["gain_over_twin"] = {"mean": g_mean, "ci": g_ci, "n": len(gains), "values": gains}
             row[g] = cell
-        table[label] = {"metric": metric, "groups": row}
+        sources = {r["name"]: r["best"][label]["derived_from"] for r in per_run}
+        table[label] = {"metric": metric, "groups": row, "derived_from": sources,
+                        "readout": any(is_readout(v) for v in sources.values())}
+    readouts = [label for label in chosen if table[label]["readout"]]
+    if readouts:
+        notes.append(f"readouts of a compared network's own value or policy output, reported apart and never counted "
+                     f"as a variable that training made emerge: {', '.join(readouts)}")
     if any(len([r for r in per_run if r["group"] == g]) < 2 for g in {r["group"] for r in per_run}):
         notes.append("a group with one run has no interval across seeds; train 3 or more seeds per group")
     if random_baseline and any(g.endswith(RANDOM_SUFFIX) and not any(g in t["groups"] for t in table.values())
@@ -216,6 +227,8 @@ def compare(
         "hooks": hooks,
         "runs": [{k: v for k, v in r.items() if k != "best"} for r in per_run],
         "labels": chosen,
+        "variables": [label for label in chosen if label not in readouts],
+        "readouts": readouts,
         "groups": [g for g in groups if any(g in t["groups"] for t in table.values())],
         "table": table,
         "notes": notes,
@@ -236,10 +249,18 @@ def compare(
 
 
 def summarise(result: dict[str, Any]) -> str:
-    """One or two sentences in words: which group decodes the labels best, and how clearly."""
-    table, groups = result["table"], result["groups"]
-    if not table or not groups:
+    """One or two sentences in words: which group decodes the labels best, and how clearly.
+
+    Only the variables count: readouts of a network's own outputs (``result["readouts"]``) are left out.
+    """
+    groups = result["groups"]
+    variables = result.get("variables", result["labels"])
+    table = {label: result["table"][label] for label in variables}
+    if not groups:
         return "Nothing to compare."
+    if not table:
+        return ("Every compared label is a readout of a network's own value or policy output; "
+                "no label is left to count as a variable that training made emerge.")
     means = {g: [t["groups"][g]["mean"] for t in table.values() if g in t["groups"]] for g in groups}
     avg = {g: float(np.mean(v)) for g, v in means.items() if v}
     ranked = sorted(avg, key=avg.get, reverse=True)  # type: ignore[arg-type]
@@ -268,12 +289,15 @@ def summarise(result: dict[str, Any]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The comparison as a plain-text table: one row per label, one column per group."""
+    """The comparison as a plain-text table: one row per label, one column per group; the
+    readouts of the networks' own outputs in a block of their own, after the variables."""
     groups = result["groups"]
+    variables = result.get("variables", result["labels"])
+    readouts = result.get("readouts", [])
     width = max(16, *(len(g) for g in groups)) if groups else 16
     lw = max(5, *(len(label) for label in result["labels"])) if result["labels"] else 5
-    lines = [f"{'label':<{lw}}  {'metric':<8}  " + "  ".join(f"{g:>{width}}" for g in groups)]
-    for label in result["labels"]:
+
+    def score_row(label: str) -> str:
         row = result["table"][label]
         cells = []
         for g in groups:
@@ -285,14 +309,17 @@ def format_table(result: dict[str, Any]) -> str:
             else:
                 half = (c["ci"][1] - c["ci"][0]) / 2
                 cells.append(f"{c['mean']:.3f} ± {half:.3f} (n={c['n']})".rjust(width))
-        lines.append(f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells))
+        return f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells)
+
+    header = f"{'label':<{lw}}  {'metric':<8}  " + "  ".join(f"{g:>{width}}" for g in groups)
+    lines = [header] + [score_row(label) for label in variables]
     gain_groups = [g for g in groups if any("gain_over_twin" in result["table"][lab]["groups"].get(g, {})
-                                            for lab in result["labels"])]
+                                            for lab in variables)]
     if gain_groups:
         lines.append("")
         lines.append("what training added: trained minus its own random-weights twin, paired within each run")
         lines.append(f"{'label':<{lw}}  {'metric':<8}  " + "  ".join(f"{g:>{width}}" for g in gain_groups))
-        for label in result["labels"]:
+        for label in variables:
             row = result["table"][label]
             cells = []
             for g in gain_groups:
@@ -307,6 +334,15 @@ def format_table(result: dict[str, Any]) -> str:
                     cells.append(f"{c['mean']:+.3f} ± {half:.3f}{mark}".rjust(width))
             lines.append(f"{label:<{lw}}  {row['metric'] or '?':<8}  " + "  ".join(cells))
         lines.append("* = the 95% interval across runs excludes 0")
+    if readouts:
+        lines.append("")
+        lines.append("readouts: labels computed from a compared network's own value or policy output; decoding them "
+                     "shows what the network was built to output, not a variable that training made emerge")
+        lines.append(header + "  derived from")
+        for label in readouts:
+            sources = result["table"][label].get("derived_from", {})
+            where = ", ".join(f"{v} in {k}" for k, v in sources.items() if is_readout(v))
+            lines.append(score_row(label) + f"  {where}")
     lines.append("")
     if result.get("hooks"):
         lines.append(f"scores are each run's best over the hooks matching {' '.join(result['hooks'])}")

@@ -6,8 +6,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SB3_ALGOS = ("ppo", "a2c", "dqn")
-"""Algorithms trained by stable-baselines3 (``rl_lab.train``)."""
+from rl_lab.errors import LabError
+
+SB3_ALGOS = ("ppo", "a2c", "dqn", "recurrent-ppo")
+"""Algorithms trained by stable-baselines3 (``rl_lab.train``); ``recurrent-ppo`` is sb3-contrib's
+``RecurrentPPO`` with an LSTM policy (``MlpLstmPolicy``)."""
+POLICIES = ("mlp", "transformer")
+"""Policy networks for ``ppo``/``a2c``: SB3's MLP, or the BC transformer trunk (``rl_lab.policies``)."""
+TRANSFORMER_ALGOS = ("ppo", "a2c")
+"""Algorithms that accept ``policy="transformer"``."""
 DT_ALGOS = ("dt", "bc")
 """Sequence models trained offline from an RL run's trajectories (``rl_lab.dt``)."""
 
@@ -19,7 +26,10 @@ class TrainConfig:
     env_id: str = "lab/Forage-v0"
     """Gymnasium id (``lab/...`` ids come from the ``envs`` package)."""
     algo: str = "ppo"
-    """``ppo``, ``a2c`` or ``dqn``."""
+    """``ppo``, ``a2c``, ``dqn`` or ``recurrent-ppo``."""
+    policy: str = "mlp"
+    """``mlp`` (SB3's MLP) or ``transformer`` (ppo/a2c only): the same TransformerLens model as
+    BC over the last ``context`` observations and actions, linear actor and critic heads."""
     total_timesteps: int = 50_000
     """Environment steps to train for (summed over parallel environments)."""
     seed: int = 0
@@ -38,6 +48,16 @@ class TrainConfig:
     """Entropy bonus (PPO/A2C)."""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layer sizes of the policy and value networks (separate networks, Tanh)."""
+    context: int = 10
+    """Transformer policy: K, timesteps of history it sees (left-padded at an episode's start)."""
+    d_model: int = 64
+    """Transformer policy: residual stream width."""
+    n_layers: int = 2
+    """Transformer policy: blocks."""
+    n_heads: int = 2
+    """Transformer policy: attention heads per block."""
+    lstm_hidden: int = 64
+    """Recurrent PPO: LSTM hidden size (one layer; separate actor and critic LSTMs)."""
     checkpoint_every: int = 10_000
     """Save a checkpoint every this many steps (and always at the end)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +74,27 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def agent(self) -> str:
+        """The algorithm and network in one name (``run.json`` ``agent``; ``rl-lab compare --group-by
+        agent`` tells PPO-MLP from PPO-transformer): ``ppo``, ``ppo-transformer``, ``recurrent-ppo``."""
+        return self.algo + ("-transformer" if self.policy == "transformer" else "")
+
+    def check_policy(self) -> None:
+        """Raise LabError unless the policy type, the algorithm and the transformer's shape fit."""
+        if self.policy not in POLICIES:
+            raise LabError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.policy == "transformer":
+            if self.algo not in TRANSFORMER_ALGOS:
+                raise LabError(f"--policy transformer is for --algo {' or '.join(TRANSFORMER_ALGOS)}, "
+                               f"not {self.algo}")
+            for name in ("context", "d_model", "n_layers", "n_heads"):
+                if getattr(self, name) < 1:
+                    raise LabError(f"the transformer's {name} must be positive, got {getattr(self, name)}")
+            if self.d_model % self.n_heads:
+                raise LabError(f"--d-model ({self.d_model}) must be divisible by --heads ({self.n_heads})")
+        if self.algo == "recurrent-ppo" and self.lstm_hidden < 1:
+            raise LabError(f"the LSTM's hidden size must be positive, got {self.lstm_hidden}")
+
     def algo_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the SB3 algorithm constructor, filled in for the budget."""
         kwargs: dict[str, Any] = {"gamma": self.gamma, "seed": self.seed, "device": "cpu", "verbose": 0}
@@ -69,12 +110,17 @@ class TrainConfig:
             kwargs["train_freq"] = 4
             return kwargs
         per_env = max(1, self.total_timesteps // max(1, self.n_envs))
-        n_steps = self.n_steps or (512 if self.algo == "ppo" else 8)
+        n_steps = self.n_steps or (8 if self.algo == "a2c" else 512)
         n_steps = max(8, min(n_steps, per_env))
         kwargs["n_steps"] = n_steps
         kwargs["ent_coef"] = self.ent_coef
         kwargs["policy_kwargs"] = {"net_arch": {"pi": list(self.net_arch), "vf": list(self.net_arch)}}
-        if self.algo == "ppo":
+        if self.policy == "transformer":
+            kwargs["policy_kwargs"] = {"context": self.context, "d_model": self.d_model,
+                                       "n_layers": self.n_layers, "n_heads": self.n_heads}
+        if self.algo == "recurrent-ppo":
+            kwargs["policy_kwargs"].update(lstm_hidden_size=self.lstm_hidden, n_lstm_layers=1)
+        if self.algo in ("ppo", "recurrent-ppo"):
             rollout = n_steps * self.n_envs
             batch = self.batch_size or min(64, rollout)
             while rollout % batch and batch > 1:

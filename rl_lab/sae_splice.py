@@ -25,11 +25,11 @@ import torch
 
 from probes.activations import ActivationFile
 from probes.sae.model import load_sae
-from rl_lab.adapters import SB3Adapter, load_sb3
+from rl_lab.adapters import RecurrentAdapter, load_sb3, make_adapter
 from rl_lab.config import SB3_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import Run
-from rl_lab.train import make_env
+from rl_lab.train import make_policy_env
 
 ProgressFn = Callable[[int, int], None]
 
@@ -57,11 +57,11 @@ def splice_metrics(
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes clean, SAE-spliced and mean-ablated; return the live metrics."""
     if run.info.get("algo") not in SB3_ALGOS:
-        raise LabError("the live splice needs an SB3 agent (ppo, a2c, dqn)")
+        raise LabError(f"the live splice needs an SB3 agent ({', '.join(SB3_ALGOS)})")
     sae, cfg = load_sae(sae_dir)
     hook = cfg.hook_name
     model = load_sb3(run, run.latest_checkpoint())
-    adapter = SB3Adapter(model)
+    adapter = make_adapter(model)
     if hook not in adapter.modules:
         raise LabError(f"the SAE's hook {hook!r} is not a module of this policy")
     module = adapter.modules[hook]
@@ -78,8 +78,18 @@ def splice_metrics(
 
     handle = module.register_forward_hook(replace)
     cfg_run = run.info.get("config", {})
-    env = make_env(run.info["env_id"], cfg_run.get("env_kwargs") or {})
+    env = make_policy_env({**cfg_run, "env_id": run.info["env_id"]})  # a transformer reads a history vector
     policy = adapter.policy
+    memory: dict[str, Any] = {"state": None}  # a recurrent agent's LSTM state, along the condition's own path
+
+    def distribution(obs_t: Any, commit: bool) -> Any:
+        if isinstance(adapter, RecurrentAdapter):
+            state = memory["state"] if memory["state"] is not None else adapter.zero_state(1)
+            latent, _, new = adapter.step(obs_t, state, critic=False)
+            if commit:
+                memory["state"] = new
+            return adapter.distribution(latent).distribution
+        return _distribution(policy, adapter.is_dqn, obs_t)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     results: dict[str, dict[str, list[float]]] = {}
@@ -90,14 +100,15 @@ def splice_metrics(
             for ep in range(episodes):
                 rng = np.random.default_rng([seed, ep])
                 obs, _ = env.reset(seed=seed + ep)
+                memory["state"] = None
                 done, ret, ep_kl = False, 0.0, []
                 while not done:
                     with torch.no_grad():
                         obs_t = policy.obs_to_tensor(obs)[0]
                         mode["value"] = "clean"
-                        clean = _distribution(policy, adapter.is_dqn, obs_t)
+                        clean = distribution(obs_t, commit=False)
                         mode["value"] = condition
-                        dist = _distribution(policy, adapter.is_dqn, obs_t)
+                        dist = distribution(obs_t, commit=True)
                         mode["value"] = "clean"
                     action = _sample(dist, adapter.is_dqn, rng)
                     if not adapter.is_dqn:

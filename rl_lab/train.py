@@ -8,6 +8,8 @@ from the last checkpoint.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import platform
 import signal
@@ -18,6 +20,7 @@ from typing import Any, Callable
 
 import gymnasium
 import numpy as np
+import sb3_contrib
 import stable_baselines3 as sb3
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
@@ -29,14 +32,24 @@ import envs
 import rl_lab
 from rl_lab.config import SB3_ALGOS, TrainConfig
 from rl_lab.errors import LabError
-from rl_lab.runs import Run, RunStore
+from rl_lab.policies import TransformerActorCriticPolicy, wrap_for_policy
+from rl_lab.runs import (
+    Run,
+    RunLock,
+    RunStore,
+    check_run_name,
+    is_no_space,
+    now_iso,
+    process_identity,
+    write_bytes_atomic,
+)
 
 ProgressFn = Callable[[int, int], None]
 
 
 def algo_class(algo: str) -> Any:
     """The SB3 class for an algorithm name."""
-    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}
+    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN, "recurrent-ppo": sb3_contrib.RecurrentPPO}
     if algo not in classes:
         raise LabError(f"unknown algorithm {algo!r}; choose one of {', '.join(SB3_ALGOS)}")
     return classes[algo]
@@ -54,12 +67,27 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode:
         raise
 
 
+def policy_class(cfg: TrainConfig) -> Any:
+    """The SB3 policy for a configuration: a name SB3 knows, or the transformer policy class."""
+    if cfg.policy == "transformer":
+        return TransformerActorCriticPolicy
+    return "MlpLstmPolicy" if cfg.algo == "recurrent-ppo" else "MlpPolicy"
+
+
+def make_policy_env(config: dict[str, Any], render_mode: str | None = None) -> Any:
+    """One environment as a run's policy sees it (``config``: the run's ``run.json`` config): the
+    history vector for a transformer policy (``rl_lab.policies``), the raw observation otherwise.
+    Live rollouts on the SB3 policy itself (steering, SAE splicing) make their environments here."""
+    env = make_env(config["env_id"], config.get("env_kwargs") or {}, render_mode=render_mode)
+    return wrap_for_policy(env, str(config.get("policy") or "mlp"), int(config.get("context") or 10))
+
+
 def make_vec_env(cfg: TrainConfig) -> Any:
     n = 1 if cfg.algo == "dqn" else cfg.n_envs
 
     def factory(i: int) -> Callable[[], Any]:
         def _make() -> Any:
-            env = Monitor(make_env(cfg.env_id, cfg.env_kwargs))
+            env = wrap_for_policy(Monitor(make_env(cfg.env_id, cfg.env_kwargs)), cfg.policy, cfg.context)
             env.reset(seed=cfg.seed * 1000 + i)
             return env
 
@@ -75,6 +103,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "stable_baselines3": sb3.__version__,
+        "sb3_contrib": sb3_contrib.__version__,
         "gymnasium": gymnasium.__version__,
         "rl_lab": rl_lab.__version__,
     }
@@ -134,9 +163,41 @@ class LabCallback(BaseCallback):
 
 
 def save_checkpoint(model: Any, run: Run) -> Path:
+    """Save ``checkpoints/step_<N>.zip`` atomically: a kill mid-save leaves the previous checkpoints intact."""
     path = run.checkpoint_path(model.num_timesteps, ".zip")
-    model.save(path)
+    buffer = io.BytesIO()
+    model.save(buffer)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
+
+
+SEED_MAX = 2**31 - 1
+"""Largest seed: numpy's legacy seeding takes 32 bits and environment ``i`` is seeded ``seed * 1000 + i``
+only through ``SeedSequence``, so 31 bits keep every seed valid everywhere."""
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ``LabError`` for any option no training can run with, before anything is created."""
+
+    def finite(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LabError(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed <= SEED_MAX:
+        raise LabError(f"--seed must be a whole number from 0 to {SEED_MAX}, got {cfg.seed!r}")
+    if cfg.learning_rate is not None and finite("--lr", cfg.learning_rate) <= 0:
+        raise LabError(f"--lr must be positive, got {cfg.learning_rate}")
+    if not 0.0 < finite("--gamma", cfg.gamma) <= 1.0:
+        raise LabError(f"--gamma must be in (0, 1], got {cfg.gamma}")
+    if finite("the entropy coefficient", cfg.ent_coef) < 0:
+        raise LabError(f"the entropy coefficient must be >= 0, got {cfg.ent_coef}")
+    for name, value in (("--steps", cfg.total_timesteps), ("--n-envs", cfg.n_envs),
+                        ("--checkpoint-every", cfg.checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LabError(f"{name} must be a positive whole number, got {value!r}")
+    if not cfg.net_arch or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in cfg.net_arch):
+        raise LabError(f"the hidden layer sizes must be positive whole numbers, got {cfg.net_arch!r}")
 
 
 def install_sigterm() -> Any:
@@ -175,48 +236,86 @@ def train(
         Called as ``progress(steps_done, total_steps)`` after every environment step.
     """
     store = RunStore(runs_dir)
-    if resume:
+    lock: RunLock | None = None
+    if resume is not None:
         run = store.get(resume)
-        if run.status == "running":
-            raise LabError(f"run {run.name!r} is still running (pid {run.info.get('pid')})")
-        saved = TrainConfig.from_dict(run.info.get("config", {}))
-        if cfg.total_timesteps and cfg.total_timesteps != saved.total_timesteps:
-            saved.total_timesteps = cfg.total_timesteps
-        cfg = saved
-        ckpt = run.latest_checkpoint()
+        run.check_sound()
+        lock = run.lock().acquire()  # a second train or resume of this run refuses here
+        try:
+            run.reload()
+            run.check_sound()
+            if run.status == "running":
+                raise LabError(f"run {run.name!r} is still running (pid {run.info.get('pid')})")
+            try:
+                saved = TrainConfig.from_dict(run.info.get("config", {}))
+            except TypeError:
+                raise LabError(f"run {run.name!r} has an unreadable config in {run.run_json}") from None
+            # The run keeps its own target unless --steps gave one (total_timesteps 0: not given).
+            if cfg.total_timesteps and cfg.total_timesteps != saved.total_timesteps:
+                saved.total_timesteps = cfg.total_timesteps
+            cfg = saved
+            check_config(cfg)
+            ckpt = run.latest_checkpoint()
+        except BaseException:
+            lock.release()
+            raise
     else:
         algo_class(cfg.algo)  # validate before creating anything
+        cfg.check_policy()
+        if name is not None:
+            check_run_name(name)
         if cfg.total_timesteps <= 0:
             raise LabError("--steps must be a positive number of environment steps")
+        check_config(cfg)
         make_env(cfg.env_id, cfg.env_kwargs).close()  # validate the env id and kwargs
         env_tag = cfg.env_id.split("/")[-1].replace(":", "-")
-        name = name or f"{env_tag}-{cfg.algo}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if name is None:
+            name = f"{env_tag}-{cfg.agent()}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = store.create(
             name,
             {
                 "env_id": cfg.env_id,
                 "algo": cfg.algo,
+                "agent": cfg.agent(),
                 "seed": cfg.seed,
                 "total_timesteps": cfg.total_timesteps,
                 "steps_done": 0,
                 "config": cfg.to_dict(),
                 "versions": versions(),
                 "status": "running",
-                "pid": os.getpid(),
+                **process_identity(),
                 "error": None,
             },
         )
+        lock = run.lock().acquire()
         ckpt = None
 
+    try:
+        return _train(run, cfg, ckpt, progress)
+    finally:
+        lock.release()
+
+
+def _train(run: Run, cfg: TrainConfig, ckpt: Path | None, progress: ProgressFn | None) -> Run:
+    """Train ``run`` (holding its lock) from scratch or from ``ckpt``."""
     torch.set_num_threads(max(1, cfg.torch_threads))
     cls = algo_class(cfg.algo)
     vec = make_vec_env(cfg)
     if ckpt is not None:
-        model = cls.load(ckpt, env=vec, device="cpu")
-        run.update(status="running", pid=os.getpid(), error=None, total_timesteps=cfg.total_timesteps,
-                   config=cfg.to_dict())
+        try:
+            model = cls.load(ckpt, env=vec, device="cpu")
+        except Exception as exc:
+            vec.close()
+            raise LabError(f"cannot load checkpoint {ckpt}: {str(exc).splitlines()[0][:200]}") from None
+        # The steps after the checkpoint are trained again: their old metrics lines are superseded.
+        resumed_at = int(model.num_timesteps)
+        cut = run.cut_metrics(resumed_at)
+        resumes = run.info.get("resumes") if isinstance(run.info.get("resumes"), list) else []
+        run.update(status="running", **process_identity(), error=None, total_timesteps=cfg.total_timesteps,
+                   steps_done=resumed_at, config=cfg.to_dict(),
+                   resumes=resumes + [{"from_step": resumed_at, "metrics_lines_cut": cut, "time": now_iso()}])
     else:
-        model = cls("MlpPolicy", vec, **cfg.algo_kwargs())
+        model = cls(policy_class(cfg), vec, **cfg.algo_kwargs())
     remaining = cfg.total_timesteps - int(model.num_timesteps)
     previous = install_sigterm()
     try:
@@ -227,19 +326,38 @@ def train(
                 reset_num_timesteps=ckpt is None,
             )
         save_checkpoint(model, run)
-        run.update(status="done", steps_done=int(model.num_timesteps), pid=None)
+        run.update(status="done", steps_done=int(model.num_timesteps), pid=None, pid_start=None)
     except KeyboardInterrupt:
-        save_checkpoint(model, run)
-        run.update(status="interrupted", steps_done=int(model.num_timesteps), pid=None)
+        try:
+            ckpt_path = save_checkpoint(model, run)
+            steps = int(model.num_timesteps)
+        except OSError:  # disk full: the last periodic checkpoint is the resumable state
+            ckpt_path, steps = None, None
+        _best_effort_update(run, status="interrupted", pid=None, pid_start=None,
+                            **({"steps_done": steps} if ckpt_path is not None else {}))
         raise
     except Exception as exc:
-        run.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], pid=None)
+        if is_no_space(exc):
+            _best_effort_update(run, status="interrupted", pid=None, pid_start=None,
+                                error="out of disk space; free some and continue with --resume")
+            raise LabError(f"out of disk space while training run {run.name!r}; free some space and "
+                           f"continue it with `rl-lab train --resume {run.name}`") from None
+        _best_effort_update(run, status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                            pid=None, pid_start=None)
         raise
     finally:
         vec.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return run
+
+
+def _best_effort_update(run: Run, **changes: Any) -> None:
+    """``run.update`` that cannot fail (the disk may be full): run.json keeps its last good version."""
+    try:
+        run.update(**changes)
+    except OSError:
+        pass
 
 
 def tqdm_progress(desc: str) -> tuple[ProgressFn, Callable[[], None]]:

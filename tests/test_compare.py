@@ -22,13 +22,17 @@ def _record(hook: str, label: str, score: float, rand: float, by_construction: b
             "ci": [score - 0.1, score + 0.1], "checkpoint": "step_000000100", "linear_by_construction": by_construction}
 
 
-def _make_run(store: RunStore, name: str, algo: str, seed: int, scores: dict[str, float]) -> None:
+def _make_run(store: RunStore, name: str, algo: str, seed: int, scores: dict[str, float],
+              derived_from: dict[str, str] | None = None) -> None:
     run = store.create(name, {"algo": algo, "seed": seed, "env_id": "lab/Forage-v0", "status": "done"})
     run.probes_dir.mkdir()
     records = []
     for label, score in scores.items():
         records.append(_record("layer.a", label, score, rand=score / 2))
         records.append(_record("layer.b", label, score - 0.2, rand=score / 2 + 0.05))
+    for rec in records:
+        if derived_from and rec["label"] in derived_from:
+            rec["derived_from"] = derived_from[rec["label"]]
     records.append(_record("value_net", "value", 0.99, rand=0.0, by_construction=True))
     doc = {"schema_version": 1, "file": "x.h5", "run": name, "checkpoint": "step_000000100", "step": 100,
            "records": records, "notes": []}
@@ -48,6 +52,8 @@ def test_best_by_label_skips_linear_by_construction() -> None:
 def test_seed_interval() -> None:
     mean, ci = seed_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and ci is not None and ci[0] < 1.0 < 3.0 < ci[1]
+    # t_{0.975, 2} = 4.3027, s = 1: half-width 4.3027 / sqrt(3)
+    assert ci[1] - mean == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
     assert seed_interval([1.0]) == (1.0, None)
 
 
@@ -70,7 +76,10 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     gain = result["table"]["hunger"]["groups"]["ppo"]["gain_over_twin"]
     assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.61 / 2 - 0.05) and gain["ci"][0] > 0
     assert "gain_over_twin" not in result["table"]["hunger"]["groups"]["ppo (random weights)"]
-    assert result["summary"].startswith("Averaged over 2 labels") and "ppo decodes best on 2 of 2" in result["summary"]
+    # value is a readout of each PPO run's own critic: reported apart, never counted in the summary
+    assert result["variables"] == ["hunger"] and result["readouts"] == ["value"]
+    assert result["table"]["value"]["readout"] and result["table"]["value"]["derived_from"]["ppo0"] == "value_output"
+    assert result["summary"].startswith("Averaged over 1 label") and "ppo decodes best on 1 of 1" in result["summary"]
     assert json.loads(Path(result["path"]).read_text())["table"] == result["table"]
     # Comparisons live beside the runs, in RUNS/comparisons/, never among them.
     assert Path(result["path"]).parent == RunsDirLayout(tmp_path).comparisons_dir
@@ -131,9 +140,11 @@ def test_demo_explains_a_comparison_from_its_numbers(tmp_path: Path) -> None:
     from rl_lab.cli.demo import explain_comparison
 
     store = RunStore(tmp_path)
-    # hunger: ppo 0.9 (CI 0.8-1.0) clearly above dt 0.5 (0.4-0.6); td_error: nobody's CI clears 0.
-    _make_run(store, "ppo0", "ppo", 0, {"hunger": 0.9, "td_error": 0.05})
-    _make_run(store, "dt0", "dt", 0, {"hunger": 0.5, "td_error": 0.02})
+    # hunger: ppo 0.9 (CI 0.8-1.0) clearly above dt 0.5 (0.4-0.6); td_error: nobody's CI clears 0
+    # (computed by a reference critic outside the comparison, so a variable, not a readout).
+    shared = {"td_error": "reference_critic"}
+    _make_run(store, "ppo0", "ppo", 0, {"hunger": 0.9, "td_error": 0.05}, derived_from=shared)
+    _make_run(store, "dt0", "dt", 0, {"hunger": 0.5, "td_error": 0.02}, derived_from=shared)
     full = compare(["ppo0", "dt0"], tmp_path, write=False)
     acting = compare(["ppo0", "dt0"], tmp_path, hooks=["layer.b"], write=False)
     sentences = explain_comparison(full, acting)

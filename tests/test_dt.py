@@ -269,8 +269,10 @@ def test_cli_dt_needs_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "--from is for --algo dt or bc" in capsys.readouterr().err
     assert main(["train", "--algo", "bc", "--from", "nope", "--runs-dir", str(tmp_path)]) == 2
     assert "no run named 'nope'" in capsys.readouterr().err
-    assert main(["train", "--algo", "dt", "--from", "x", "--patience", "-1", "--runs-dir", str(tmp_path)]) == 2
-    assert "--patience must be 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error: argparse checks the range
+        main(["train", "--algo", "dt", "--from", "x", "--patience", "-1", "--runs-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--patience: expected 0 or more, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -571,3 +571,109 @@ def test_latents_in_range_for_other_settings(env_id, kwargs):
         assert env.observation_space.contains(obs)
         if terminated or truncated:
             _, info = env.reset()
+
+
+# --------------------------------------------------------------------------- do: interventions on the world
+DO_CASES = [(env_id, target) for env_id in envs.LAB_ENV_IDS
+            for target in envs.do_targets(envs.make(env_id, **RANDOM_KWARGS.get(env_id, {})))]
+
+
+def test_every_lab_env_offers_do_targets():
+    for env_id in envs.LAB_ENV_IDS:
+        targets = envs.do_targets(envs.make(env_id))
+        assert targets, env_id
+        for name, entry in targets.items():
+            assert entry["description"], (env_id, name)
+    assert envs.do_targets(gym.make("CartPole-v1")) == {}
+    with pytest.raises(ValueError, match="offers no do"):
+        envs.do(gym.make("CartPole-v1"), "anything")
+
+
+@pytest.mark.parametrize("env_id, target", DO_CASES)
+def test_do_is_deterministic_and_draws_no_random_numbers(env_id, target):
+    kwargs = RANDOM_KWARGS.get(env_id, {})
+    actions = [1, 2, 1, 0, 1, 3, 1, 1]
+
+    def play(intervene: bool) -> tuple[list[np.ndarray], list[dict], dict]:
+        env = envs.make(env_id, **kwargs)
+        env.reset(seed=11)
+        for a in actions[:3]:
+            env.step(a % env.action_space.n)
+        after: dict = {}
+        if intervene:
+            obs_do, info_do = envs.do(env, target)
+            after = {"obs": obs_do, "latents": info_do["latents"]}
+            assert set(info_do["latents"]) == set(envs.latent_spec(env))
+        obs, lat = [], []
+        for a in actions[3:]:
+            o, _, term, trunc, info = env.step(a % env.action_space.n)
+            obs.append(o)
+            lat.append(info["latents"])
+            if term or trunc:
+                break
+        env.close()
+        return obs, lat, after
+
+    obs1, lat1, after1 = play(True)
+    obs2, lat2, after2 = play(True)
+    np.testing.assert_array_equal(after1["obs"], after2["obs"])
+    assert after1["latents"] == after2["latents"]
+    assert lat1 == lat2 and all(np.array_equal(a, b) for a, b in zip(obs1, obs2))
+    # do draws no random numbers: the env's random stream after it is the one it would have been.
+    env_a, env_b = envs.make(env_id, **kwargs), envs.make(env_id, **kwargs)
+    env_a.reset(seed=11)
+    env_b.reset(seed=11)
+    envs.do(env_a, target)
+    assert env_a.unwrapped.np_random.bit_generator.state == env_b.unwrapped.np_random.bit_generator.state
+    assert env_a.unwrapped._rand._i == env_b.unwrapped._rand._i
+
+
+def test_forage_do_sets_what_it_says():
+    env = envs.make("lab/Forage-v0")
+    env.reset(seed=2)
+    _, info = envs.do(env, "predator_adjacent")
+    assert info["latents"]["predator_adjacent"] == 1 and info["latents"]["distance_to_threat"] == 1.0
+    _, info = envs.do(env, "predator_far")
+    assert info["latents"]["distance_to_threat"] >= 6
+    _, info = envs.do(env, "food_adjacent")
+    assert info["latents"]["distance_to_food"] == 1.0
+    obs, info = envs.do(env, "energy", 0.1)
+    assert info["latents"]["energy"] == pytest.approx(0.1) and obs[8] == pytest.approx(0.1)
+    _, info = envs.do(env, "hunger", 0.5)
+    assert info["latents"]["hunger"] == pytest.approx(0.5)
+    _, info = envs.do(env, "energy")  # the default value
+    assert info["latents"]["energy"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown do target"):
+        envs.do(env, "lava")
+    with pytest.raises(ValueError):
+        envs.do(env, "energy", 2.0)
+    with pytest.raises(ValueError, match="takes no value"):
+        envs.do(env, "predator_adjacent", 1.0)
+    # The next step starts from the new state: an agent next to food that steps onto it eats.
+    env.reset(seed=2)
+    _, info = envs.do(env, "food_adjacent")
+    u = env.unwrapped
+    dr, dc = u._fr - u._ar, u._fc - u._ac
+    action = {(-1, 0): 0, (0, 1): 1, (1, 0): 2, (0, -1): 3}[(dr, dc)]
+    _, _, _, _, info = env.step(action)
+    assert info["behaviour"]["ate_food"] == 1 and info["behaviour"]["idle"] == 0
+
+
+def test_binding_and_chain_do():
+    env = envs.make("lab/Binding-v0")
+    env.reset(seed=4)
+    before = env.unwrapped._latents()
+    obs, info = envs.do(env, "swap_goal_shape")
+    lat = info["latents"]
+    assert lat["target_colour"] == before["target_colour"] and lat["target_shape"] != before["target_shape"]
+    assert (lat["target_row"], lat["target_col"]) == (before["colour_lure_row"], before["colour_lure_col"])
+    _, info = envs.do(env, "target_adjacent")
+    assert info["latents"]["distance_to_target"] == 1.0
+    chain = envs.make("lab/Chain-v0")
+    chain.reset(seed=0)
+    obs, info = envs.do(chain, "near_goal")
+    assert info["latents"]["distance_to_goal"] == 1 and obs.argmax() == 6
+    _, info = envs.do(chain, "state", 3)
+    assert info["latents"]["state"] == 3
+    with pytest.raises(ValueError):
+        envs.do(chain, "state", 7)  # the goal cannot be set

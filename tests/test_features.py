@@ -124,3 +124,71 @@ def test_script(tmp_path: Path) -> None:
     assert "fear" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "probes.features", str(tmp_path), str(path)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_heldout_associations_match_direct_computation(tmp_path: Path) -> None:
+    """Train / held-out associations are those of the rows of probes.splits' episode split."""
+    from probes.splits import split_episodes
+
+    path, sae_dir = make_case(tmp_path)
+    compute_features(sae_dir, path, bins=64, progress=False, test_fraction=0.34, seed=3)
+    store = FeatureStore(sae_dir)
+    assert store.has_heldout
+    sae, _ = load_sae(sae_dir)
+    with ActivationFile(path) as af:
+        with torch.no_grad():
+            z = sae.encode(torch.from_numpy(af.acts("h"))).numpy()
+        fear, threat, episodes = af.label("fear"), af.label("threat"), af.episodes()
+    split = split_episodes(np.unique(episodes), test_fraction=0.34, seed=3)
+    test = np.isin(episodes, split.test_episodes)
+    assert store.index["split"]["n_test_rows"] == int(test.sum())
+    assert store.index["split"]["test_episodes"] == [int(e) for e in split.test_episodes]
+    for i in (0, 1):
+        for rows, key in ((~test, "train"), (test, "test")):
+            r = store.scores("pearson", "fear", split=key)[i]
+            assert r == pytest.approx(np.corrcoef(z[rows, i], fear[rows])[0, 1], abs=1e-4)
+            a = store.scores("auroc", "threat", split=key)[i]
+            assert a == pytest.approx(roc_auc_score(threat[rows], z[rows, i]), abs=0.02)
+    best = store.best_latents("fear", 2)
+    assert best[0]["latent"] == 0 and best[0]["test"] > 0.8
+    scores = store.latent(1)["labels"]["threat"]
+    assert scores["class_train"] == 1 and scores["auroc_test"] == pytest.approx(store.scores("auroc", "threat", split="test")[1])
+
+
+def test_best_latent_of_a_noise_label_does_not_survive_heldout(tmp_path: Path) -> None:
+    """A label unrelated to the activations: the best of many latents on the training episodes
+    looks associated; on held-out episodes it is not (a check that a lucky maximum fails)."""
+    rng = np.random.default_rng(1)
+    n, d, eps = 1200, 16, 24
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    ep = np.repeat(np.arange(eps), n // eps)
+    t = np.tile(np.arange(n // eps), eps)
+    noise = np.repeat(rng.standard_normal(eps), n // eps) + 0.3 * rng.standard_normal(n)  # per-episode offsets
+    path = tmp_path / "noise.h5"
+    meta = {"noise": {"kind": "continuous", "description": "", "linear_in": []}}
+    with ActivationWriter(path, {"run": "r"}, label_meta=meta) as w:
+        w.append({"obs": x[:, :2], "action": np.zeros(n, np.int64), "reward": np.zeros(n, np.float32),
+                  "done": t == t.max(), "episode": ep, "t": t}, {"noise": noise}, {"h": x})
+    torch.manual_seed(0)
+    save_sae(make_sae(make_config("topk", d_in=d, d_sae=256, k=8, hook_name="h")), tmp_path / "sae")
+    compute_features(tmp_path / "sae", path, progress=False)
+    store = FeatureStore(tmp_path / "sae")
+    best = store.best_latents("noise", 1)[0]
+    assert abs(best["train"]) > 0.1  # the maximum over 256 latents on the rows it was chosen on
+    assert abs(best["test"]) < abs(best["train"])
+    assert abs(best["test"]) < 0.15
+
+
+def test_files_without_heldout_arrays_stay_readable(tmp_path: Path) -> None:
+    path, sae_dir = make_case(tmp_path)
+    compute_features(sae_dir, path, progress=False)
+    npz = sae_dir / "features.npz"
+    with np.load(npz) as data:
+        old = {k: data[k] for k in data.files if not k.endswith(("_train", "_test"))}
+    np.savez(npz, **old)
+    store = FeatureStore(sae_dir)
+    assert not store.has_heldout
+    assert "pearson_test" not in store.latent(0)["labels"]["fear"]
+    assert store.sorted_by("association", "fear")[0] == 0
+    with pytest.raises(ProbeError, match="no held-out"):
+        store.scores("pearson", "fear", split="test")

@@ -16,7 +16,7 @@ from probes.errors import ProbeError
 from probes.linear import format_table, format_timeline, load_direction, probe_file, probe_files, summarise
 from probes.logistic import auroc
 from probes.results import SUMMARY_KEYS, ProbeRecord, read_probe_results
-from probes.splits import split_episodes, unique_episodes
+from probes.splits import outer_folds, split_episodes, unique_episodes
 from probes.activations import ActivationFile
 
 META = {
@@ -134,9 +134,14 @@ def test_schema(doc: dict, synth: tuple[Path, np.ndarray]) -> None:
     json.dumps(doc)  # plain JSON types only
     for r in doc["records"]:
         for key in ("hook", "label", "metric", "score", "baselines", "selectivity", "ci", "checkpoint",
-                    "linear_by_construction", "n_train", "n_test"):
+                    "linear_by_construction", "n_train", "n_test", "paired", "p_adjusted", "significant",
+                    "control", "kind_source", "derived_from"):
             assert key in r
-        assert r["n_train"] > r["n_test"] > 0
+        # out-of-fold: every row is tested once; each fold's probe trained on the other 4 of 5 folds
+        assert r["n_test"] == 24 * 50 and r["n_train"] == pytest.approx(0.8 * r["n_test"], abs=1)
+        assert set(r["paired"]) == set(r["baselines"]) and r["control"] == "episode_permuted_label"
+    assert doc["n_tests"] == len(doc["records"]) and doc["correction"] == "holm"
+    assert doc["cv"]["outer_folds"] == 5 and doc["cv"]["n_episodes"] == 24
 
 
 def test_record_round_trips_through_to_dict_and_from_dict(doc: dict) -> None:
@@ -182,6 +187,19 @@ def test_record_reader_tolerates_old_and_new_keys(tmp_path: Path) -> None:
         read_probe_results(path)
 
 
+def test_outer_folds_test_every_episode_once(synth: tuple[Path, np.ndarray]) -> None:
+    with ActivationFile(synth[0]) as f:
+        eps = unique_episodes(f)
+    folds = outer_folds(eps, n_folds=5, n_repeats=3, seed=3)
+    assert folds.fold.shape == (3, 24) and folds.nested
+    for r in range(3):
+        sizes = np.bincount(folds.fold[r], minlength=5)
+        assert sizes.sum() == 24 and sizes.max() - sizes.min() <= 1  # each episode in exactly one fold
+    assert not np.array_equal(folds.fold[0], folds.fold[1])
+    assert np.array_equal(outer_folds(eps, n_folds=5, seed=3).fold[0], folds.fold[0])
+    assert outer_folds(eps[:3], n_folds=5).n_folds == 3
+
+
 def test_split_keeps_episodes_whole(synth: tuple[Path, np.ndarray]) -> None:
     with ActivationFile(synth[0]) as f:
         split = split_episodes(unique_episodes(f), test_fraction=0.25, seed=3)
@@ -199,6 +217,18 @@ def test_reproducible_under_seed(doc: dict, synth: tuple[Path, np.ndarray]) -> N
             assert again_recs[("enc", r["label"])] == r
     other = probe_file(synth[0], seed=4, n_bootstrap=100, hooks=["enc"], labels=["hunger"])
     assert other["records"][0]["score"] != rec(doc, "enc", "hunger")["score"]
+
+
+def test_worker_processes_give_the_same_document(doc: dict, synth: tuple[Path, np.ndarray]) -> None:
+    """Feature sources fitted in a pool of processes: the same records and notes, any timing;
+    progress is reported once per source."""
+    seen: list[tuple[int, int]] = []
+    pooled = probe_file(synth[0], seed=3, n_bootstrap=100, workers=2,
+                        progress=lambda done, total, _: seen.append((done, total)))
+    assert pooled["records"] == doc["records"] and pooled["notes"] == doc["notes"]
+    assert [d for d, _ in seen] == list(range(1, seen[0][1] + 1))
+    with pytest.raises(ProbeError, match="workers"):
+        probe_file(synth[0], workers=0)
 
 
 def test_matches_sklearn(synth: tuple[Path, np.ndarray], doc: dict) -> None:
@@ -254,7 +284,7 @@ def test_missing_random_weights_and_degenerate_labels(tmp_path: Path) -> None:
     assert "random-weights baseline needs the run's network" in notes
     assert "'flat' was not probed" in notes and "'holes': " in notes
     assert "random_weights" not in rec(doc, "enc", "hunger")["baselines"]
-    assert rec(doc, "enc", "holes")["n_test"] < 5 * 30
+    assert rec(doc, "enc", "holes")["n_test"] == n - len(range(0, n, 7))  # the NaN rows are left out
 
 
 def test_too_few_episodes(tmp_path: Path) -> None:
@@ -266,6 +296,8 @@ def test_too_few_episodes(tmp_path: Path) -> None:
     write_file(two, n_eps=2, ep_len=40)
     doc2 = probe_file(two, n_bootstrap=10, hooks=["enc"], labels=["hunger"])
     assert len(doc2["records"]) == 1 and any("not cross-validated" in n for n in doc2["notes"])
+    with pytest.raises(ProbeError, match="folds"):
+        probe_file(two, n_folds=1)
 
 
 def test_timeline(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_corrupt_run_json_is_listed_as_failed(tmp_path) -> None:
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text("{not json")
     (runs,) = RunStore(tmp_path).list()
-    assert runs.status == "failed" and "corrupt" in runs.summary()["error"]
+    assert runs.status == "damaged" and "corrupt" in runs.summary()["error"]
     with pytest.raises(LabError, match="corrupt"):
         RunStore(tmp_path).get("bad")
 

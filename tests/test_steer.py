@@ -174,7 +174,7 @@ def test_scale_zero_is_the_clean_policy_and_large_scale_moves_it(tiny_run: tuple
     assert zero["metrics"]["kl"]["mean"] == 0.0
     assert zero["metrics"]["action_change"]["mean"] == 0.0
     assert big["metrics"]["kl"]["mean"] > 1e-4
-    assert doc["controls"][1]["metrics"]["kl"]["mean"] > 0  # random directions at scale 8 move it too
+    assert doc["controls_by_scale"][1]["metrics"]["kl"]["mean"] > 0  # random directions at scale 8 move it too
     # Same seed, same numbers.
     again = steer(name, cfg, runs_dir, write=False)
     assert again["effects"] == doc["effects"]
@@ -218,7 +218,7 @@ def test_probe_and_sae_directions(run_copy: tuple[Path, str]) -> None:
 def test_cli_json_schema_and_file(run_copy: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     runs_dir, name = run_copy
     code = main(["steer", name, "--direction", f"diff:threat@{POLICY_HOOK}", "--scales", "-3,3",
-                 "--episodes", "3", "--controls", "2", "--expect", "distance_to_threat up", "--json",
+                 "--episodes", "3", "--controls", "3", "--expect", "distance_to_threat:up", "--json",
                  "--runs-dir", str(runs_dir)])
     out = capsys.readouterr().out
     assert code == 0
@@ -226,11 +226,16 @@ def test_cli_json_schema_and_file(run_copy: tuple[Path, str], capsys: pytest.Cap
     for key in ("direction", "hook", "mode", "results", "controls", "expect", "effects", "summary", "scales"):
         assert key in doc, key
     assert doc["mode"] == "add" and doc["scales"] == [-3.0, 3.0]
-    assert len(doc["results"]) == 2 and len(doc["controls"]) == 2
+    assert len(doc["results"]) == 2 and len(doc["controls_by_scale"]) == 2 and len(doc["controls"]) == 3
+    assert [c["kind"] for c in doc["controls"]] == ["isotropic", "covariance", "isotropic"]
     m = doc["results"][0]["metrics"]
-    for metric in ("return", "length", "kl", "action_change", "distance_to_threat", "ate_food", "steps_to_ate_food"):
+    for metric in ("return", "length", "kl", "action_change", "distance_to_threat", "ate_food", "steps_to_ate_food",
+                   "distance_to_food", "idle"):
         assert len(m[metric]["ci"]) == 2 and m[metric]["ci"][0] <= m[metric]["mean"] <= m[metric]["ci"][1]
-        assert len(doc["controls"][0]["metrics"][metric]["means"]) == 2
+        assert len(doc["controls_by_scale"][0]["metrics"][metric]["means"]) == 3
+        assert len(doc["controls"][0]["metrics"][metric]["means"]) == 2  # one per scale
+    assert 0 <= doc["control_percentile"] <= 100 and doc["primary_metric"] == "distance_to_threat"
+    assert doc["expect"]["control_p_value"] >= 1 / 4
     assert doc["expect"]["metric"] == "distance_to_threat"
     assert isinstance(doc["expect"]["confirmed"], bool)
     files = list((runs_dir / name / "steer").glob("*.json"))
@@ -244,6 +249,7 @@ def test_cli_table(run_copy: tuple[Path, str], capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert code == 0
     assert "scale 0.5" in out and "distance_to_threat" in out and "random directions" in out
+    assert "dose-response of kl" in out and "percentile" in out
 
 
 @pytest.mark.parametrize(
@@ -298,3 +304,171 @@ def test_expect_verdict_on_synthetic_dose_response() -> None:
     assert not eff["slope"]["exceeds_controls"]
     verdict = expect_verdict("m", "up", eff, 4)
     assert not verdict["confirmed"] and "random directions" in verdict["sentence"]
+
+
+# --------------------------------------------------------------------------- controls
+def test_controls_alternate_isotropic_and_covariance(tiny_run: tuple[Path, str]) -> None:
+    from rl_lab.steer.directions import control_directions, hook_stats
+
+    stats = hook_stats(_act_file(tiny_run), POLICY_HOOK)
+    vecs, kinds = control_directions(stats, 20, seed=4)
+    assert vecs.shape == (20, stats.dim) and kinds == ["isotropic", "covariance"] * 10
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0)
+    again, _ = control_directions(stats, 20, seed=4)
+    np.testing.assert_array_equal(vecs, again)
+    # Covariance draws lie where the activations vary: their projections' spread is, on average,
+    # larger than that of isotropic draws (for an anisotropic layer).
+    sd = np.array([stats.projection(v)[1] for v in vecs])
+    assert sd[1::2].mean() > sd[0::2].mean()
+
+
+def test_control_rank_percentile_and_p_value() -> None:
+    from rl_lab.steer.analysis import control_rank
+
+    controls = [-3.0, -1.0, 0.5, 1.0, 2.0]
+    r = control_rank(2.5, controls)  # by magnitude: beyond 4 of 5 (|-3| is larger)
+    assert r["control_percentile"] == pytest.approx(80.0) and r["control_p_value"] == pytest.approx(2 / 6)
+    r = control_rank(2.5, controls, "up")  # one-sided: beyond all 5
+    assert r["control_percentile"] == pytest.approx(100.0) and r["control_p_value"] == pytest.approx(1 / 6)
+    r = control_rank(2.5, controls, "down")
+    assert r["control_percentile"] == pytest.approx(0.0) and r["control_p_value"] == pytest.approx(1.0)
+    assert control_rank(1.0, [])["control_percentile"] is None
+
+
+def test_default_run_has_twenty_controls_of_both_kinds(tiny_run: tuple[Path, str]) -> None:
+    runs_dir, name = tiny_run
+    cfg = SteerConfig(direction=f"diff:threat@{POLICY_HOOK}", scales=[4.0], episodes=2, seed=0, n_boot=100,
+                      max_steps=15)
+    doc = steer(name, cfg, runs_dir, write=False)
+    assert doc["n_controls"] == 20 and len(doc["controls"]) == 20
+    assert doc["control_directions"]["kinds"] == {"isotropic": 10, "covariance": 10}
+    assert {c["kind"] for c in doc["controls"]} == {"isotropic", "covariance"}
+    stat = doc["effects"]["kl"]["statistic"]
+    higher = sum(abs(c) >= abs(stat["value"]) for c in stat["controls"])
+    assert doc["primary_metric"] == "kl" and doc["control_p_value"] == pytest.approx((1 + higher) / 21)
+    assert 0 <= doc["control_percentile"] <= 100
+
+
+# --------------------------------------------------------------------------- LEACE
+def test_leace_erases_the_label_and_random_subspaces_do_not(tiny_run: tuple[Path, str]) -> None:
+    from rl_lab.steer.directions import hook_stats, random_subspaces
+    from rl_lab.steer.leace import erasure_scores, fit_leace
+
+    path = _act_file(tiny_run)
+    hook = "mlp_extractor.policy_net.0"
+    fit = fit_leace(path, "energy", hook, seed=0)
+    assert fit.rank == 1 and fit.matrix.shape == (64, 64)
+    # After erasure no linear function of h predicts the label on the training rows (LEACE's guarantee).
+    train = fit.fold < fit.n_folds
+    erased = fit.erase(fit.x[train])
+    cov = ((erased - erased.mean(0)) * (fit.y[train] - fit.y[train].mean())[:, None]).mean(0)
+    assert np.abs(cov).max() < 1e-8
+    bases, kinds = random_subspaces(hook_stats(path, hook), fit.rank, 4, seed=0)
+    scores = erasure_scores(fit, bases, hook_stats(path, hook).mean)
+    assert scores["before"] > 0.9  # energy is in the observation
+    assert scores["after"] < 0.1 and scores["falls_to_baseline"]
+    # An isotropic random line barely touches the label; a covariance-drawn one may (it lies along the
+    # layer's main axes of variation, which can carry the label): that is why both kinds are controls.
+    assert kinds == ["isotropic", "covariance"] * 2 and min(scores["random_after"][0::2]) > 0.8
+
+
+def test_steer_leace_mode(tiny_run: tuple[Path, str]) -> None:
+    runs_dir, name = tiny_run
+    doc = steer(name, _small(f"diff:energy@{POLICY_HOOK}", mode="leace", controls=2, max_steps=20), runs_dir,
+                write=False)
+    assert doc["mode"] == "leace" and doc["scales"] == [0.0, 0.5, 1.0]
+    er = doc["erasure"]
+    assert er["label"] == "energy" and er["after"] < er["before"] and len(er["random_after"]) == 2
+    assert [c["kind"] for c in doc["controls"]] == ["isotropic", "covariance"]
+    zero = doc["results"][0]["metrics"]
+    assert zero["kl"]["mean"] == 0.0 and zero["action_change"]["mean"] == 0.0  # scale 0 is the clean policy
+    assert doc["results"][2]["metrics"]["kl"]["mean"] > 0
+
+
+# --------------------------------------------------------------------------- decision transformer
+@pytest.fixture(scope="module")
+def dt_run(tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 4-step DT trained from the session's tiny PPO run, recorded for 2 episodes."""
+    from rl_lab.dt.train import DTTrainConfig, train_dt
+    from rl_lab.record import record_run
+
+    src_dir, src_name = tiny_run
+    runs_dir = tmp_path_factory.mktemp("steer-dt")
+    shutil.copytree(src_dir / src_name, runs_dir / src_name)
+    cfg = DTTrainConfig(algo="dt", source_run=src_name, steps=4, context=4, batch_size=16, d_model=16, n_heads=2,
+                        d_mlp=32, episodes_per_policy=1, log_every=2, checkpoint_every=4, eval_episodes=0,
+                        restore_best=False, patience=0)
+    train_dt(cfg, runs_dir, name="dt-steer")
+    record_run("dt-steer", runs_dir, episodes=2, seed=0)
+    return runs_dir, "dt-steer"
+
+
+def test_steer_a_decision_transformer(dt_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    runs_dir, name = dt_run
+    hook = "blocks.0.hook_resid_post"
+    code = main(["steer", name, "--direction", f"diff:threat@{hook}", "--scales", "0,6", "--episodes", "2",
+                 "--controls", "2", "--json", "--runs-dir", str(runs_dir)])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hook"] == hook and doc["algo"] == "dt"
+    zero, big = doc["results"]
+    for metric, clean in doc["clean"].items():
+        assert zero["metrics"][metric]["mean"] == clean["mean"], metric  # scale 0: the clean DT, bit for bit
+    assert big["metrics"]["kl"]["mean"] > 0
+    assert [c["kind"] for c in doc["controls"]] == ["isotropic", "covariance"]
+    # An unknown TransformerLens hook: one line, exit 2.
+    assert main(["steer", name, "--direction", "diff:threat@blocks.9.hook_resid_post", "--episodes", "2",
+                 "--runs-dir", str(runs_dir)]) == 2
+    assert "unknown hook" in capsys.readouterr().err
+
+
+def test_dt_policy_matches_the_dt_actor(dt_run: tuple[Path, str]) -> None:
+    """DTPolicy's clean logits are DTActor's, step by step, on the same history."""
+    from rl_lab.dt.evaluate import DTActor, load_model
+    from rl_lab.steer.policies import DTPolicy
+    from rl_lab.train import make_env
+
+    runs_dir, name = dt_run
+    run = RunStore(runs_dir).get(name)
+    model = load_model(run)
+    policy = DTPolicy(model, "blocks.1.hook_resid_post", target_return=1.5)
+    actor = DTActor(model, 1.5, deterministic=True)
+    env = make_env("lab/Forage-v0")
+    obs, _ = env.reset(seed=3)
+    policy.start(1)
+    for _ in range(7):  # past the context of 4
+        dist = policy.forward(np.zeros(1, dtype=np.int64), obs[None], steer=False)
+        a = actor.act(obs)
+        assert int(dist.probs.argmax()) == a
+        obs2, r, *_ = env.step(a)
+        actor.observe(r)
+        policy.advance(np.zeros(1, dtype=np.int64), obs[None], np.array([a]), np.array([r]))
+        obs = obs2
+
+
+# --------------------------------------------------------------------------- TUI
+async def test_tui_shows_the_dose_response_with_the_control_band(run_copy: tuple[Path, str]) -> None:
+    from textual.widgets import Static
+
+    from tui.app import LabApp
+    from tui.screens.steer import SteerScreen, dose_response
+    from tui.widgets.chart import BandChart
+
+    runs_dir, name = run_copy
+    doc = steer(name, _small(f"diff:threat@{POLICY_HOOK}", scales=[-4.0, 0.0, 4.0], controls=2, max_steps=15,
+                             expect="distance_to_threat:up"), runs_dir)
+    xs, ys, lo, hi = dose_response(doc, "kl")
+    assert xs == [-4.0, 0.0, 4.0] and ys[1] == 0.0 and all(a <= b for a, b in zip(lo, hi))
+    app = LabApp(runs_dir, poll_interval=0.5)
+    async with app.run_test(size=(120, 45)) as pilot:
+        app.push_screen(SteerScreen(name, doc["path"]))
+        await pilot.pause()
+        screen = app.screen
+        chart = screen.query_one("#steer-chart", BandChart)
+        assert screen.metric == "distance_to_threat"  # the predicted metric first
+        eff = doc["effects"]["distance_to_threat"]
+        assert chart.mean == [p["effect"] for p in eff["direction"]] and len(chart.low) == 3
+        text = str(screen.query_one("#steer-numbers", Static).render())
+        assert "percentile" in text and "Prediction" in text
+        await pilot.press("m")
+        assert screen.metric != "distance_to_threat"

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from probes.layout import RunsDirLayout
@@ -17,7 +18,7 @@ from rl_lab.runs import RunStore
 from rl_lab.sweep import load_sweep, parse_assignment, read_record, run_sweep, trial_job
 from rl_lab.sweep.spec import MAX_NAME, validate
 from rl_lab.sweep.stages import run_trial
-from rl_lab.sweep.stats import aggregate_returns, bootstrap_ci, format_tables
+from rl_lab.sweep.stats import aggregate_returns, format_tables, seed_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,11 +151,18 @@ def test_colliding_names_are_refused() -> None:
 
 
 # --------------------------------------------------------------------------- statistics
-def test_bootstrap_ci() -> None:
-    assert bootstrap_ci([1.0]) is None
-    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
-    assert 1.0 <= lo < 2.5 < hi <= 4.0
-    assert bootstrap_ci([2.0, 2.0, 2.0]) == [2.0, 2.0]
+def test_seed_ci_is_the_t_interval() -> None:
+    from scipy.stats import t as student_t
+
+    assert seed_ci([1.0]) is None and seed_ci([1.0, None, float("nan")]) is None
+    lo, hi = seed_ci([1.0, 2.0, 3.0, 4.0])
+    half = student_t.ppf(0.975, 3) * np.std([1.0, 2.0, 3.0, 4.0], ddof=1) / 2.0
+    assert lo == pytest.approx(2.5 - half) and hi == pytest.approx(2.5 + half)
+    # Two seeds: t_{0.975,1} = 12.71, far wider than a bootstrap of two values could ever be.
+    lo2, hi2 = seed_ci([0.0, 1.0])
+    assert hi2 - lo2 == pytest.approx(2 * 12.7062 * np.std([0.0, 1.0], ddof=1) / np.sqrt(2), rel=1e-4)
+    assert lo2 < 0.0 and hi2 > 1.0
+    assert seed_ci([2.0, 2.0, 2.0]) == [2.0, 2.0]
 
 
 def test_returns_grouped_by_condition_over_seeds() -> None:

@@ -79,3 +79,41 @@ async def test_launch_real_training_and_follow_it(tmp_path: Path) -> None:
                 break
         row = app.row("tiny-launch")
         assert row is not None and row.status == "done"
+
+
+def test_parse_form_policy_and_recurrent_ppo() -> None:
+    base = {"env": "lab/Forage-v0", "algo": "ppo", "policy": "transformer", "steps": "256", "seed": "0",
+            "name": "", "lr": "", "n_envs": "", "gamma": ""}
+    spec = parse_form(base)
+    assert spec.name.startswith("forage-ppo-transformer-s0-")
+    assert spec.args(set())[:6] == ["--env", "lab/Forage-v0", "--algo", "ppo", "--steps", "256"]
+    assert spec.args(set())[-2:] == ["--policy", "transformer"]
+    recurrent = parse_form(dict(base, algo="recurrent-ppo", policy="mlp"))
+    assert "--policy" not in recurrent.args(set()) and recurrent.algo == "recurrent-ppo"
+    for bad, message in (({"algo": "dqn"}, "transformer policy is for ppo or a2c"),
+                         ({"algo": "recurrent-ppo"}, "transformer policy is for"),
+                         ({"policy": "cnn"}, "policy must be one of")):
+        with pytest.raises(LabError, match=message):
+            parse_form(dict(base, **bad))
+
+
+async def test_launch_form_offers_policy_and_recurrent_ppo(tmp_path: Path) -> None:
+    app = LabApp(tmp_path / "runs")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("l")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, LaunchScreen)
+        algo, policy = screen.query_one("#algo", Select), screen.query_one("#policy", Select)
+        assert "recurrent-ppo" in [value for _, value in algo._options]
+        assert [value for _, value in policy._options] == ["mlp", "transformer"]
+        algo.value, policy.value = "dqn", "transformer"
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert screen.job is None
+        assert any("transformer policy is for ppo or a2c" in n.message for n in app._notifications)
+        algo.value = "a2c"
+        await pilot.pause()
+        spec = parse_form(screen.form_values())
+        assert (spec.algo, spec.policy) == ("a2c", "transformer")
+        assert "--policy" in spec.args(set())

@@ -137,7 +137,7 @@ class LabApp(App[None]):
 
     def stop_run(self, name: str) -> None:
         """SIGINT the training process of run ``name`` (it checkpoints and marks itself interrupted)."""
-        from rl_lab.runs import Run, read_run_json
+        from rl_lab.runs import Run, owned_pid, read_run_json
         from rl_lab.errors import LabError
         from tui.jobs import stop_run
 
@@ -150,7 +150,12 @@ class LabApp(App[None]):
         if run.status != "running":
             self.notify(f"{name} is not running (status: {run.status})", severity="warning")
             return
-        problem = stop_run(run.info.get("pid"))
+        pid = owned_pid(run.info)  # only a live process started when run.json says: never -1, 1 or a reused pid
+        if pid is None:
+            self.notify(f"cannot stop {name}: its process cannot be proven to be the run's own "
+                        "(no live process with the recorded start time)", severity="error")
+            return
+        problem = stop_run(pid)
         if problem:
             self.notify(f"cannot stop {name}: {problem}", severity="error")
         else:
@@ -164,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     from rl_lab.runs import default_runs_dir
 
     args = sys.argv[1:] if argv is None else argv
-    LabApp(Path(args[0]) if args else default_runs_dir()).run()
+    app = LabApp(Path(args[0]) if args else default_runs_dir())
+    app.run()
+    if app.return_code:
+        sys.exit(app.return_code)
 
 
 if __name__ == "__main__":

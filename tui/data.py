@@ -8,6 +8,7 @@ so, never an exception that reaches the UI.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def _as_float(value: Any) -> float | None:
         out = float(value)
     except (TypeError, ValueError):
         return None
-    return out if out == out else None  # NaN -> None
+    return out if math.isfinite(out) else None  # NaN, infinities -> None
 
 
 def _new_complete_lines(path: Path | str, offset: int, inode: int) -> tuple[bytes, int, int]:
@@ -307,9 +308,11 @@ class RunIndex:
     @staticmethod
     def _row(entry: _Entry) -> RunRow:
         info = entry.info
-        status = Run(entry.path, info).status
+        run = Run(entry.path, info)
+        status = run.status
         if status not in ("running", "done", "failed", "interrupted"):
             status = str(status)
+        problems = run.problems()  # a damaged run.json: listed as damaged, with the reason
         pid = info.get("pid")
         return RunRow(
             name=entry.path.name,
@@ -324,7 +327,8 @@ class RunIndex:
             created=str(info.get("created") or ""),
             updated=str(info.get("updated") or ""),
             pid=_as_int(pid) or None,
-            error=(str(info["error"]) if info.get("error") else None),
+            error=("damaged run.json: " + "; ".join(problems) if problems else
+                   str(info["error"]) if info.get("error") else None),
             seed=_as_int(info.get("seed"), -1) if info.get("seed") is not None else None,
             sweep=str(info["sweep"]) if info.get("sweep") else None,
             sweep_condition=str(info["sweep_condition"]) if info.get("sweep_condition") else None,

@@ -11,6 +11,7 @@ computing where an SAE will be saved, costs no torch import.
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,11 +210,13 @@ def validate(cfg: SAEConfig) -> None:
         raise ProbeError(f"k must be between 1 and the width {cfg.d_sae}, got {cfg.k}")
     if isinstance(cfg, ReLUConfig) and cfg.l1_coefficient < 0:
         raise ProbeError(f"the L1 coefficient must be >= 0, got {cfg.l1_coefficient}")
-    if cfg.lr <= 0 or cfg.batch_size < 1:
-        raise ProbeError("the learning rate and the batch size must be positive")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ProbeError(f"the learning rate must be a finite number above 0, got {cfg.lr}")
+    if cfg.batch_size < 1:
+        raise ProbeError(f"the batch size must be positive, got {cfg.batch_size}")
     if cfg.steps is not None and cfg.steps < 1:
         raise ProbeError(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.epochs is not None and cfg.epochs <= 0:
+    if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
         raise ProbeError(f"epochs must be > 0, got {cfg.epochs}")
     if cfg.b_dec_init not in ("geometric_median", "mean", "zeros"):
         raise ProbeError(f"b_dec_init must be geometric_median, mean or zeros, got {cfg.b_dec_init!r}")
@@ -246,4 +249,6 @@ def add_arguments(parser: argparse.ArgumentParser, file_arg: bool = True) -> Non
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default RUN/saes/<hook>-<arch>-<width>/)")
     parser.add_argument("--no-features", action="store_true", help="skip the per-latent feature statistics")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing SAE of the same name (the old one stays until the new one is complete)")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON document on stdout")

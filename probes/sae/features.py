@@ -2,8 +2,15 @@
 
 For every latent: firing density, an activation histogram, the top-activating steps (with the
 rendered observation and its neighbours in the episode) and its association with every label
-(Pearson r for continuous labels, one-vs-rest AUROC per class for discrete ones). Computed in
-two streaming passes over ``/acts/<hook>``:
+(Pearson r for continuous labels, one-vs-rest AUROC per class for discrete ones).
+
+Associations are computed three times: over all rows (``pearson``, ``auroc``: descriptive), over
+the TRAINING episodes (``pearson_train``, ``auroc_train``) and over the HELD-OUT episodes
+(``pearson_test``, ``auroc_test``) of ``probes.splits.split_episodes`` (the split every analysis
+of the file uses). The best of thousands of latents for a label is a maximum: it is chosen on
+the training episodes (``FeatureStore.best_latents``) and its held-out value is the one to report.
+
+Computed in two streaming passes over ``/acts/<hook>``:
 
 1. codes -> firing counts, max activation, Pearson sums, running top-n rows per latent;
 2. codes -> histograms over fixed bins (``[0]`` = not firing, then ``bins`` equal bins up to the
@@ -32,6 +39,7 @@ from probes.errors import ProbeError
 from probes.features import SCHEMA_VERSION
 from probes.layout import SAELayout
 from probes.sae.model import load_sae
+from probes.splits import split_episodes
 
 MAX_CLASSES = 32
 """A discrete label's most frequent classes kept for AUROCs (rarer classes count as negatives)."""
@@ -106,6 +114,8 @@ def compute_features(
     bins: int = 32,
     rows_per_block: int = 8192,
     progress: bool = True,
+    test_fraction: float = 0.25,
+    seed: int = 0,
 ) -> Path:
     """Compute the statistics of every latent of the SAE in ``sae_dir`` over the file ``path``.
 
@@ -125,6 +135,8 @@ def compute_features(
         Rows encoded at a time (bounds memory: ``rows_per_block × d_sae`` floats).
     progress:
         tqdm bars on stderr.
+    test_fraction, seed:
+        The episode split (``probes.splits.split_episodes``) of the train / held-out associations.
 
     Returns the directory, now holding ``features.json`` and ``features.npz``.
     """
@@ -144,12 +156,22 @@ def compute_features(
         meta, cont, disc = _read_labels(af)
         lc = cont.shape[1]
         n_auroc = sum(len(m["classes"]) for m in meta if m["kind"] == "discrete")
+        try:
+            split = split_episodes(np.unique(episodes), test_fraction=test_fraction, seed=seed)
+            part = (split.groups_of(episodes) == split.test_group).astype(np.int64)  # 0 train, 1 held out
+        except ValueError:  # one episode: nothing can be held out
+            split, part = None, np.zeros(n, dtype=np.int64)
+        n_part = np.bincount(part, minlength=2)
 
         # ---- pass 1: counts, sums, max, running top-n
         fires = torch.zeros(d, dtype=torch.int64)
         sum_z = torch.zeros(d, dtype=torch.float64)
         sum_z2 = torch.zeros(d, dtype=torch.float64)
         sum_zy = torch.zeros(d, lc, dtype=torch.float64)
+        # per part (train / held out): sum z, sum z^2, sum z*y; sums of y and y^2 come from `cont`
+        p_z = torch.zeros(2, d, dtype=torch.float64)
+        p_z2 = torch.zeros(2, d, dtype=torch.float64)
+        p_zy = torch.zeros(2, d, lc, dtype=torch.float64)
         max_z = torch.zeros(d)
         top_vals = torch.zeros(0, d)
         top_rows = torch.zeros(0, d, dtype=torch.int64)
@@ -163,6 +185,13 @@ def compute_features(
             sum_z2 += zd.pow(2).sum(dim=0)
             if lc:
                 sum_zy += zd.T @ torch.from_numpy(cont[sl])
+            for k in (0, 1):
+                mk = torch.from_numpy(part[sl] == k)
+                zk = zd[mk]
+                p_z[k] += zk.sum(dim=0)
+                p_z2[k] += zk.pow(2).sum(dim=0)
+                if lc:
+                    p_zy[k] += zk.T @ torch.from_numpy(cont[sl][part[sl] == k])
             max_z = torch.maximum(max_z, z.max(dim=0).values)
             kk = min(n_top, len(z))
             v, r = z.topk(kk, dim=0)  # [kk, d]
@@ -178,6 +207,9 @@ def compute_features(
         safe_max = torch.where(max_z > 0, max_z, torch.ones_like(max_z))
         hist = torch.zeros(d * nb, dtype=torch.int64)
         class_hist = torch.zeros(max(n_auroc, 1) * d * nb, dtype=torch.int64)
+        part_hist = torch.zeros(2 * d * nb, dtype=torch.int64)
+        part_class_hist = torch.zeros(2 * max(n_auroc, 1) * d * nb, dtype=torch.int64)
+        n_cells = max(n_auroc, 1) * d * nb
         offsets = [0]
         for m in meta:
             if m["kind"] == "discrete":
@@ -189,6 +221,8 @@ def compute_features(
             b = (z[r, lat] / safe_max[lat] * bins).ceil().long().clamp(1, bins)
             cell = lat * nb + b
             hist += torch.bincount(cell, minlength=d * nb)
+            row_part = torch.from_numpy(part[sl])[r]
+            part_hist += torch.bincount(row_part * (d * nb) + cell, minlength=2 * d * nb)
             for m in meta:
                 if m["kind"] != "discrete":
                     continue
@@ -196,6 +230,7 @@ def compute_features(
                 ok = cls >= 0
                 flat = (cls[ok] + m["class_offset"]) * (d * nb) + cell[ok]
                 class_hist += torch.bincount(flat, minlength=class_hist.numel())
+                part_class_hist += torch.bincount(row_part[ok] * n_cells + flat, minlength=part_class_hist.numel())
             bar.update()
         bar.close()
 
@@ -211,6 +246,20 @@ def compute_features(
                 n_pos = int((disc[:, m["disc_col"]] == j).sum())
                 class_hist[c, :, 0] = n_pos - class_hist[c, :, 1:].sum(dim=1)
                 aurocs[c] = _auroc_from_hist(class_hist[c].numpy(), hist.numpy())
+        # the same per part (train / held out)
+        part_hist = part_hist.view(2, d, nb)
+        part_class_hist = part_class_hist.view(2, -1, d, nb)[:, :n_auroc]
+        part_aurocs = np.full((2, n_auroc, d), np.nan, dtype=np.float32)
+        for k in (0, 1):
+            part_hist[k, :, 0] = int(n_part[k]) - part_hist[k, :, 1:].sum(dim=1)
+            for m in meta:
+                if m["kind"] != "discrete":
+                    continue
+                for j in range(len(m["classes"])):
+                    c = m["class_offset"] + j
+                    n_pos = int(((disc[:, m["disc_col"]] == j) & (part == k)).sum())
+                    part_class_hist[k, c, :, 0] = n_pos - part_class_hist[k, c, :, 1:].sum(dim=1)
+                    part_aurocs[k, c] = _auroc_from_hist(part_class_hist[k, c].numpy(), part_hist[k].numpy())
 
         # ---- Pearson r per continuous label
         nf = float(n)
@@ -220,6 +269,19 @@ def compute_features(
         with np.errstate(invalid="ignore", divide="ignore"):
             pearson = (cov / np.sqrt(np.outer(var_z, var_y))).T.astype(np.float32)  # [Lc, d]
         pearson[~np.isfinite(pearson)] = np.nan
+        part_pearson = np.full((2, lc, d), np.nan, dtype=np.float32)
+        for k in (0, 1):
+            nk = float(n_part[k])
+            if nk < 2 or not lc:
+                continue
+            yk = cont[part == k]
+            sy, syy = yk.sum(axis=0), (yk**2).sum(axis=0)
+            vz = (p_z2[k] - p_z[k].pow(2) / nk).numpy()
+            vy = syy - sy**2 / nk
+            cv = p_zy[k].numpy() - np.outer(p_z[k].numpy(), sy) / nk
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r_k = (cv / np.sqrt(np.outer(vz, vy))).T
+            part_pearson[k] = np.where(np.isfinite(r_k), r_k, np.nan)
 
         # ---- texts of top steps and their neighbours (same episode only)
         tv, tr = top_vals.T.contiguous().numpy(), top_rows.T.contiguous().numpy()  # [d, n_top]
@@ -261,6 +323,10 @@ def compute_features(
         "top_t": top_t.astype(np.int64),
         "pearson": pearson if lc else np.zeros((0, d), dtype=np.float32),
         "auroc": aurocs,
+        "pearson_train": part_pearson[0],
+        "pearson_test": part_pearson[1],
+        "auroc_train": part_aurocs[0],
+        "auroc_test": part_aurocs[1],
         "text_rows": text_rows.astype(np.int64),
         "text_offsets": text_offsets,
         "text_blob": blob,
@@ -279,6 +345,13 @@ def compute_features(
         "n_top": n_top,
         "context": context,
         "labels": meta,
+        "split": {
+            "test_fraction": test_fraction, "seed": seed,
+            "n_train_rows": int(n_part[0]), "n_test_rows": int(n_part[1]),
+            "n_train_episodes": int(len(split.train_episodes)) if split is not None else int(len(np.unique(episodes))),
+            "n_test_episodes": int(len(split.test_episodes)) if split is not None else 0,
+            "test_episodes": [int(e) for e in split.test_episodes] if split is not None else [],
+        },
         "seconds": time.perf_counter() - t0,
     }
     layout = SAELayout(out)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from probes.errors import ProbeError
-from probes.layout import SAE_CFG, SAE_WEIGHTS, SAELayout
+from probes.layout import SAE_CFG, SAE_WEIGHTS, TMP_MARK, SAELayout
 from probes.sae.config import CONFIGS, ReLUConfig, SAEConfig, TopKConfig, config_from_dict
 
 # --------------------------------------------------------------------------- models
@@ -250,6 +251,28 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target``, replacing what is there, and never lose both.
+
+    ``target`` (if any) is renamed aside to a hidden name, ``new`` renamed into place, then the old
+    one deleted. A kill between the two renames leaves both complete folders under their names.
+    """
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old{TMP_MARK}{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_sae(sae: SparseAutoencoder, out_dir: Path | str) -> Path:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from probes.activations import ActivationFile
 from probes.errors import ProbeError
-from probes.layout import SAELayout
+from probes.layout import TMP_MARK, SAELayout, safe_component
 from probes.sae.config import (
     DEFAULT_ARCH,
     SAEConfig,
@@ -37,7 +39,7 @@ from probes.sae.config import (
 )
 from probes.sae.data import H5Source, TensorSource, split_rows
 from probes.sae.features import compute_features
-from probes.sae.model import LIVE_NOTE_PREFIX, SparseAutoencoder, make_sae, save_sae, write_json
+from probes.sae.model import LIVE_NOTE_PREFIX, SparseAutoencoder, make_sae, replace_dir, save_sae, write_json
 
 DENSE_THRESHOLD = 0.1
 """A latent is *dense* if it fires on more than this fraction of held-out rows."""
@@ -309,6 +311,7 @@ def train_sae_on_file(
     progress: bool = True,
     features: bool = True,
     extra_metrics: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train an SAE on ``/acts/<hook>`` of an activation file, save it, return its metrics.
 
@@ -338,15 +341,20 @@ def train_sae_on_file(
         Also compute ``features.*`` (``probes.sae.features.compute_features``) after training.
     extra_metrics:
         Metrics measured elsewhere (e.g. ``return_recovered`` from the live agent).
+    overwrite:
+        Replace an existing SAE at the output folder (refused otherwise). The new SAE is built in a
+        hidden folder beside it and renamed into place when complete, so a kill or an error leaves
+        the previous SAE whole.
 
     The returned dict is ``metrics.json``'s content plus ``out_dir``.
     """
     if steps is not None and epochs is not None:
         raise ProbeError("give either steps or epochs, not both")
     check_architecture(arch)
+    safe_component(hook, "hook")  # it names the SAE's folder
     with ActivationFile(path) as af:
         d_in = af.hook_dim(hook)
-    width = width or default_width(d_in)
+    width = width if width is not None else default_width(d_in)
     kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": width, "hook_name": hook, "seed": seed,
                               "steps": steps, "epochs": epochs}
     if lr is not None:
@@ -363,11 +371,33 @@ def train_sae_on_file(
         raise ProbeError("--l1 applies to the relu architecture only")
     cfg = make_config(arch, **kwargs)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path, hook, arch, width)
-    metrics = train_on_file(path, cfg, out, progress=progress, extra_metrics=extra_metrics)
-    if features:
-        compute_features(out, path, progress=progress)
+    check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        metrics = train_on_file(path, cfg, tmp, progress=progress, extra_metrics=extra_metrics)
+        if features:
+            compute_features(tmp, path, progress=progress)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     metrics["out_dir"] = str(out)
     return metrics
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an existing SAE at ``out`` unless ``overwrite``; never replace a folder that is not an SAE's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ProbeError(f"{out} exists and is not a folder")
+    layout = SAELayout(out)
+    if not layout.cfg_path.exists() and any(out.iterdir()):
+        raise ProbeError(f"{out} exists and is not an SAE folder; choose another output folder")
+    if not overwrite and layout.cfg_path.exists():
+        raise ProbeError(f"an SAE already exists at {out}; pass --overwrite to replace it")
 
 
 def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[str, Any]:
@@ -387,6 +417,7 @@ def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[st
         seed=args.seed,
         progress=not args.json or sys.stderr.isatty(),
         features=not args.no_features,
+        overwrite=getattr(args, "overwrite", False),
     )
 
 

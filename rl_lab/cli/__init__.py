@@ -18,12 +18,34 @@ from typing import Sequence
 
 from probes.errors import ProbeError
 from rl_lab.errors import LabError
+from rl_lab.runs import is_no_space
 
 EXIT_USAGE = 2
 SUPPORT_MODULES = frozenset({"options"})
 """Modules of this package that are not commands."""
-USER_ERRORS = (LabError, ProbeError, FileNotFoundError, PermissionError, KeyboardInterrupt)
-"""Shown as one ``rl-lab: error: ...`` line (no traceback unless ``RL_LAB_DEBUG`` is set)."""
+USER_ERRORS = (LabError, ProbeError, OSError, KeyboardInterrupt)
+"""Shown as one ``rl-lab: error: ...`` line (no traceback unless ``RL_LAB_DEBUG`` is set): the lab's
+own errors and what the operating system refuses (a missing file, no permission, a full disk)."""
+MAX_MESSAGE = 400
+"""Longest error line printed; longer messages are cut (a message is one readable sentence)."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line ``rl-lab: error: ...`` shows for ``exc``."""
+    if isinstance(exc, OSError) and not isinstance(exc, (LabError, ProbeError)):
+        if is_no_space(exc):
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            message = f"out of disk space{where}; free some space and run the command again"
+        elif exc.strerror:
+            message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        else:
+            message = str(exc) or type(exc).__name__
+    else:
+        message = str(exc) or type(exc).__name__
+    message = " ".join(message.split())  # one line
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt):
             sys.stderr.write("rl-lab: interrupted\n")
             return 130
-        message = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc.filename}"
-        sys.stderr.write(f"rl-lab: error: {message}\n")
+        sys.stderr.write(f"rl-lab: error: {error_line(exc)}\n")
         return EXIT_USAGE
 
 

@@ -22,7 +22,7 @@ DEMO_EPISODES = 40
 # emotion-like labels and the homeostatic/threat latents; `rl-lab probe RUN` probes everything.
 DEMO_HOOKS = ("mlp_extractor.policy_net.1", "mlp_extractor.policy_net.3",
               "mlp_extractor.value_net.1", "mlp_extractor.value_net.3")
-DEMO_LABELS = ("value", "td_error", "hope", "fear", "surprise", "mood", "arousal", "return_to_go",
+DEMO_LABELS = ("value", "td_error", "prev_td_error", "hope", "fear", "surprise", "mood", "arousal", "return_to_go",
                "hunger", "thirst", "threat", "distance_to_threat", "predator_adjacent", "action")
 # The transformers' counterparts: each block's residual stream and MLP hidden layer.
 DT_HOOKS = ("blocks.0.hook_resid_post", "blocks.0.mlp.hook_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post")
@@ -31,8 +31,8 @@ DT_HOOKS = ("blocks.0.hook_resid_post", "blocks.0.mlp.hook_post", "blocks.1.hook
 ACTING_HOOKS = ("mlp_extractor.policy_net.*", "blocks.*")
 DEMO_DT_STEPS = 1500
 DEMO_DT_EVAL_EPISODES = 3
-EMOTION_LABELS = ("td_error", "hope", "fear", "surprise", "mood", "arousal", "hunger", "thirst", "threat",
-                  "distance_to_threat")
+EMOTION_LABELS = ("td_error", "prev_td_error", "hope", "fear", "surprise", "mood", "arousal", "hunger", "thirst",
+                  "threat", "distance_to_threat")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,10 +220,14 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
             return True
         return any(c and c[0] > 0 for c in cells[g].get("probe_cis", []))
 
+    def variables(result: dict) -> list[str]:
+        """The labels that count: not readouts of a compared network's own outputs."""
+        return result.get("variables", result["labels"])
+
     def winners(result: dict) -> tuple[dict[str, list[str]], list[str]]:
         out: dict[str, list[str]] = {g: [] for g in trained(result)}
         none = []
-        for label in result["labels"]:
+        for label in variables(result):
             row = result["table"][label]
             cells = row["groups"]
             nets = [g for g in trained(result) if g in cells]
@@ -241,7 +245,7 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
             out[top].append(f"{label} ({cells[top]['mean']:.2f} vs {others}{'; clearly' if clear else ''})")
         return {g: items for g, items in out.items() if items}, none
 
-    n = len(full["labels"])
+    n = len(variables(full))
     out = []
     wins, none = winners(full)
     for group, items in wins.items():
@@ -250,7 +254,7 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
         out.append(f"no network decodes {', '.join(none)} (every probe's interval over held-out episodes reaches 0)")
     gains = []
     for g in trained(full):
-        diffs = [full["table"][lab]["groups"][g]["gain_over_twin"]["mean"] for lab in full["labels"]
+        diffs = [full["table"][lab]["groups"][g]["gain_over_twin"]["mean"] for lab in variables(full)
                  if "gain_over_twin" in full["table"][lab]["groups"].get(g, {})]
         if diffs:
             gains.append(f"{g} {sum(diffs) / len(diffs):+.2f}")
@@ -261,32 +265,60 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
     if acting_wins:
         out.append("without PPO's critic (trained to predict value, so value-derived labels come free to it) — "
                    "PPO's actor beside the transformers, which also only act: "
-                   + " | ".join(f"{g} best on {len(items)} of {len(acting['labels'])}" for g, items in acting_wins.items()))
+                   + " | ".join(f"{g} best on {len(items)} of {len(variables(acting))}" for g, items in acting_wins.items()))
+    readouts = full.get("readouts", [])
+    if readouts:
+        items = []
+        for label in readouts:
+            cells = full["table"][label]["groups"]
+            own = sorted({run for run, src in full["table"][label].get("derived_from", {}).items()
+                          if src in ("value_output", "policy_output")})
+            scores = ", ".join(f"{g} {cells[g]['mean']:.2f}" for g in trained(full) if g in cells)
+            items.append(f"{label} ({scores}; read from the own outputs of {', '.join(own)})")
+        out.append("readouts, not counted above (computed from a compared network's own value or policy output, so "
+                   "decoding them shows what that network was built to output): " + "; ".join(items))
     return out
 
 
 def compare_to_random(doc: dict) -> list[str]:
     """Sentences: for each emotion-like label, does training make it more decodable than the
     random-weights twin (same architecture, same observations)?"""
+    from probes.linear import RANDOM_WEIGHTS, SIGNIFICANCE, holm
+    from rl_lab.compare import record_derived_from
+    from rl_lab.labels import is_readout
+
+    # Trained minus random twins at the same hook, paired over episodes; Holm over every
+    # (label, hook) cell compared, so picking a label's best hook is covered by the correction.
+    cells = [r for r in ProbeResults.from_dict(doc).records
+             if r.label in EMOTION_LABELS and not r.linear_by_construction and r.score is not None
+             and r.paired.get(RANDOM_WEIGHTS, {}).get("p") is not None]
+    adjusted = dict(zip(map(id, cells), holm([r.paired[RANDOM_WEIGHTS]["p"] for r in cells])))
     best: dict[str, ProbeRecord] = {}
-    for rec in ProbeResults.from_dict(doc).records:
-        if rec.label not in EMOTION_LABELS or rec.linear_by_construction or rec.score is None:
-            continue
-        if rec.label not in best or rec.score > best[rec.label].score:
+    for rec in cells:
+        if rec.label not in best or adjusted[id(rec)] < adjusted[id(best[rec.label])]:
             best[rec.label] = rec
-    gained, not_gained = [], []
+    gained, not_gained, readouts = [], [], []
     for label in EMOTION_LABELS:
         rec = best.get(label)
         if rec is None or rec.random_weights is None:
             continue
-        rand = rec.random_weights
-        item = f"{label} ({rec.metric} {rec.score:.2f} at {rec.hook} vs {rand:.2f} random)"
-        (gained if rec.interval is not None and rec.interval[0] > rand else not_gained).append(item)
+        diff = rec.paired[RANDOM_WEIGHTS]
+        item = (f"{label} ({rec.metric} {rec.score:.2f} at {rec.hook} vs {rec.random_weights:.2f} random, "
+                f"difference {diff['difference']:+.2f}, 95% CI {diff['ci'][0]:+.2f} to {diff['ci'][1]:+.2f})")
+        if is_readout(record_derived_from(rec)):
+            readouts.append(f"{label} ({record_derived_from(rec)}, {rec.metric} {rec.score:.2f} at {rec.hook})")
+        else:
+            (gained if rec.beats(RANDOM_WEIGHTS) and adjusted[id(rec)] < SIGNIFICANCE else not_gained).append(item)
     out = []
     if gained:
-        out.append("training made these more linearly decodable than in the random-weights twin "
-                   "(whole 95% CI above it): " + "; ".join(gained))
+        out.append("training made these more linearly decodable than in the random-weights twins at the same hook "
+                   f"(paired interval over episodes above 0, Holm-corrected over {len(cells)} label x hook cells): "
+                   + "; ".join(gained))
     if not_gained:
         out.append("no gain over the random-weights twin (the information is already there in a random "
                    "projection of the observation, or absent): " + "; ".join(not_gained))
+    if readouts:
+        out.append("readouts of the agent's own outputs, not counted as variables that training made emerge "
+                   "(computed from its value or policy head, which its layers were trained to produce): "
+                   + "; ".join(readouts))
     return out

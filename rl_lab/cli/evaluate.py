@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
 from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import RunStore
@@ -24,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sample actions from softmax(logits / T); below 1 is sharper (default: 1)")
     parser.add_argument("--deterministic", action="store_true", help="take the most likely action")
-    parser.add_argument("--seed", type=int, default=1_000_000,
+    parser.add_argument("--seed", type=seed, default=1_000_000,
                         help="episode i of every target starts from env seed SEED + i (default: 1000000)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    parser.add_argument("--trust", action="store_true",
+                        help="load a --checkpoint file from outside the run's checkpoints folder (checkpoints "
+                             "are pickled: only pass files you trust)")
     add_runs_dir(parser)
 
 
@@ -35,14 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from rl_lab.record import resolve_checkpoints
     from rl_lab.train import tqdm_progress
 
-    if not args.temperature > 0:
+    trust_checkpoint_arg(args)
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise LabError(f"--temperature must be positive, got {args.temperature}")
     targets = None
     if args.targets is not None:
         try:
             targets = [float(x) for x in args.targets.split(",") if x.strip()]
         except ValueError:
-            raise LabError(f"--targets must be comma-separated numbers, got {args.targets!r}") from None
+            raise LabError(f"--targets must be comma-separated numbers, got {args.targets[:60]!r}") from None
+        if not all(math.isfinite(t) for t in targets):
+            raise LabError(f"--targets must be finite numbers, got {args.targets[:60]!r}")
         if not targets:
             raise LabError("--targets names no target return")
     run_ = RunStore(runs_dir(args)).get(args.run)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from probes.layout import probe_output_paths
-from rl_lab.cli.options import add_runs_dir, runs_dir
+from rl_lab.cli.options import add_runs_dir, runs_dir, seed
 
 HELP = "fit linear probes (hook x label, split by episode) beside their baselines; writes RUN/probes/<file>.json"
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--labels", default=None, help="comma-separated labels (default: all)")
     parser.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episode split and bootstrap (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the episode split and bootstrap (default: 0)")
     add_runs_dir(parser)
 
 
@@ -51,13 +51,41 @@ def targets(target: str, args: argparse.Namespace) -> tuple[list[Path], list[str
     return good, notes
 
 
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list of names (None: all); an empty list is refused."""
+    from rl_lab.errors import LabError
+
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise LabError(f"{flag} names nothing; leave it out to use all")
+    return names
+
+
+def _check_names(files: list[Path], labels: list[str] | None, hooks: list[str] | None) -> None:
+    """Refuse labels or hooks a file lacks, before any work starts."""
+    from probes.activations import ActivationFile
+    from rl_lab.errors import LabError
+
+    for f in files:
+        with ActivationFile(f, allow_incomplete=True) as af:
+            for wanted, have, what in ((labels, af.labels, "label"), (hooks, af.hooks, "hook")):
+                missing = [n for n in wanted or [] if n not in have]
+                if missing:
+                    shown = ", ".join(sorted(have))
+                    shown = shown if len(shown) <= 200 else shown[:197] + "..."
+                    raise LabError(f"{f.name} has no {what} {missing[0]!r} (available: {shown})")
+
+
 def run(args: argparse.Namespace) -> int:
     from probes import linear
     from probes.results import SCHEMA_VERSION, ProbeResults
 
     files, notes = targets(args.target, args)
-    labels = args.labels.split(",") if args.labels else None
-    hooks = args.hooks.split(",") if args.hooks else None
+    labels = _names(args.labels, "--labels")
+    hooks = _names(args.hooks, "--hooks")
+    _check_names(files, labels, hooks)
     docs = []
     for f in files:
         out_json, weights = probe_output_paths(f)

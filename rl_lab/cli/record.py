@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
 
 HELP = "record a trained policy's activations and emotion labels to RUN/activations/<checkpoint>.h5"
 
@@ -14,19 +14,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=positive_int, default=20, help="episodes to record (default: 20)")
     parser.add_argument("--checkpoint", default="latest",
                         help="latest (default), all, a training step, or a checkpoint file")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the rollouts (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the rollouts (default: 0)")
+    parser.add_argument("--trust", action="store_true",
+                        help="load a --checkpoint file from outside the run's checkpoints folder (checkpoints "
+                             "are pickled: only pass files you trust)")
     parser.add_argument("--deterministic", action="store_true", help="take the most likely action")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing recording")
+    parser.add_argument("--reference-critic", metavar="RUN2", default=None,
+                        help="compute value, td_error, hope, fear and every other value-derived label with RUN2's "
+                             "critic (its latest checkpoint) on the same observations, so that networks compared "
+                             "share one critic (default: the run's own; a dt/bc run's source run)")
+    # default None: rl_lab.labels.CALIBRATION_EPISODES, read in run() so that --help does not load numpy
+    parser.add_argument("--calibration-episodes", type=positive_int, default=None, metavar="N",
+                        help="episodes rolled out first (seeds disjoint from the recorded ones, not stored) whose "
+                             "value mean and std standardise hope and fear (default: 5)")
     add_runs_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from rl_lab.labels import CALIBRATION_EPISODES
     from rl_lab.record import record_run
     from rl_lab.train import tqdm_progress
+
+    trust_checkpoint_arg(args)
 
     paths = record_run(
         args.run, runs_dir(args), checkpoint=args.checkpoint, episodes=args.episodes, seed=args.seed,
         deterministic=args.deterministic, overwrite=args.overwrite, progress_factory=tqdm_progress,
+        reference_critic=args.reference_critic,
+        calibration_episodes=args.calibration_episodes or CALIBRATION_EPISODES,
     )
     for path in paths:
         print(path)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
 from rl_lab.runs import json_default
 
 HELP = "steer a run's agent along a probe/SAE/mean-difference direction and measure behaviour against random directions"
@@ -23,6 +24,8 @@ def _scales(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one scale")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text[:60]!r}")
     return values
 
 
@@ -42,18 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", required=True,
                         help="probe:LABEL@HOOK (latest probe weights), sae:SAE_NAME/LATENT (decoder row) "
                              "or diff:LABEL@HOOK (top- minus bottom-quartile mean activation)")
-    parser.add_argument("--mode", choices=("add", "erase", "clamp"), default="add",
-                        help="add the direction, erase it (project out / mean-ablate), or clamp its "
-                             "coordinate (default: add)")
+    parser.add_argument("--mode", choices=("add", "erase", "clamp", "leace"), default="add",
+                        help="add the direction, erase it (project out / mean-ablate), clamp its "
+                             "coordinate, or erase its LABEL with LEACE (default: add)")
     parser.add_argument("--scales", type=_scales, default=None,
-                        help="comma-separated doses (default: -4,-2,0,2,4 for add and clamp, 0,0.5,1 for erase); "
-                             "add/clamp: standard deviations of the coordinate; erase: fraction erased")
+                        help="comma-separated doses (default: -4,-2,0,2,4 for add and clamp, 0,0.5,1 for erase and "
+                             "leace); add/clamp: standard deviations of the coordinate; erase/leace: fraction erased")
     parser.add_argument("--episodes", type=positive_int, default=20, help="episodes per condition (default: 20)")
-    parser.add_argument("--controls", type=_count, default=5,
-                        help="random directions of the same norm (default: 5)")
-    parser.add_argument("--expect", default=None, metavar='"METRIC up|down"',
-                        help='a prediction checked against the dose-response slope, e.g. "distance_to_threat up"')
-    parser.add_argument("--seed", type=int, default=0, help="seed of episodes, controls and bootstrap (default: 0)")
+    parser.add_argument("--controls", type=_count, default=20,
+                        help="random directions of the same norm, alternately isotropic and drawn from the "
+                             "activation covariance (leace: random subspaces of the same rank) (default: 20)")
+    parser.add_argument("--expect", default=None, metavar="METRIC:up|down",
+                        help='a pre-registered prediction checked against the dose-response slope, e.g. '
+                             'distance_to_threat:up (or "distance_to_threat up")')
+    parser.add_argument("--seed", type=seed, default=0, help="seed of episodes, controls and bootstrap (default: 0)")
+    parser.add_argument("--trust", action="store_true",
+                        help="load a --checkpoint file from outside the run's checkpoints folder (checkpoints "
+                             "are pickled: only pass files you trust)")
     parser.add_argument("--deterministic", action="store_true", help="take the most likely action")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to steer (a step or a file; default: the recorded one)")
@@ -66,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rl_lab.steer import SteerConfig, format_table, steer
     from rl_lab.train import tqdm_progress
+
+    trust_checkpoint_arg(args)
+    if args.mode in ("erase", "leace") and args.scales is not None and not all(0.0 <= s <= 1.0 for s in args.scales):
+        from rl_lab.errors import LabError
+
+        raise LabError(f"--mode {args.mode} takes --scales between 0 and 1 (the fraction erased)")
 
     cfg = SteerConfig(direction=args.direction, mode=args.mode, scales=args.scales, episodes=args.episodes,
                       controls=args.controls, seed=args.seed, expect=args.expect,

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir
-from rl_lab.config import DT_ALGOS
+from rl_lab.cli.options import add_runs_dir, nonnegative_int, positive_float, positive_int, runs_dir, seed
+from rl_lab.config import DT_ALGOS, POLICIES, TRANSFORMER_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import RunStore
 
@@ -21,15 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default=None,
                         help="Gymnasium id (default: lab/Forage-v0; dt/bc take the source run's)")
     parser.add_argument("--algo", default="ppo",
-                        help="ppo, a2c or dqn; or dt (decision transformer) / bc (behaviour cloning) "
-                             "with --from RUN (default: ppo)")
+                        help="ppo, a2c, dqn or recurrent-ppo (an LSTM policy, sb3-contrib); or dt (decision "
+                             "transformer) / bc (behaviour cloning) with --from RUN (default: ppo)")
+    parser.add_argument("--policy", default="mlp", choices=POLICIES,
+                        help="ppo/a2c network: mlp, or transformer (the BC transformer over the last --context "
+                             "steps, shaped by --d-model, --layers, --heads) (default: mlp)")
+    parser.add_argument("--lstm-hidden", type=positive_int, default=64,
+                        help="recurrent-ppo: LSTM hidden size (default: 64)")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help=f"environment steps (default: {RL_STEPS}); for dt/bc, gradient steps "
                              f"(default: {DT_STEPS})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     parser.add_argument("--name", default=None, help="run name (default: <env>-<algo>-s<seed>-<time>)")
     parser.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help="learning rate (default: the algorithm's; dt/bc: 0.001)")
     parser.add_argument("--n-envs", type=positive_int, default=4, help="parallel environments (default: 4)")
     parser.add_argument("--gamma", type=float, default=0.99, help="discount factor (default: 0.99)")
@@ -37,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps between checkpoints (default: 10000; dt/bc: 500)")
     parser.add_argument("--env-kwargs", default="{}", metavar="JSON",
                         help='environment options as JSON, e.g. \'{"interoception": false}\'')
-    dt = parser.add_argument_group("decision transformer / behaviour cloning (--algo dt|bc)")
+    dt = parser.add_argument_group("decision transformer / behaviour cloning (--algo dt|bc); --context, --d-model, "
+                                   "--layers and --heads also shape --policy transformer")
     dt.add_argument("--from", dest="source", metavar="RUN", default=None,
                     help="the RL run whose checkpoints (plus a random policy) give the offline trajectories")
     dt.add_argument("--context", type=positive_int, default=10, help="K, timesteps of context (default: 10)")
@@ -49,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="trajectory file RUN/trajectories/NAME.h5, collected if missing (default: default)")
     dt.add_argument("--episodes-per-policy", type=positive_int, default=20,
                     help="episodes per source checkpoint when collecting (default: 20)")
-    dt.add_argument("--eval-episodes", type=int, default=5,
+    dt.add_argument("--eval-episodes", type=nonnegative_int, default=5,
                     help="episodes per target return in the final evaluation, 0 for none (default: 5)")
-    dt.add_argument("--patience", type=int, default=20,
+    dt.add_argument("--patience", type=nonnegative_int, default=20,
                     help="stop after this many metrics lines (50 steps each) without a lower loss on held-out "
                          "episodes, and end on the best weights; 0 trains every step and keeps the last (default: 20)")
     add_runs_dir(parser)
@@ -61,12 +67,18 @@ def run(args: argparse.Namespace) -> int:
     from rl_lab.config import TrainConfig
     from rl_lab.train import tqdm_progress, train
 
+    if args.policy != "mlp" and args.algo not in TRANSFORMER_ALGOS:
+        raise LabError(f"--policy {args.policy} is for --algo {' or '.join(TRANSFORMER_ALGOS)}, not {args.algo}"
+                       + (" (dt and bc are transformers already)" if args.algo in DT_ALGOS else ""))
     if args.algo in DT_ALGOS:
         return _run_dt(args)
     if args.source is not None:
         raise LabError(f"--from is for --algo dt or bc, not {args.algo}")
+    if args.resume is not None and args.name is not None:
+        raise LabError("--name names a new run; --resume continues RUN under its own name")
     env_id = args.env or "lab/Forage-v0"
-    steps = args.steps if args.steps is not None else RL_STEPS
+    # On --resume without --steps, 0 keeps the run's own target (rl_lab.train.train).
+    steps = args.steps if args.steps is not None else (0 if args.resume is not None else RL_STEPS)
     checkpoint_every = args.checkpoint_every if args.checkpoint_every is not None else 10_000
 
     try:
@@ -80,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         env_id=env_id, algo=args.algo, total_timesteps=steps, seed=args.seed,
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
-        checkpoint_every=checkpoint_every, env_kwargs=env_kwargs,
+        checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")
     try:
@@ -109,6 +122,13 @@ def _run_dt(args: argparse.Namespace) -> int:
         raise LabError(f"--resume is not supported for --algo {args.algo}; train a new run instead")
     if args.patience < 0:
         raise LabError(f"--patience must be 0 (no early stopping) or positive, got {args.patience}")
+    from probes.layout import safe_component
+
+    safe_component(args.trajectories, "trajectories name")
+    if args.name is not None:
+        from rl_lab.runs import check_run_name
+
+        check_run_name(args.name)
     if args.env_kwargs.strip() not in ("", "{}"):
         raise LabError(f"--env-kwargs does not apply to --algo {args.algo}: it uses the source run's environment")
     source = RunStore(runs_dir(args)).get(args.source)

@@ -22,5 +22,6 @@ def run(args: argparse.Namespace) -> int:
         raise LabError(f"--runs-dir {root} is a file, not a directory")
     from tui.app import LabApp
 
-    LabApp(root).run()
-    return 0
+    app = LabApp(root)
+    app.run()
+    return app.return_code or 0  # non-zero when the app crashed (Textual sets 1)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from probes.stats import t_interval
 from rl_lab.config import DT_ALGOS
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig
 from rl_lab.dt.trajectories import episode_windows
@@ -156,9 +157,9 @@ def evaluate(
                 returns.append(ret)
                 lengths.append(length)
             r = np.asarray(returns)
-            half = 1.96 * r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0
-            rows.append({"target": target, "mean_return": float(r.mean()), "std_return": float(r.std()),
-                         "ci": [float(r.mean() - half), float(r.mean() + half)],
+            mean, low, high = t_interval(r)  # t with len(r) - 1 degrees of freedom; one episode: no width
+            rows.append({"target": target, "mean_return": mean, "std_return": float(r.std()),
+                         "ci": [low, high] if len(r) > 1 else [mean, mean],
                          "mean_length": float(np.mean(lengths)), "returns": [float(x) for x in r]})
             if progress is not None:
                 progress(j + 1, len(targets))

@@ -180,6 +180,16 @@ class DecisionTransformer(nn.Module):
         return logits[:, self.state_positions()], {k: cache[k] for k in cache.keys()}
 
 
+def stored_hooks(cfg: DTModelConfig) -> list[str]:
+    """The TransformerLens hook names a recording of this model keeps, in file order (the DT's and
+    BC's adapter in ``rl_lab.dt.record``, the transformer policy in ``rl_lab.policies``)."""
+    hooks = ["blocks.0.hook_resid_pre"]
+    for i in range(cfg.n_layers):
+        hooks += [f"blocks.{i}.hook_resid_mid", f"blocks.{i}.hook_resid_post", f"blocks.{i}.mlp.hook_post",
+                  f"blocks.{i}.attn.hook_pattern"]
+    return hooks
+
+
 def loss_and_accuracy(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the taken actions over unpadded steps, and the argmax accuracy."""

@@ -13,10 +13,13 @@ adapter follows ``rl_lab.adapters.PolicyAdapter``:
   ``hook_resid_post``, ``mlp.hook_post`` and ``attn.hook_pattern`` (the state token's
   attention row, [n_heads * n_ctx], left-padded windows aligned so the last columns are the
   current step).
-- The DT has no critic. ``value`` (and so the TD error, joy, distress, surprise, mood, hope and
-  fear labels) comes from the SOURCE run's critic at its latest checkpoint, evaluated on the
-  same observations, so that these labels mean the same thing on the RL agent and on the DT
-  trained from it. ``entropy`` and ``arousal`` are the DT's own (its action distribution).
+- The DT has no critic. ``value`` (and so the TD error, joy, distress, surprise, their ``prev_``
+  versions, mood, hope and fear labels) comes from the SOURCE run's critic at its latest
+  checkpoint, evaluated on the same observations, so that these labels mean the same thing on
+  the RL agent and on the DT trained from it; the adapter names it (``critic_run``,
+  ``critic_checkpoint``) and the recorder writes it as the file's ``reference_critic``, its
+  labels ``derived_from="reference_critic"`` (``rl-lab record --reference-critic`` picks another).
+  ``entropy``, ``arousal`` and ``action`` are the DT's own (``derived_from="policy_output"``).
 - ``random_twin`` is the same architecture with freshly initialised weights.
 """
 
@@ -30,23 +33,14 @@ import torch
 from probes.layout import RunsDirLayout
 from rl_lab.adapters import EpisodeForward, SB3Adapter, load_sb3
 from rl_lab.dt.evaluate import DTActor, load_model
-from rl_lab.dt.model import DecisionTransformer, DTModelConfig
+from rl_lab.dt.model import DecisionTransformer, DTModelConfig, stored_hooks
 from rl_lab.dt.trajectories import episode_windows
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore
 
 
-def stored_hooks(cfg: DTModelConfig) -> list[str]:
-    """The TransformerLens hook names an adapter records, in file order."""
-    hooks = ["blocks.0.hook_resid_pre"]
-    for i in range(cfg.n_layers):
-        hooks += [f"blocks.{i}.hook_resid_mid", f"blocks.{i}.hook_resid_post", f"blocks.{i}.mlp.hook_post",
-                  f"blocks.{i}.attn.hook_pattern"]
-    return hooks
-
-
-def source_critic(run: Run) -> SB3Adapter:
-    """An adapter on the source run's latest checkpoint, used for its value estimates."""
+def source_run(run: Run) -> Run:
+    """The RL run a dt/bc run was trained from (its critic gives the value labels)."""
     source_name = run.info.get("source_run")
     if not source_name:
         raise LabError(f"run {run.name!r} has no source_run in run.json")
@@ -56,6 +50,12 @@ def source_critic(run: Run) -> SB3Adapter:
     except LabError:
         raise LabError(f"the source run {source_name!r} of {run.name!r} is not at {where}; "
                        "its critic gives the value labels") from None
+    return source
+
+
+def source_critic(run: Run) -> SB3Adapter:
+    """An adapter on the source run's latest checkpoint, used for its value estimates."""
+    source = source_run(run)
     return SB3Adapter(load_sb3(source, source.latest_checkpoint()), deterministic=True)
 
 
@@ -65,9 +65,13 @@ class DTAdapter:
     linear_in: dict[str, list[str]] = {}
 
     def __init__(self, model: DecisionTransformer, critic: SB3Adapter, target_return: float,
-                 kind: str, deterministic: bool = False, batch: int = 256) -> None:
+                 kind: str, deterministic: bool = False, batch: int = 256, critic_run: str = "",
+                 critic_checkpoint: str = "") -> None:
         self.model = model.eval()
         self.critic = critic
+        # The run and checkpoint of ``critic``: the recorder names them as the file's reference critic.
+        self.critic_run = critic_run
+        self.critic_checkpoint = critic_checkpoint
         self.target_return = float(target_return)
         self.kind = kind
         self.deterministic = deterministic
@@ -86,6 +90,18 @@ class DTAdapter:
     def observe(self, reward: float) -> None:
         """The reward that followed the last action (lowers the return-to-go)."""
         self._actor.observe(reward)
+
+    @property
+    def input_window(self) -> dict:
+        """What the model receives at each step (the activation file's ``input_window`` attribute):
+        the last K steps' observations, the actions of the earlier steps, timesteps and, for a
+        DT, the return-to-go (``/inputs/rtg``, from ``episode_inputs``). See docs/design.md."""
+        fields = ["obs", "prev_actions", "timestep"] + (["rtg"] if self.model.cfg.use_rtg else [])
+        return {"context": int(self.model.cfg.context), "fields": fields}
+
+    def episode_inputs(self, rewards: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-step inputs the file does not hold in ``/steps``: the return-to-go the model was given."""
+        return {"rtg": self._rtg(np.asarray(rewards))} if self.model.cfg.use_rtg else {}
 
     def _rtg(self, rewards: np.ndarray) -> np.ndarray:
         """The return-to-go the acting model was given at each step of the episode."""
@@ -133,7 +149,8 @@ class DTAdapter:
     def random_twin(self, seed: int) -> "DTAdapter":
         twin_cfg = DTModelConfig.from_dict({**self.model.cfg.to_dict(), "seed": int(seed)})
         twin = DTAdapter(DecisionTransformer(twin_cfg), self.critic, self.target_return, self.kind,
-                         deterministic=self.deterministic, batch=self.batch)
+                         deterministic=self.deterministic, batch=self.batch, critic_run=self.critic_run,
+                         critic_checkpoint=self.critic_checkpoint)
         twin._actor = self._actor  # the twin replays the acting model's inputs
         return twin
 
@@ -151,6 +168,9 @@ def record_target(run: Run) -> float:
 def load_dt_adapter(run: Run, checkpoint: Path, deterministic: bool = False) -> DTAdapter:
     """The recorder's adapter for a dt/bc run's checkpoint."""
     model = load_model(run, Path(checkpoint))
-    return DTAdapter(model, source_critic(run), record_target(run), kind=str(run.info.get("algo")),
-                     deterministic=deterministic)
+    source = source_run(run)
+    ckpt = source.latest_checkpoint()
+    critic = SB3Adapter(load_sb3(source, ckpt), deterministic=True)
+    return DTAdapter(model, critic, record_target(run), kind=str(run.info.get("algo")),
+                     deterministic=deterministic, critic_run=source.name, critic_checkpoint=ckpt.stem)
 

@@ -151,6 +151,20 @@ def collect(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".h5.tmp")
+    try:
+        _write_file(tmp, source, env_id, env_kwargs, cfg, seed, columns, episodes, policies, n_actions,
+                    episodes_per_policy)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, kill) leaves any previous file as it was
+        raise
+    return out
+
+
+def _write_file(tmp: Path, source: Run, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int,
+                columns: dict[str, list[np.ndarray]], episodes: dict[str, list[Any]],
+                policies: list[tuple[str, Any]], n_actions: int, episodes_per_policy: int) -> None:
+    """Write the collected trajectories to ``tmp`` (``complete`` set last)."""
     with h5py.File(tmp, "w") as h5:
         h5.attrs.update({
             "source_run": source.name, "env_id": env_id, "env_kwargs": json.dumps(env_kwargs),
@@ -167,8 +181,6 @@ def collect(
         for key, values in episodes.items():
             group.create_dataset(key, data=np.asarray(values, dtype=dtypes[key]))
         h5.attrs["complete"] = True
-    tmp.replace(out)
-    return out
 
 
 @dataclass

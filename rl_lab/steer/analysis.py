@@ -139,15 +139,57 @@ def summarise_metric(
     return out
 
 
+# --------------------------------------------------------------------------- controls
+UNSIGNED = ("kl", "action_change")
+"""Metrics that are 0 for the clean policy and grow with any edit: summarised by their mean effect."""
+
+
+def dose_statistic(name: str, eff: dict[str, Any], scales: Sequence[float]) -> tuple[str, float, list[float]]:
+    """The one number per direction that ranks it among the controls, for metric ``name``:
+    the dose-response slope; for KL and action change (which any edit raises) the mean effect over
+    the scales; without a slope, the effect at the largest |scale|. Returns ``(what, direction,
+    controls)``."""
+    n_ctl = len(eff["controls"][0]["means"]) if eff["controls"] else 0
+    clean = eff["clean"]["mean"]
+    if name in UNSIGNED or eff["slope"] is None:
+        cols = range(len(scales)) if name in UNSIGNED else [int(np.argmax(np.abs(scales)))]
+        d = float(np.mean([eff["direction"][i]["effect"] for i in cols]))
+        c = [float(np.mean([eff["controls"][i]["means"][k] - clean for i in cols])) for k in range(n_ctl)]
+        what = "mean effect over scales" if name in UNSIGNED else f"effect at scale {scales[list(cols)[0]]:g}"
+        return what, d, c
+    return "slope", float(eff["slope"]["value"]), [float(v) for v in eff["slope"]["controls"]]
+
+
+def control_rank(value: float, controls: Sequence[float], sign: str | None = None) -> dict[str, Any]:
+    """Where ``value`` falls among the controls' values.
+
+    Without ``sign`` the comparison is of magnitudes (|value| vs |control|); with ``"up"``/``"down"``
+    it is one-sided in the predicted direction. ``control_percentile``: the percentage of controls
+    below (ties count half); ``control_p_value``: (1 + controls at or beyond) / (K + 1), the
+    empirical p-value of "a random direction does as much" (None without controls).
+    """
+    c = np.asarray(controls, dtype=np.float64)
+    if sign is None:
+        v, c = abs(value), np.abs(c)
+    else:
+        f = 1.0 if sign == "up" else -1.0
+        v, c = f * value, f * c
+    if len(c) == 0:
+        return {"control_percentile": None, "control_p_value": None}
+    below = float((c < v - ZERO_TOL).sum() + 0.5 * (np.abs(c - v) <= ZERO_TOL).sum())
+    at_or_beyond = int((c >= v - ZERO_TOL).sum())
+    return {"control_percentile": 100.0 * below / len(c), "control_p_value": (1 + at_or_beyond) / (len(c) + 1)}
+
+
 # --------------------------------------------------------------------------- predictions
-_EXPECT = re.compile(r"^\s*(?P<metric>\S+)\s+(?P<sign>up|down)\s*$")
+_EXPECT = re.compile(r"^\s*(?P<metric>[^\s:]+)\s*(?:\s|:)\s*(?P<sign>up|down)\s*$")
 
 
 def parse_expect(text: str) -> tuple[str, str]:
-    """``"METRIC up|down"`` -> ``(metric, "up"|"down")``."""
+    """``"METRIC up|down"`` or ``METRIC:up|down`` -> ``(metric, "up"|"down")``."""
     m = _EXPECT.match(text or "")
     if not m:
-        raise LabError(f"malformed --expect {text!r}: expected \"METRIC up\" or \"METRIC down\"")
+        raise LabError(f"malformed --expect {text!r}: expected \"METRIC up\", \"METRIC down\" or METRIC:up|down")
     return m["metric"], m["sign"]
 
 
@@ -165,6 +207,10 @@ def expect_verdict(metric: str, sign: str, summary: dict[str, Any], n_controls: 
     ctl_ok = bool(n_controls > 0 and abs(sl["value"]) > max(abs(c) for c in sl["controls"])
                   and diff is not None and (diff[0] > ZERO_TOL if sign == "up" else diff[1] < -ZERO_TOL))
     confirmed = bool(sign_ok and ci_ok and ctl_ok)
+    rank = {"control_percentile": summary.get("control_percentile"), "control_p_value": summary.get("control_p_value")}
+    stat = summary.get("statistic") or {}
+    if stat and stat.get("name") != "slope":  # the rank must be of the slope, one-sided
+        rank = control_rank(sl["value"], sl["controls"], sign)
     reasons = []
     if abs(sl["value"]) <= ZERO_TOL:
         reasons.append("the slope is 0")
@@ -177,8 +223,11 @@ def expect_verdict(metric: str, sign: str, summary: dict[str, Any], n_controls: 
     sentence = (f"Prediction '{metric} {sign}' {'CONFIRMED' if confirmed else 'NOT confirmed'}: slope "
                 f"{sl['value']:+.4g} per unit scale (95% CI {lo:+.4g} to {hi:+.4g}); the {n_controls} random "
                 f"directions' slopes span {_span(sl['controls'])}")
+    if rank["control_percentile"] is not None:
+        sentence += (f"; the slope is at the {rank['control_percentile']:.0f}th percentile of theirs in the predicted "
+                     f"direction (empirical p = {rank['control_p_value']:.3g})")
     sentence += "." if confirmed else f" ({'; '.join(reasons)})."
-    return {"metric": metric, "predicted": sign, "slope": sl["value"], "ci": sl["ci"],
+    return {"metric": metric, "predicted": sign, "slope": sl["value"], "ci": sl["ci"], **rank,
             "control_slopes": sl["controls"], "sign_ok": bool(sign_ok), "ci_excludes_zero": bool(ci_ok),
             "exceeds_controls": ctl_ok, "confirmed": confirmed, "sentence": sentence}
 
@@ -193,7 +242,8 @@ def summary_sentence(effects: dict[str, dict[str, Any]], scales: Sequence[float]
                      mode: str = "add") -> str:
     """One sentence: on which metrics the direction's effect exceeds the random directions'."""
     kind = {"add": "random directions of the same norm", "erase": "random directions erased the same way",
-            "clamp": "random directions clamped the same way"}.get(mode, "random directions")
+            "clamp": "random directions clamped the same way",
+            "leace": "random subspace erasures of the same rank"}.get(mode, "random directions")
     if n_controls == 0:
         return "No random controls were run, so nothing can be said about specificity (use --controls N)."
     beyond, below = [], []
@@ -259,6 +309,22 @@ def format_table(doc: dict[str, Any]) -> str:
             lines.append("-" * len(lines[-1]))
     lines += ["", "* = beyond every random direction, with the 95% CI of (direction - controls' mean) excluding 0",
               doc["summary"]]
+    primary = doc.get("primary_metric")
+    if primary in doc["effects"]:
+        eff = doc["effects"][primary]
+        if eff.get("control_percentile") is not None:
+            stat = eff.get("statistic") or {}
+            lines.append(f"{primary}: the direction's {stat.get('name', 'effect')} is at the "
+                         f"{eff['control_percentile']:.0f}th percentile of the {doc['n_controls']} controls' "
+                         f"(empirical p = {eff['control_p_value']:.3g})")
+        lines += [""] + dose_plot(doc, primary)
+    if doc.get("erasure"):
+        er = doc["erasure"]
+        rnd = er["random_after"]
+        lines.append(f"LEACE of {er['label']!r} (rank {er['rank']}): held-out probe {er['metric']} {_fmt(er['before'])} "
+                     f"-> {_fmt(er['after'])} (baseline {_fmt(er['baseline'])}; "
+                     f"{'falls to it' if er['falls_to_baseline'] else 'does NOT fall to it'}); after random erasures "
+                     f"of the same rank: {_fmt(min(rnd)) if rnd else '-'}..{_fmt(max(rnd)) if rnd else '-'}")
     if doc.get("expect"):
         lines.append(doc["expect"]["sentence"])
     lines += [f"note: {note}" for note in doc.get("notes", [])]
@@ -271,3 +337,41 @@ def _cell(mean: float, interval: Sequence[float], mark: str = "") -> str:
 
 def _range(values: Sequence[float] | None) -> str:
     return f"{_fmt(values[0])}..{_fmt(values[1])} " if values else "-"
+
+
+def dose_plot(doc: dict[str, Any], metric: str, height: int = 9, col: int = 9) -> list[str]:
+    """The dose-response of ``metric`` as a small text plot: effect (minus clean) against the scale.
+
+    Each scale is a column: ``:`` spans the controls' range of effects (the control band), ``o``
+    is the direction (``*`` where it is beyond every control), ``-`` marks zero.
+    """
+    eff = doc["effects"][metric]
+    clean = eff["clean"]["mean"]
+    dirs = [p["effect"] for p in eff["direction"]]
+    bands = [[m - clean for m in p["means"]] for p in eff["controls"]]
+    values = dirs + [v for band in bands for v in band] + [0.0]
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        hi, lo = hi + 1.0, lo - 1.0
+    def row(v: float) -> int:
+        return int(round((hi - v) / (hi - lo) * (height - 1)))
+    grid = [[" "] * (col * len(dirs)) for _ in range(height)]
+    zero = row(0.0)
+    for x in range(col * len(dirs)):
+        grid[zero][x] = "-"
+    for i, (d, band) in enumerate(zip(dirs, bands)):
+        c = i * col + col // 2
+        if band:
+            for r in range(row(max(band)), row(min(band)) + 1):
+                grid[r][c] = ":"
+        grid[row(d)][c] = "*" if eff["direction"][i]["exceeds_controls"] else "o"
+    label_w = max(len(_fmt(hi)), len(_fmt(lo)))
+    out = [f"dose-response of {metric} (effect = minus clean {_fmt(clean)}); ':' = controls' range, "
+           f"o = direction, * = beyond every control"]
+    for r in range(height):
+        label = _fmt(hi) if r == 0 else (_fmt(lo) if r == height - 1 else ("0" if r == zero else ""))
+        out.append(f"{label.rjust(label_w)} |" + "".join(grid[r]).rstrip())
+    out.append(" " * label_w + " +" + "-" * (col * len(dirs)))
+    out.append(" " * (label_w + 2) + "".join(f"{s:g}".center(col) for s in doc["scales"]).rstrip()
+               + f"   ({doc['mode']} scale)")
+    return out

@@ -329,3 +329,55 @@ def random_controls(d: int, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 0x5EED])
     vecs = rng.standard_normal((n, d))
     return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+CONTROL_KINDS = ("isotropic", "covariance")
+
+
+def covariance_controls(stats: HookStats, n: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors drawn from N(0, Σ), Σ the activation covariance at the hook: [n, d].
+
+    They point where the activations actually vary, as "natural" as a direction read off the data
+    (a dimension the layer never uses is never drawn). A hook without variance falls back to
+    isotropic draws.
+    """
+    cov = stats.second - np.outer(stats.mean, stats.mean)
+    evals, evecs = np.linalg.eigh((cov + cov.T) / 2)
+    root = evecs * np.sqrt(np.clip(evals, 0.0, None))  # [d, d]: root @ g ~ N(0, Σ)
+    rng = np.random.default_rng([seed, 0xC0F])
+    vecs = rng.standard_normal((n, stats.dim)) @ root.T
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    if not np.all(norms > 1e-12):
+        return random_controls(stats.dim, n, seed + 1)
+    return vecs / norms
+
+
+def control_directions(stats: HookStats, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` random unit control directions at a hook, alternating isotropic and covariance-drawn
+    (the first is isotropic): ``(vectors [n, d], kinds)``. Same seed, same directions."""
+    n_iso = (n + 1) // 2
+    iso = random_controls(stats.dim, n_iso, seed)
+    cov = covariance_controls(stats, n - n_iso, seed)
+    vecs, kinds = [], []
+    for k in range(n):
+        if k % 2 == 0:
+            vecs.append(iso[k // 2])
+            kinds.append("isotropic")
+        else:
+            vecs.append(cov[k // 2])
+            kinds.append("covariance")
+    return (np.stack(vecs) if vecs else np.zeros((0, stats.dim))), kinds
+
+
+def random_subspaces(stats: HookStats, rank: int, n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """``n`` random ``rank``-dimensional subspaces (orthonormal bases [d, rank]), alternating
+    isotropic and covariance-drawn like ``control_directions``."""
+    bases, kinds = [], []
+    for k in range(n):
+        kind = CONTROL_KINDS[k % 2]
+        draw = (random_controls(stats.dim, rank, seed * 1000 + k) if kind == "isotropic"
+                else covariance_controls(stats, rank, seed * 1000 + k))
+        q, _ = np.linalg.qr(draw.T)  # [d, rank]
+        bases.append(q)
+        kinds.append(kind)
+    return bases, kinds

@@ -16,29 +16,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_lab.adapters import load_sb3
-from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.record import resolve_checkpoints
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
 from rl_lab.steer.analysis import (
     Bootstrap,
+    control_rank,
+    dose_statistic,
     expect_verdict,
     parse_expect,
     summarise_metric,
     summary_sentence,
 )
-from rl_lab.steer.directions import Direction, parse_direction, random_controls, resolve_direction
-from rl_lab.steer.intervene import MODES, Edit, make_edit
-from rl_lab.steer.rollout import SB3Policy, behaviour_kinds, metric_names, rollout_rows
-from rl_lab.train import ProgressFn, make_env
+from rl_lab.steer.directions import Direction, control_directions, parse_direction, random_subspaces, resolve_direction
+from rl_lab.steer.intervene import MODES, Edit, make_edit, subspace_edit
+from rl_lab.steer.leace import erasure_scores, fit_leace
+from rl_lab.steer.policies import load_policy
+from rl_lab.steer.rollout import behaviour_kinds, metric_names, rollout_rows
+from rl_lab.train import ProgressFn, make_policy_env
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCALES: dict[str, list[float]] = {
     "add": [-4.0, -2.0, 0.0, 2.0, 4.0],
     "erase": [0.0, 0.5, 1.0],
     "clamp": [-4.0, -2.0, 0.0, 2.0, 4.0],
+    "leace": [0.0, 0.5, 1.0],
 }
+DEFAULT_CONTROLS = 20
 
 
 @dataclass
@@ -50,13 +54,15 @@ class SteerConfig:
     mode: str = "add"
     """``add`` (scale x unit along the direction), ``erase`` (move the coordinate a fraction
     ``scale`` of the way to 0, or to its mean for an SAE latent) or ``clamp`` (set the coordinate to
-    ``mean + scale x std``)."""
+    ``mean + scale x std``) or ``leace`` (erase the direction's LABEL at its hook with LEACE, a fraction
+    ``scale`` of the way; controls are random subspaces of the same rank)."""
     scales: list[float] | None = None
     """The dose sweep; default per mode (``DEFAULT_SCALES``)."""
     episodes: int = 20
     """Episodes per condition (the same seeds for every condition)."""
-    controls: int = 5
-    """Random directions of the same norm, each run at every scale."""
+    controls: int = DEFAULT_CONTROLS
+    """Random directions of the same norm (alternately isotropic and drawn from the activation
+    covariance), each run at every scale; in ``leace`` mode random subspaces of the same rank."""
     seed: int = 0
     """Episode i uses env seed ``seed + i``; also seeds the action noise, controls and bootstrap."""
     expect: str | None = None
@@ -79,7 +85,7 @@ class SteerConfig:
         return scales
 
 
-def _checkpoint_for(run: Run, act_path: Path, which: str | None) -> Path:
+def checkpoint_for(run: Run, act_path: Path, which: str | None) -> Path:
     """``which`` if given, else the checkpoint the activation file was recorded from, else the latest."""
     if which:
         return resolve_checkpoints(run, which)[0]
@@ -92,6 +98,9 @@ def _scale_unit(direction: Direction, mode: str) -> str:
     if mode == "add":
         return (f"1 = one standard deviation of {coord} over the recording ({direction.std:.4g}); "
                 f"added vector norm = |scale| x {direction.std * float(np.linalg.norm(direction.vector)):.4g}")
+    if mode == "leace":
+        return (f"fraction of the LEACE erasure of {direction.spec.label!r} applied: 0 = clean, 1 = fully erased "
+                "(no linear probe can then beat a constant)")
     if mode == "erase":
         target = "its mean (mean-ablation)" if direction.spec.kind == "sae" else "0 (projected out)"
         return f"fraction of the way {coord} is moved to {target}: 0 = clean, 1 = fully erased"
@@ -134,47 +143,68 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
         raise LabError("--controls must be 0 or more")
     scales = cfg.resolved_scales()
     spec = parse_direction(cfg.direction)
+    if cfg.mode == "leace" and spec.kind == "sae":
+        raise LabError("--mode leace erases a label: use --direction probe:LABEL@HOOK or diff:LABEL@HOOK")
     expect = parse_expect(cfg.expect) if cfg.expect else None
     run = RunStore(runs_dir).get(run_name)
-    if run.info.get("algo") in DT_ALGOS:
-        raise LabError(f"run {run.name!r} is a decision transformer; steering supports SB3 runs (ppo, a2c, dqn)")
     act_path = Path(cfg.activations) if cfg.activations else None
     if act_path is not None and not act_path.exists():
         raise LabError(f"no activation file {act_path}")
     direction = resolve_direction(spec, run, act_path)
-    ckpt = _checkpoint_for(run, direction.activations, cfg.checkpoint)
+    ckpt = checkpoint_for(run, direction.activations, cfg.checkpoint)
 
     run_cfg = run.info.get("config", {})
     env_id = run.info.get("env_id") or run_cfg.get("env_id")
     env_kwargs = run_cfg.get("env_kwargs") or {}
 
-    def env_factory() -> Any:
-        return make_env(env_id, env_kwargs)
+    def env_factory() -> Any:  # as the policy sees it (a transformer policy reads a history vector)
+        return make_policy_env({**run_cfg, "env_id": env_id, "env_kwargs": env_kwargs})
 
     torch.manual_seed(cfg.seed)
-    model = load_sb3(run, ckpt)
-    policy = SB3Policy(model, direction.hook, sae=direction.sae, latent=direction.spec.latent)
+    policy = load_policy(run, ckpt, direction.hook, sae=direction.sae, latent=direction.spec.latent)
     env = env_factory()
     try:
         obs0, _ = env.reset(seed=cfg.seed)
     finally:
         env.close()
-    if expect is not None:
-        spec_b, events, _ = behaviour_kinds(env_factory, cfg.seed)
-        names, _ = metric_names(spec_b, events, policy.has_distribution)
-        if expect[0] not in names:
-            raise LabError(f"--expect names unknown metric {expect[0]!r} (metrics: {', '.join(names)})")
+    spec_b, events, _ = behaviour_kinds(env_factory, cfg.seed)
+    names, _ = metric_names(spec_b, events, policy.has_distribution)
+    if expect is not None and expect[0] not in names:
+        raise LabError(f"--expect names unknown metric {expect[0]!r} (metrics: {', '.join(names)})")
     d = direction.vector.shape[0]
     notes: list[str] = []
-    seen = policy.action_path_dim(np.asarray(obs0))
+    seen = policy.action_path_dim(np.asarray(obs0))  # type: ignore[attr-defined]
     if seen is None:
         notes.append(f"{direction.hook} is not on the action path: choosing an action never runs it, so no "
                      "edit there can change behaviour (a sanity check, e.g. for a value-head hook)")
     elif seen != d:
         raise LabError(f"hook {direction.hook!r} outputs {seen} values but the direction has {d}")
+    if cfg.controls < DEFAULT_CONTROLS:
+        notes.append(f"only {cfg.controls} random controls: a control percentile from fewer than "
+                     f"{DEFAULT_CONTROLS} is coarse (the smallest p-value possible is 1/{cfg.controls + 1})")
 
-    control_vecs = random_controls(d, cfg.controls, cfg.seed)
-    dir_edits, ctl_edits = build_edits(direction, cfg.mode, scales, control_vecs)
+    assert direction.stats is not None
+    erasure: dict[str, Any] | None = None
+    if cfg.mode == "leace":
+        fit = fit_leace(direction.activations, spec.label or "", direction.hook, seed=cfg.seed)
+        bases, kinds = random_subspaces(direction.stats, fit.rank, cfg.controls, cfg.seed)
+        dir_edits = [subspace_edit(fit.matrix, fit.bias, s) for s in scales]
+        ctl_edits = [[subspace_edit(q @ q.T, direction.stats.mean, s) for s in scales] for q in bases]
+        erasure = erasure_scores(fit, bases, direction.stats.mean)
+        erasure["label"] = fit.label
+        erasure["random_kinds"] = kinds
+        control_info = [{"index": k, "kind": kinds[k], "rank": fit.rank,
+                         "direction_in_subspace": float(np.linalg.norm(q.T @ direction.vector)),
+                         "probe_score_after": erasure["random_after"][k]} for k, q in enumerate(bases)]
+    else:
+        control_vecs, kinds = control_directions(direction.stats, cfg.controls, cfg.seed)
+        dir_edits, ctl_edits = build_edits(direction, cfg.mode, scales, control_vecs)
+        unit = direction.vector / np.linalg.norm(direction.vector)
+        control_info = []
+        for k, c in enumerate(control_vecs):
+            mu, sd = direction.stats.projection(c)
+            control_info.append({"index": k, "kind": kinds[k], "cosine_with_direction": float(c @ unit),
+                                 "coordinate_mean": mu, "coordinate_std": sd})
     E, S, K = cfg.episodes, len(scales), cfg.controls
     conditions: list[Edit] = [Edit.clean(d)] + dir_edits + [e for row in ctl_edits for e in row]
     edits = [c for c in conditions for _ in range(E)]
@@ -185,30 +215,43 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
     elapsed = time.time() - t0
 
     boot = Bootstrap.make(E, cfg.n_boot, cfg.seed)
-    if cfg.mode in ("add", "erase") and 0.0 not in scales:
+    if cfg.mode in ("add", "erase", "leace") and 0.0 not in scales:
         # Scale 0 of add and erase is the clean policy: it anchors the dose-response line.
         xs_list: list[float] = [0.0] + scales
         rows: list[int | None] = [None] + list(range(S))
     else:
         xs_list, rows = list(scales), list(range(S))
     slope_ok = len(set(xs_list)) >= 2
+    predicted = dict([expect]) if expect is not None else {}
     effects: dict[str, Any] = {}
     for name, values in metrics.values.items():
         blocks = values.reshape(1 + S + K * S, E)
-        effects[name] = summarise_metric(
+        eff = summarise_metric(
             boot, blocks[0], blocks[1:1 + S], blocks[1 + S:].reshape(K, S, E), scales,
             np.asarray(xs_list) if slope_ok else None, rows if slope_ok else None,
         )
-        effects[name]["description"] = metrics.descriptions.get(name, "")
+        eff["description"] = metrics.descriptions.get(name, "")
+        stat_name, d_stat, c_stats = dose_statistic(name, eff, scales)
+        eff["statistic"] = {"name": stat_name, "value": d_stat, "controls": c_stats}
+        sign = predicted.get(name)
+        eff.update(control_rank(d_stat, c_stats, sign))
+        effects[name] = eff
 
+    for k, info in enumerate(control_info):
+        info["metrics"] = {n: {"means": [p["means"][k] for p in eff["controls"]],
+                               "slope": eff["slope"]["controls"][k] if eff["slope"] else None,
+                               "statistic": eff["statistic"]["controls"][k]}
+                           for n, eff in effects.items()}
+    primary = expect[0] if expect is not None else ("kl" if "kl" in effects else "action_change")
     results = [{"scale": s, "metrics": {n: eff["direction"][i] for n, eff in effects.items()}}
                for i, s in enumerate(scales)]
-    controls_out = [{"scale": s, "metrics": {n: eff["controls"][i] for n, eff in effects.items()}}
-                    for i, s in enumerate(scales)]
+    by_scale = [{"scale": s, "metrics": {n: eff["controls"][i] for n, eff in effects.items()}}
+                for i, s in enumerate(scales)]
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": now_iso(),
         "run": run.name,
+        "algo": run.info.get("algo"),
         "checkpoint": ckpt.stem,
         "checkpoint_step": checkpoint_step(ckpt),
         "env_id": env_id,
@@ -225,18 +268,27 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
         "metrics": {n: eff["description"] for n, eff in effects.items()},
         "clean": {n: eff["clean"] for n, eff in effects.items()},
         "results": results,
-        "controls": controls_out,
+        "controls": control_info,
+        "controls_by_scale": by_scale,
         "control_directions": {
             "n": K,
             "seed": cfg.seed,
-            "added_norm_per_unit_scale": direction.std * float(np.linalg.norm(direction.vector)),
-            "cosine_with_direction": [float(c @ direction.vector / np.linalg.norm(direction.vector))
-                                      for c in control_vecs],
+            "kinds": {kind: kinds.count(kind) for kind in ("isotropic", "covariance")},
+            "added_norm_per_unit_scale": (direction.std * float(np.linalg.norm(direction.vector))
+                                          if cfg.mode != "leace" else None),
         },
         "effects": effects,
+        "primary_metric": primary,
+        "control_percentile": effects[primary]["control_percentile"],
+        "control_p_value": effects[primary]["control_p_value"],
         "notes": notes,
         "elapsed_seconds": round(elapsed, 2),
     }
+    if erasure is not None:
+        doc["erasure"] = erasure
+        if not erasure["falls_to_baseline"]:
+            notes.append(f"after LEACE the probe still scores {erasure['after']:.3g} (baseline "
+                         f"{erasure['baseline']:.3g}): the erasure did not generalise to the held-out episodes")
     doc["summary"] = summary_sentence(effects, scales, K, cfg.mode)
     if expect is not None:
         metric, sign = expect

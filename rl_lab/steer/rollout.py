@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import torch
-from gymnasium import spaces
-
 import envs
-from rl_lab.adapters import SB3Adapter
-from rl_lab.errors import LabError
-from rl_lab.steer.intervene import Edit, SteeringHook
+from rl_lab.steer.intervene import Edit
+from rl_lab.steer.policies import SB3Policy, SteerablePolicy
 from rl_lab.train import ProgressFn
+
+__all__ = ["EpisodeMetrics", "SB3Policy", "behaviour_kinds", "metric_names", "rollout_rows"]
 
 
 @dataclass
@@ -31,98 +29,6 @@ class EpisodeMetrics:
 
     values: dict[str, np.ndarray] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
-
-
-class SB3Policy:
-    """Clean and edited action distributions of an SB3 policy, with one steering hook.
-
-    Parameters
-    ----------
-    model:
-        A loaded SB3 model (PPO, A2C or DQN).
-    hook:
-        The hook name whose output is edited (a key of ``SB3Adapter(model).modules``).
-    sae, latent:
-        For SAE-latent edits (see ``SteeringHook``).
-    """
-
-    def __init__(self, model: Any, hook: str, sae: Any = None, latent: int | None = None) -> None:
-        adapter = SB3Adapter(model)  # its module discovery is the one map hook name -> module
-        if hook not in adapter.modules:
-            raise LabError(f"unknown hook {hook!r} for this {adapter.kind.upper()} policy "
-                           f"(available: {', '.join(adapter.hooks)})")
-        self.model = model
-        self.policy = adapter.policy
-        self.is_dqn = adapter.is_dqn
-        self.module = adapter.modules[hook]
-        self.hook = SteeringHook(self.module, sae=sae, latent=latent)
-        space = model.action_space
-        if isinstance(space, spaces.Discrete):
-            self.action_kind = "discrete"
-        elif isinstance(space, spaces.Box) and not self.is_dqn:
-            self.action_kind = "box"
-        else:
-            raise LabError(f"steering supports Discrete or Box action spaces, not {type(space).__name__}")
-        self.action_space = space
-        self.has_distribution = not self.is_dqn
-
-    def action_path_dim(self, obs: np.ndarray) -> int | None:
-        """Width of the hooked module's output when the policy chooses an action for ``obs``
-        ([1, ...]), or None if choosing an action does not run the module (a value-head hook:
-        the policy never reads it, so editing it cannot change behaviour)."""
-        seen: list[int] = []
-        handle = self.module.register_forward_hook(
-            lambda m, i, o: seen.append(int(np.prod(o.shape[1:]))))
-        try:
-            self.forward(obs[None], steer=False)
-        finally:
-            handle.remove()
-        return seen[0] if seen else None
-
-    def forward(self, obs: np.ndarray, steer: bool) -> Any:
-        """The action distribution (torch distribution) or, for DQN, the Q-values [B, A]."""
-        self.hook.enabled = steer
-        try:
-            with torch.no_grad():
-                obs_t = self.policy.obs_to_tensor(obs)[0]
-                if self.is_dqn:
-                    return self.policy.q_net(obs_t)
-                return self.policy.get_distribution(obs_t).distribution
-        finally:
-            self.hook.enabled = False
-
-    def step_stats(self, clean: Any, steered: Any) -> tuple[np.ndarray | None, np.ndarray]:
-        """Per row: KL(clean || steered) (None for DQN) and whether the most likely action changed."""
-        if self.is_dqn:
-            return None, (clean.argmax(-1) != steered.argmax(-1)).numpy()
-        kl = torch.distributions.kl_divergence(clean, steered)
-        if kl.ndim > 1:
-            kl = kl.sum(-1)
-        return kl.double().numpy(), (self._mode(clean) != self._mode(steered)).reshape(len(kl), -1).any(-1).numpy()
-
-    def _mode(self, dist: Any) -> torch.Tensor:
-        return dist.probs.argmax(-1) if self.action_kind == "discrete" else dist.mean
-
-    def act(self, steered: Any, noise: np.ndarray, deterministic: bool) -> np.ndarray:
-        """Actions from the edited distributions, driven by per-row ``noise``.
-
-        ``noise`` is [B] uniforms (discrete) or [B, action_dim] standard normals (Box).
-        """
-        if self.is_dqn:
-            return steered.argmax(-1).numpy()
-        if self.action_kind == "discrete":
-            probs = steered.probs.double().numpy()  # [B, A]
-            if deterministic:
-                return probs.argmax(-1)
-            cdf = np.cumsum(probs, axis=-1)
-            cdf /= cdf[:, -1:]
-            return np.minimum((cdf < noise[:, None]).sum(-1), probs.shape[1] - 1)
-        loc = steered.mean.double().numpy()
-        if deterministic:
-            action = loc
-        else:
-            action = loc + steered.stddev.double().numpy() * noise.reshape(loc.shape)
-        return np.clip(action, self.action_space.low, self.action_space.high).astype(np.float32)
 
 
 def behaviour_kinds(env_factory: Callable[[], Any], seed: int) -> tuple[dict[str, str], set[str], list[str]]:
@@ -166,7 +72,7 @@ def metric_names(spec: dict[str, str], events: set[str], has_distribution: bool)
 
 
 def rollout_rows(
-    policy: SB3Policy,
+    policy: SteerablePolicy,
     env_factory: Callable[[], Any],
     edits: list[Edit],
     episode_index: list[int],
@@ -200,7 +106,7 @@ def rollout_rows(
     return metrics
 
 
-def _run_block(policy: SB3Policy, env_factory: Callable[[], Any], edits: list[Edit], episode_index: list[int],
+def _run_block(policy: SteerablePolicy, env_factory: Callable[[], Any], edits: list[Edit], episode_index: list[int],
                rows: list[int], seed: int, deterministic: bool, max_steps: int | None, events: set[str],
                levels: list[str], out: dict[str, np.ndarray]) -> None:
     """Roll out the episodes of ``rows`` in lockstep, writing their metrics into ``out``."""
@@ -209,6 +115,13 @@ def _run_block(policy: SB3Policy, env_factory: Callable[[], Any], edits: list[Ed
     a = np.array([edits[r].a for r in rows])
     b = np.array([edits[r].b for r in rows])
     sae_rows = np.array([edits[r].sae_latent for r in rows], dtype=bool)
+    has_matrix = any(edits[r].matrix is not None for r in rows)
+    d = U.shape[1]
+    M = (np.stack([edits[r].matrix if edits[r].matrix is not None else np.zeros((d, d)) for r in rows])
+         .astype(np.float32) if has_matrix else None)  # [B, d, d]
+    C = (np.stack([edits[r].centre if edits[r].centre is not None else np.zeros(d) for r in rows])
+         .astype(np.float32) if has_matrix else None)  # [B, d]
+    policy.start(B)
     env_list = [env_factory() for _ in rows]
     rngs = [np.random.default_rng([seed, episode_index[r], 0xAC7]) for r in rows]
     obs = []
@@ -228,9 +141,10 @@ def _run_block(policy: SB3Policy, env_factory: Callable[[], Any], edits: list[Ed
         while active.any():
             idx = np.flatnonzero(active)
             batch = np.stack([obs[i] for i in idx])
-            clean = policy.forward(batch, steer=False)
-            policy.hook.set_edits(U[idx], a[idx], b[idx], sae_rows[idx])
-            steered = policy.forward(batch, steer=True)
+            clean = policy.forward(idx, batch, steer=False)
+            policy.hook.set_edits(U[idx], a[idx], b[idx], sae_rows[idx],
+                                  None if M is None else M[idx], None if C is None else C[idx])
+            steered = policy.forward(idx, batch, steer=True)
             kl, changed = policy.step_stats(clean, steered)
             if policy.action_kind == "discrete":
                 noise = np.array([rngs[i].random() for i in idx])
@@ -240,10 +154,12 @@ def _run_block(policy: SB3Policy, env_factory: Callable[[], Any], edits: list[Ed
             if kl is not None:
                 kl_sum[idx] += kl
             change_sum[idx] += changed
+            rewards = np.zeros(len(idx))
             for j, i in enumerate(idx):
                 action = actions[j].item() if policy.action_kind == "discrete" else actions[j]
                 o, reward, terminated, truncated, info = env_list[i].step(action)
                 obs[i] = o
+                rewards[j] = float(reward)
                 ret[i] += float(reward)
                 t[i] += 1
                 beh = info.get("behaviour", {}) if isinstance(info, dict) else {}
@@ -256,6 +172,7 @@ def _run_block(policy: SB3Policy, env_factory: Callable[[], Any], edits: list[Ed
                         first[k][i] = t[i]
                 if terminated or truncated or (max_steps is not None and t[i] >= max_steps):
                     active[i] = False
+            policy.advance(idx, batch, actions, rewards)
     finally:
         for env in env_list:
             env.close()

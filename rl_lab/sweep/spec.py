@@ -42,7 +42,7 @@ import gymnasium
 import envs  # noqa: F401  (registers the lab/ ids)
 from probes.linear import probe_file
 from probes.sae.training import train_sae_on_file
-from rl_lab.config import SB3_ALGOS, TrainConfig
+from rl_lab.config import POLICIES, SB3_ALGOS, TrainConfig
 from rl_lab.errors import LabError
 from rl_lab.runs import RUN_NAME
 
@@ -57,21 +57,24 @@ TOP_KEYS = ("name", "envs", "algos", "seeds", "pipeline", "grid", "stages")
 TRAIN_OPTIONS: dict[str, str] = {
     "steps": "int", "n_envs": "int", "gamma": "float", "learning_rate": "float?", "ent_coef": "float",
     "n_steps": "int?", "batch_size": "int?", "net_arch": "ints", "checkpoint_every": "int", "env_kwargs": "table",
+    "policy": "policy", "context": "int", "d_model": "int", "n_layers": "int", "n_heads": "int", "lstm_hidden": "int",
 }
 """``[stages.train]`` options and their types (``steps`` is ``TrainConfig.total_timesteps``)."""
 
 RECORD_OPTIONS: dict[str, str] = {"episodes": "int", "seed": "int0", "deterministic": "bool"}
 """``[stages.record]`` options (arguments of ``rl_lab.record.record_run``)."""
 
-GRID_TRAIN_KEYS = ("learning_rate", "gamma", "ent_coef", "n_steps", "batch_size", "net_arch", "n_envs")
+GRID_TRAIN_KEYS = ("learning_rate", "gamma", "ent_coef", "n_steps", "batch_size", "net_arch", "n_envs",
+                   "policy", "context", "d_model", "n_layers", "n_heads", "lstm_hidden")
 """``TrainConfig`` fields a ``[grid]`` may vary; ``env_kwargs.<name>`` varies an environment option."""
 
 ALIASES = {"learning_rate": "lr", "gamma": "gamma", "ent_coef": "ent", "n_steps": "nsteps",
-           "batch_size": "bs", "net_arch": "arch", "n_envs": "nenvs"}
+           "batch_size": "bs", "net_arch": "arch", "n_envs": "nenvs", "policy": "pol", "context": "ctx",
+           "d_model": "dm", "n_layers": "nl", "n_heads": "nh", "lstm_hidden": "lstm"}
 """Short names of grid keys inside run names."""
 
 PROBE_FIXED = ("path", "out_json", "weights_path")
-SAE_FIXED = ("path", "out_dir", "progress")
+SAE_FIXED = ("path", "out_dir", "progress", "overwrite")
 MAX_NAME = 128
 
 
@@ -243,7 +246,9 @@ def validate(raw: Mapping[str, Any], check_env: bool = True) -> SweepSpec:
     spec = SweepSpec(name, envs, algos, seeds, pipeline, grid, {k: v for k, v in stages.items() if v})
     for trial in spec.trials():  # names, and every trial's TrainConfig must build
         try:
-            trial.train_config(stages["train"])
+            trial.train_config(stages["train"]).check_policy()
+        except LabError as exc:
+            raise LabError(f"trial {trial.name}: {exc}") from None
         except TypeError as exc:
             raise LabError(f"trial {trial.name}: {exc}") from None
     return spec
@@ -300,11 +305,13 @@ def _check_type(value: Any, kind: str, where: str) -> Any:
         "ints": isinstance(value, list) and bool(value)
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value),
         "table": isinstance(value, dict),
+        "policy": value in POLICIES,
     }[kind]
     if not ok:
         expected = {"int": "a positive integer", "int0": "a non-negative integer", "int?": "a positive integer",
                     "float": "a number", "float?": "a positive number", "bool": "true or false",
-                    "ints": "a list of positive integers", "table": "a table"}[kind]
+                    "ints": "a list of positive integers", "table": "a table",
+                    "policy": f"one of {', '.join(POLICIES)}"}[kind]
         raise LabError(f"{where}: expected {expected}, got {value!r}")
     if kind == "float" and where.endswith("gamma") and not 0.0 < value <= 1.0:
         raise LabError(f"{where}: must be in (0, 1], got {value!r}")

@@ -185,7 +185,8 @@ def stage_sae(job: Job, state: dict[str, Any]) -> dict[str, Any]:
         with open(sae.metrics_path) as fh:
             metrics = json.load(fh)
     else:
-        metrics = train_sae_on_file(h5, hook, out_dir=out_dir, progress=False, **opts)
+        # not finished: an SAE left there without its metrics or features is replaced (atomically)
+        metrics = train_sae_on_file(h5, hook, out_dir=out_dir, progress=False, **{**opts, "overwrite": True})
     kept = {k: metrics[k] for k in metrics
             if isinstance(metrics[k], (int, float)) and not isinstance(metrics[k], bool)}
     return {"cached": cached, "dir": str(out_dir), "hook": hook, "metrics": kept}

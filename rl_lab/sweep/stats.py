@@ -1,8 +1,10 @@
-"""Results over seeds: per condition, the mean and a bootstrap confidence interval.
+"""Results over seeds: per condition, the mean and a t-interval across seeds.
 
 A condition is everything that defines a trial except its seed (environment, algorithm,
-grid values). Seeds are the unit of resampling: the interval says how much the mean would
-move with other seeds, which is what a claim about an agent needs.
+grid values). Seeds are the unit of replication: the interval says how much the mean would
+move with other seeds, which is what a claim about an agent needs. With 2-5 seeds a percentile
+bootstrap is far too narrow, so the interval is Student's t with ``n - 1`` degrees of freedom,
+the lab's one rule for intervals across seeds (``probes.stats.t_interval``).
 """
 
 from __future__ import annotations
@@ -12,23 +14,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from probes.stats import CONFIDENCE, t_interval
 from rl_lab.compare import format_table
 
-N_BOOTSTRAP = 2000
-CONFIDENCE = 0.95
 
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = N_BOOTSTRAP, confidence: float = CONFIDENCE,
-                 seed: int = 0) -> list[float] | None:
-    """Percentile bootstrap interval of the mean; ``None`` with fewer than two values."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
-    if x.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return [float(lo), float(hi)]
+def seed_ci(values: Sequence[float | None], confidence: float = CONFIDENCE) -> list[float] | None:
+    """t-interval ``[low, high]`` of the mean across seeds; ``None`` with fewer than two values."""
+    _, low, high = t_interval(values, confidence)
+    return [low, high] if np.isfinite(low) else None
 
 
 def summarise(values: Sequence[float | None]) -> dict[str, Any]:
@@ -37,7 +30,7 @@ def summarise(values: Sequence[float | None]) -> dict[str, Any]:
     if x.size == 0:
         return {"n": 0, "mean": None, "std": None, "ci": None}
     return {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None,
-            "ci": bootstrap_ci(x.tolist())}
+            "ci": seed_ci(x.tolist())}
 
 
 def _stage(trial: Mapping[str, Any], stage: str) -> Mapping[str, Any] | None:
@@ -132,7 +125,7 @@ def format_tables(aggregate: Mapping[str, Any]) -> str:
     if returns:
         rows = [[r["condition"], str(r["train_return"]["n"]), _fmt(r["train_return"]), _fmt(r["eval_return"])]
                 for r in returns]
-        parts.append("returns over seeds (mean [95% bootstrap CI])\n"
+        parts.append("returns over seeds (mean [95% t-interval across seeds])\n"
                      + _table(["condition", "seeds", "train return", "recorded return"], rows))
     probes = aggregate.get("probes") or []
     if aggregate.get("compare"):

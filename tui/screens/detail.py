@@ -20,12 +20,13 @@ from probes.errors import ProbeError
 from probes.layout import SAELayout
 from probes.results import read_probe_results
 from rl_lab.errors import LabError
-from rl_lab.runs import Run, read_run_json
+from rl_lab.runs import Run, info_problems, read_run_json
 from tui.charts import fmt_num
 from tui.data import Artifacts, MetricsTail, list_artifacts, tail_text
 from tui.messages import DetailLoaded
 from tui.screens.base import RunScreen
 from tui.screens.runs import STATUS_STYLE
+from tui.screens.steer import SteerScreen
 from tui.widgets.chart import LineChart
 
 #: The analysis commands the detail screen launches: key, command, footer text.
@@ -203,9 +204,13 @@ class RunDetailScreen(RunScreen):
         text = Text()
         text.append(self.run_name, style="bold")
         text.append("  ")
-        text.append(snap.status, style=STATUS_STYLE.get(snap.status, "dim"))
+        text.append(str(snap.status), style=STATUS_STYLE.get(str(snap.status), "dim"))
         text.append(f"  {info.get('env_id', '?')} · {info.get('algo', '?')} · seed {info.get('seed', '?')}")
-        done, total = info.get("steps_done") or 0, info.get("total_timesteps") or 0
+
+        def count(value: object) -> int:  # a damaged run.json may hold anything here
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+        done, total = count(info.get("steps_done")), count(info.get("total_timesteps"))
         text.append(f"  steps {fmt_num(done)}/{fmt_num(total or None)}")
         if snap.last_record:
             fps = snap.last_record.get("fps")
@@ -213,9 +218,10 @@ class RunDetailScreen(RunScreen):
                 text.append(f"  {fps:.0f} fps")
         if snap.status == "running":
             text.append(f"  pid {info.get('pid')}", style="dim")
-        if snap.error:
+        problems = info_problems(info)
+        if snap.error or problems:
             text.append("\n")
-            text.append(snap.error, style="bold red")
+            text.append(str(snap.error or "damaged run.json: " + "; ".join(problems)), style="bold red")
         self.query_one("#detail-status", Static).update(text)
         bar = self.query_one("#detail-progress", ProgressBar)
         if total:
@@ -372,6 +378,8 @@ class RunDetailScreen(RunScreen):
             self.lab.open_probes(self.run_name, name)
         elif kind == "sae":
             self.lab.open_features(self.run_name, name)
+        elif kind == "steer":
+            self.app.push_screen(SteerScreen(self.run_name, full))
         else:
             self.notify(full, title=kind)
 

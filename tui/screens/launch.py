@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
+from rl_lab.config import POLICIES, TRANSFORMER_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import RUN_NAME, Run, read_run_json
 from tui.charts import fmt_num
@@ -24,7 +25,7 @@ from tui.screens.base import LabScreen
 from tui.widgets.chart import LineChart
 
 ENVS: tuple[str, ...] = ("lab/Forage-v0", "lab/Binding-v0", "lab/Chain-v0", "CartPole-v1")
-ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn")
+ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn", "recurrent-ppo")
 
 
 @dataclass
@@ -39,29 +40,35 @@ class LaunchSpec:
     lr: float | None
     n_envs: int | None
     gamma: float | None
+    policy: str = "mlp"
+    """``mlp`` or ``transformer`` (ppo/a2c: the BC transformer trained by RL)."""
 
     def args(self, supported: set[str]) -> list[str]:
         """``rl-lab train`` arguments; optional hyperparameters only if the parser has them."""
         out = ["--env", self.env, "--algo", self.algo, "--steps", str(self.steps),
                "--seed", str(self.seed), "--name", self.name]
+        if self.policy != "mlp":
+            out += ["--policy", self.policy]
         for opt, value in (("--lr", self.lr), ("--n-envs", self.n_envs), ("--gamma", self.gamma)):
             if value is not None and (not supported or opt in supported):
                 out += [opt, str(value)]
         return out
 
 
-def default_name(env: str, algo: str, seed: int) -> str:
-    """``forage-ppo-s0-20240101-120000``: a fresh, valid run name."""
+def default_name(env: str, algo: str, seed: int, policy: str = "mlp") -> str:
+    """``forage-ppo-s0-20240101-120000`` (``forage-ppo-transformer-s0-...``): a fresh, valid run name."""
     short = env.split("/")[-1].split("-v")[0].lower()
-    return f"{short}-{algo}-s{seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    agent = algo if policy == "mlp" else f"{algo}-{policy}"
+    return f"{short}-{agent}-s{seed}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def parse_form(values: dict[str, str]) -> LaunchSpec:
     """Validate the form's strings.
 
     Args:
-        values: field id -> text for ``env``, ``algo``, ``steps``, ``seed``, ``name``, ``lr``,
-            ``n_envs``, ``gamma`` (empty optional fields mean the command's default).
+        values: field id -> text for ``env``, ``algo``, ``policy``, ``steps``, ``seed``, ``name``,
+            ``lr``, ``n_envs``, ``gamma`` (empty optional fields mean the command's default; a
+            missing ``policy`` is ``mlp``).
 
     Raises:
         LabError: with one sentence naming the bad field.
@@ -82,6 +89,11 @@ def parse_form(values: dict[str, str]) -> LaunchSpec:
         raise LabError("choose an environment")
     if algo not in ALGOS:
         raise LabError(f"algorithm must be one of {', '.join(ALGOS)}")
+    policy = values.get("policy") or "mlp"
+    if policy not in POLICIES:
+        raise LabError(f"policy must be one of {', '.join(POLICIES)}")
+    if policy != "mlp" and algo not in TRANSFORMER_ALGOS:
+        raise LabError(f"the {policy} policy is for {' or '.join(TRANSFORMER_ALGOS)}, not {algo}")
     steps = number("steps", int)
     if steps <= 0:
         raise LabError("steps must be positive")
@@ -95,10 +107,10 @@ def parse_form(values: dict[str, str]) -> LaunchSpec:
     gamma = number("gamma", float, optional=True)
     if gamma is not None and not 0 < gamma <= 1:
         raise LabError("gamma must be in (0, 1]")
-    name = values.get("name", "").strip() or default_name(env, algo, seed)
+    name = values.get("name", "").strip() or default_name(env, algo, seed, policy)
     if not RUN_NAME.match(name) or ".." in name:
         raise LabError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-'")
-    return LaunchSpec(env, algo, steps, seed, name, lr, n_envs, gamma)
+    return LaunchSpec(env, algo, steps, seed, name, lr, n_envs, gamma, policy)
 
 
 class LaunchScreen(LabScreen):
@@ -126,6 +138,8 @@ class LaunchScreen(LabScreen):
             yield Select([(e, e) for e in ENVS], value=ENVS[0], allow_blank=False, id="env", compact=True)
             yield Label("algorithm")
             yield Select([(a, a) for a in ALGOS], value="ppo", allow_blank=False, id="algo", compact=True)
+            yield Label("policy")
+            yield Select([(p, p) for p in POLICIES], value="mlp", allow_blank=False, id="policy", compact=True)
             yield Label("steps")
             yield Input("50000", id="steps", type="integer", compact=True)
             yield Label("seed")
@@ -154,7 +168,7 @@ class LaunchScreen(LabScreen):
 
     def form_values(self) -> dict[str, str]:
         """The form's fields as strings."""
-        values = {k: str(self.query_one(f"#{k}", Select).value) for k in ("env", "algo")}
+        values = {k: str(self.query_one(f"#{k}", Select).value) for k in ("env", "algo", "policy")}
         for k in ("steps", "seed", "name", "lr", "n_envs", "gamma"):
             values[k] = self.query_one(f"#{k}", Input).value
         return values

@@ -16,8 +16,9 @@ from tui.messages import ProbesLoaded
 from tui.screens.base import RunScreen
 from tui.widgets.chart import LineChart
 
-LEGEND = ("score = held-out R² or accuracy (colour 0→1); b = best baseline; s = selectivity "
-          "(score − control task); * beats every baseline (CI); † linear by construction")
+LEGEND = ("score = out-of-fold R² or accuracy (colour 0→1); b = best baseline; s = selectivity "
+          "(score − control task); * beats every baseline (paired episode bootstrap, Holm-corrected over "
+          "every cell); † linear by construction")
 
 
 def record_step(rec: ProbeRecord) -> int:
@@ -35,7 +36,7 @@ def cell_text(rec: ProbeRecord | None) -> Text:
     text.append(f" b{fmt_num(best[1]) if best else '—'}", style="dim")
     if rec.selectivity is not None:
         text.append(f" s{rec.selectivity:+.2f}", style="green" if rec.selectivity > 0.05 else "dim")
-    if rec.beats_baselines:
+    if rec.significant if rec.significant is not None else rec.beats_baselines:
         text.append("*", style="bold green")
     if rec.linear_by_construction:
         text.append("†", style="yellow")
@@ -55,6 +56,13 @@ def record_details(rec: ProbeRecord) -> Text:
         text.append(f"{name:<16}{fmt_num(value):>7} ")
         text.append(bar(max(value, 0.0), 1.0, 20), style="magenta")
         text.append("\n")
+    for name, pair in sorted(rec.paired.items()):
+        low, high = pair["ci"]
+        if pair["difference"] is not None and low is not None and high is not None:
+            text.append(f"{'− ' + name:<16}{pair['difference']:+7.3f}  CI [{low:+.3f}, {high:+.3f}]\n",
+                        style="green" if low > 0 else "dim")
+    if rec.p_adjusted is not None:
+        text.append(f"{'p (Holm)':<16}{rec.p_adjusted:7.4f}  {'significant' if rec.significant else 'not significant'}\n")
     sel = "—" if rec.selectivity is None else f"{rec.selectivity:+.3f}"
     text.append(f"{'selectivity':<16}{sel:>7}")
     if rec.linear_by_construction:

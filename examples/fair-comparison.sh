@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The fair test of issue 14 on lab/Forage-v0: the same network and the same inputs, trained by RL or
+# by supervision. Five agents per seed:
+#
+#   ppo-mlp   PPO, SB3's 64-64 MLP (one observation)                      --algo ppo
+#   ppo-tf    PPO, the BC transformer over the last K steps (same network)  --algo ppo --policy transformer
+#   rppo      recurrent PPO, an LSTM (memory over the whole episode)        --algo recurrent-ppo
+#   dt, bc    decision transformer / behaviour cloning, trained by supervision on ppo-mlp's
+#             trajectories (every checkpoint plus a random policy)
+#
+# Every run is recorded by the same recorder with the same labels, its value-derived labels from
+# one reference critic (ppo-mlp of the same seed, `--reference-critic`), probed on the same labels
+# and hooks, and `rl-lab compare --group-by agent` puts the five agents side by side with
+# intervals across seeds.
+#
+#   bash examples/fair-comparison.sh [RUNS_DIR]          # default: runs/fair-comparison
+#
+# Budget (environment knobs): SEEDS ("0 1 2 3 4"), RL_STEPS (1600000 environment steps for each RL
+# agent, where PPO-MLP reaches a training return of about 7; docs/results.md), DT_STEPS (3000 gradient
+# steps at most, early stopping on held-out loss), TRAJ_EPISODES (40 per source checkpoint), EPISODES
+# (40 recorded), CONTEXT (10, K of the transformers). On one core PPO-MLP takes ~12 min a seed, the
+# transformer PPO ~3 h (140 env steps/s; benchmarks/dt_train.py), recurrent PPO ~1 h: run seeds as
+# parallel invocations (SEEDS="0", SEEDS="1", ...), then a final invocation with every seed (all
+# stages done) prints the comparison. Finished stages are skipped on a rerun.
+# A smoke test of the whole pipeline (a minute or two):
+#   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
+set -euo pipefail
+
+RUNS="${1:-runs/fair-comparison}"
+SEEDS="${SEEDS:-0 1 2 3 4}"
+RL_STEPS="${RL_STEPS:-1600000}"
+DT_STEPS="${DT_STEPS:-3000}"
+TRAJ_EPISODES="${TRAJ_EPISODES:-40}"
+EPISODES="${EPISODES:-40}"
+CONTEXT="${CONTEXT:-10}"
+LABELS="${LABELS:-value,td_error,prev_td_error,hope,fear,surprise,prev_surprise,joy,prev_joy,distress,prev_distress,mood,arousal,reward,prev_reward,return_to_go,hunger,thirst,threat,distance_to_threat}"
+CKPT_EVERY=$(( RL_STEPS / 10 > 0 ? RL_STEPS / 10 : 1 ))
+
+done_run() { [ -f "$RUNS/$1/run.json" ] && grep -q '"status": "done"' "$RUNS/$1/run.json"; }
+recorded() { compgen -G "$RUNS/$1/activations/*.h5" > /dev/null; }
+probed() { compgen -G "$RUNS/$1/probes/*.json" > /dev/null; }
+train_rl() {  # NAME ARGS...: an RL agent at the shared budget
+  local name="$1"; shift
+  done_run "$name" || rl-lab train "$@" --steps "$RL_STEPS" --checkpoint-every "$CKPT_EVERY" \
+    --context "$CONTEXT" --seed "$s" --name "$name" --runs-dir "$RUNS"
+}
+
+names=()
+for s in $SEEDS; do
+  train_rl "ppo-mlp-s$s" --algo ppo
+  train_rl "ppo-tf-s$s" --algo ppo --policy transformer
+  train_rl "rppo-s$s" --algo recurrent-ppo
+  for algo in dt bc; do
+    done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
+      --context "$CONTEXT" --episodes-per-policy "$TRAJ_EPISODES" --trajectories "ep$TRAJ_EPISODES" \
+      --name "$algo-s$s" --runs-dir "$RUNS"
+  done
+  for run in "ppo-mlp-s$s" "ppo-tf-s$s" "rppo-s$s" "dt-s$s" "bc-s$s"; do
+    critic=(--reference-critic "ppo-mlp-s$s"); [ "$run" = "ppo-mlp-s$s" ] && critic=()
+    recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$s" "${critic[@]}" --runs-dir "$RUNS"
+    probed "$run" || rl-lab probe "$run" --labels "$LABELS" --seed "$s" --runs-dir "$RUNS" > /dev/null
+    names+=("$run")
+  done
+done
+
+echo "== every agent's best hook, grouped by agent (ppo, ppo-transformer, recurrent-ppo, dt, bc) =="
+rl-lab compare "${names[@]}" --group-by agent --runs-dir "$RUNS"
+echo
+echo "== acting hooks only: the MLP actor, the transformers' residual streams, the LSTM's actor memory =="
+rl-lab compare "${names[@]}" --group-by agent --hooks 'mlp_extractor.policy_net.*' --hooks 'blocks.*' \
+  --hooks 'lstm_actor.*' --runs-dir "$RUNS"
