@@ -38,7 +38,6 @@ Run ``python -m probes.ccs FILE.h5 --label NAME --hook HOOK [--quantiles 0.25,0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -51,6 +50,7 @@ import numpy as np
 from probes.activations import ActivationFile
 from probes.errors import ProbeError
 from probes.logistic import fit_logistic, predict_proba
+from probes.scripts import ScriptParser
 from probes.splits import bootstrap_counts, percentile_ci, split_episodes
 
 MAX_PAIRS = 20_000
@@ -465,7 +465,7 @@ def format_report(doc: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m probes.ccs FILE.h5 --label NAME --hook HOOK``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m probes.ccs", description=__doc__.splitlines()[0])
+    parser = ScriptParser(prog="python -m probes.ccs", description=__doc__.splitlines()[0])
     parser.add_argument("file")
     parser.add_argument("--label", required=True)
     parser.add_argument("--hook", required=True)

@@ -17,7 +17,6 @@ Script: ``python -m probes.features SAE_DIR FILE.h5``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from probes.errors import ProbeError
 from probes.layout import SAELayout
+from probes.scripts import ScriptParser
 
 SCHEMA_VERSION = 1
 """Version of the ``features.json`` / ``features.npz`` format."""
@@ -211,7 +211,7 @@ def _f(x: Any) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probes.features", description="Per-latent statistics of a trained SAE over an activation file.")
+    parser = ScriptParser(prog="python -m probes.features", description="Per-latent statistics of a trained SAE over an activation file.")
     parser.add_argument("sae_dir", type=Path, help="directory written by probes.sae")
     parser.add_argument("file", type=Path, help="activation file (.h5)")
     parser.add_argument("--top", type=int, default=10, help="top-activating steps kept per latent (default 10)")
@@ -223,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 < args.test_fraction < 1.0:
         print("probes.features: error: --test-fraction must be in (0, 1)", file=sys.stderr)
         return 2
-    from probes.sae.features import compute_features  # the writer needs torch; the reader does not
+    from probes.sae.features import (
+        compute_features,  # the writer needs torch; the reader does not
+    )
 
     try:
         out = compute_features(args.sae_dir, args.file, n_top=args.top, context=args.context, bins=args.bins,

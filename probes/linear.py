@@ -31,7 +31,6 @@ Run ``python -m probes.linear FILE.h5 [--json]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
@@ -61,7 +60,14 @@ from probes.results import (
     write_probe_results,
 )
 from probes.ridge import RidgeStats, fit_ridge_all, fit_ridge_nested, r2_from_sums
-from probes.splits import OuterFolds, bootstrap_counts, outer_folds, percentile_ci, unique_episodes
+from probes.scripts import ScriptParser
+from probes.splits import (
+    OuterFolds,
+    bootstrap_counts,
+    outer_folds,
+    percentile_ci,
+    unique_episodes,
+)
 
 ROWS_PER_CHUNK = 8192
 MAX_LOGISTIC_ROWS = 100_000
@@ -1316,7 +1322,7 @@ def stderr_progress(done: int, total: int, source: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m probes.linear FILE.h5 [FILE.h5 ...] [--json] ...``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m probes.linear", description=__doc__.splitlines()[0])
+    parser = ScriptParser(prog="python -m probes.linear", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="activation file(s); several = one per checkpoint (timeline)")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--labels", help="comma-separated labels to probe (default: all)")

@@ -35,7 +35,7 @@ import numpy as np
 
 from probes.errors import ProbeError
 from probes.layout import RunsDirLayout
-from probes.linear import probe_file
+from probes.linear import best_hook, probe_file
 from probes.results import ProbeRecord, ProbeResults, read_probe_results
 from probes.stats import t_interval
 from rl_lab.errors import LabError
@@ -102,25 +102,27 @@ def record_derived_from(rec: ProbeRecord) -> str:
     return str(value) if value else default_derived_from(rec.label)
 
 
-def best_by_label(records: Sequence[ProbeRecord], hooks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """For each label: the best-scoring hook (not linear by construction, matching ``hooks``) and
-    the best random twin over the same hooks."""
+def best_by_label(doc: ProbeResults, hooks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """For each label: the best hook, chosen without selection bias (``probes.linear.best_hook``:
+    inside the training folds when every hook counts; with ``hooks`` patterns, plainly the maximum
+    over the matching hooks, which ``method`` says), and the random twin at that same hook.
+    Hooks where the label is linear by construction never count."""
+    matching = None
+    if hooks:
+        probed = sorted({r.hook for r in doc.records})
+        matching = [h for h in probed if hook_matches(h, hooks)]
+        if matching == probed:
+            matching = None  # every hook: the nested choice
     out: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        score = rec.score
-        if rec.linear_by_construction or score is None or not hook_matches(rec.hook, hooks):
+    for label in dict.fromkeys(r.label for r in doc.records):
+        best = best_hook(doc, label, matching)
+        if best is None or best.get("score") is None:
             continue
-        cur = out.get(rec.label)
-        if cur is None or score > cur["score"]:
-            out[rec.label] = {"score": score, "hook": rec.hook, "metric": rec.metric,
-                              "ci": list(rec.ci) if rec.ci is not None else None, "selectivity": rec.selectivity,
-                              "raw_obs": rec.baselines.get("raw_obs"),
-                              "random_weights": (cur or {}).get("random_weights"),
-                              "derived_from": record_derived_from(rec)}
-        rand = rec.random_weights
-        if rand is not None:
-            best_rand = out[rec.label].get("random_weights")
-            out[rec.label]["random_weights"] = rand if best_rand is None else max(best_rand, rand)
+        rec = next(r for r in doc.records if r.label == label and r.hook == best["hook"])
+        out[label] = {"score": best["score"], "hook": best["hook"], "metric": best["metric"],
+                      "ci": best.get("ci"), "method": best["method"], "n_hooks": best["n_hooks"],
+                      "selectivity": rec.selectivity, "raw_obs": rec.baselines.get("raw_obs"),
+                      "random_weights": rec.random_weights, "derived_from": record_derived_from(rec)}
     return out
 
 
@@ -161,7 +163,15 @@ def compare(
                            f"(probed: {', '.join(probed[:6])}{', ...' if len(probed) > 6 else ''})")
         per_run.append({"name": run.name, "algo": run.info.get("algo"), "group": group_key(run, group_by),
                         "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.checkpoint,
-                        "best": best_by_label(doc.records, hooks)})
+                        "best": best_by_label(doc, hooks)})
+    envs: dict[str, set[str]] = {}
+    for run, r in zip(runs, per_run):
+        envs.setdefault(r["group"], set()).add(str(run.info.get("env_id")))
+    mixed = {g: sorted(e) for g, e in envs.items() if len(e) > 1}
+    if mixed:
+        g, e = next(iter(mixed.items()))
+        raise LabError(f"group {g!r} mixes runs of different environments ({', '.join(e)}), whose scores "
+                       "cannot be averaged: compare runs of one environment, or group by env_id")
     common = set.intersection(*(set(r["best"]) for r in per_run))
     if labels:
         for label in labels:

@@ -64,6 +64,10 @@ SCRIPTS = [
     ("probes.sae", "{h5} --hook nope"), ("probes.sae", "{h5} --hook ../x"), ("probes.sae", "{h5} --hook value_net --lr nan"),
     ("probes.sae", "/nonexistent.h5 --hook x"),
     ("probes.features", "/nonexistent {h5}"), ("probes.features", "{file} {h5}"),
+    # usage errors: argparse's, in one line too (probes.scripts.ScriptParser)
+    ("probes.linear", ""), ("probes.linear", "{h5} --folds x"), ("probes.linear", "{h5} --bootstrap -5"),
+    ("probes.linear", "{h5} --workers 0"), ("probes.ccs", "{h5}"), ("probes.sae", "{h5}"),
+    ("probes.sae", "{h5} --hook value_net --width x"), ("probes.features", "{h5}"),
 ]
 
 

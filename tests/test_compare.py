@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from probes.layout import RunsDirLayout
-from probes.results import ProbeRecord
+from probes.results import ProbeResults
 from rl_lab.cli import main
 from rl_lab.compare import best_by_label, compare, seed_interval
 from rl_lab.errors import LabError
@@ -43,10 +43,37 @@ def _make_run(store: RunStore, name: str, algo: str, seed: int, scores: dict[str
 
 
 def test_best_by_label_skips_linear_by_construction() -> None:
+    """Without a nested choice in the document, the best hook is the maximum over the hooks and
+    says so; the random twin is the one at that same hook."""
     records = [_record("a", "value", 0.3, 0.1), _record("v", "value", 0.99, 0.0, True), _record("b", "value", 0.5, 0.2)]
-    best = best_by_label([ProbeRecord.from_dict(r) for r in records])
+    best = best_by_label(ProbeResults.from_dict({"file": "x.h5", "records": records}))
     assert best["value"]["hook"] == "b" and best["value"]["score"] == 0.5
     assert best["value"]["random_weights"] == 0.2
+    assert best["value"]["method"].startswith("max over 2 hooks")
+
+
+def test_best_by_label_uses_the_nested_choice() -> None:
+    """A document with a hook chosen inside the training folds reports that choice, not the max."""
+    records = [_record("a", "hunger", 0.3, 0.1), _record("b", "hunger", 0.5, 0.2)]
+    nested = {"hook": "a", "metric": "r2", "score": 0.28, "ci": [0.2, 0.35], "n_hooks": 2,
+              "method": "nested: chosen by inner-CV score in each outer fold's training folds"}
+    doc = ProbeResults.from_dict({"file": "x.h5", "records": records, "best_hooks": {"hunger": nested}})
+    best = best_by_label(doc)
+    assert best["hunger"]["hook"] == "a" and best["hunger"]["score"] == 0.28
+    assert best["hunger"]["random_weights"] == 0.1 and best["hunger"]["method"].startswith("nested")
+    # a subset of the hooks: plainly the maximum over them
+    assert best_by_label(doc, ["b"])["hunger"]["method"].startswith("max over 1 hooks")
+
+
+def test_compare_refuses_a_group_that_mixes_environments(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    _make_run(store, "f0", "ppo", 0, {"hunger": 0.5})
+    _make_run(store, "c0", "ppo", 1, {"hunger": 0.4})
+    store.get("c0").update(env_id="CartPole-v1")
+    with pytest.raises(LabError, match="mixes runs of different environments"):
+        compare(["f0", "c0"], tmp_path, write=False)
+    result = compare(["f0", "c0"], tmp_path, write=False, group_by="env_id")
+    assert set(result["groups"]) >= {"lab/Forage-v0", "CartPole-v1"}
 
 
 def test_seed_interval() -> None:
@@ -70,11 +97,12 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     cell = result["table"]["hunger"]["groups"]["ppo"]
     assert cell["n"] == 3 and cell["mean"] == pytest.approx(0.61) and cell["hooks"] == ["layer.a"] * 3
     assert cell["ci"][0] < 0.61 < cell["ci"][1]
-    assert result["table"]["hunger"]["groups"]["ppo (random weights)"]["mean"] == pytest.approx(0.61 / 2 + 0.05)
+    # the twin at the chosen hook (layer.a), not the best twin over all hooks: a paired comparison
+    assert result["table"]["hunger"]["groups"]["ppo (random weights)"]["mean"] == pytest.approx(0.61 / 2)
     assert result["table"]["value"]["groups"]["ppo"]["mean"] == pytest.approx(0.7)  # not the by-construction 0.99
     # What training added, paired within each run: score minus its own twin (0.61 - (0.305 + 0.05)).
     gain = result["table"]["hunger"]["groups"]["ppo"]["gain_over_twin"]
-    assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.61 / 2 - 0.05) and gain["ci"][0] > 0
+    assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.61 / 2) and gain["ci"][0] > 0  # paired at layer.a
     assert "gain_over_twin" not in result["table"]["hunger"]["groups"]["ppo (random weights)"]
     # value is a readout of each PPO run's own critic: reported apart, never counted in the summary
     assert result["variables"] == ["hunger"] and result["readouts"] == ["value"]
@@ -151,5 +179,5 @@ def test_demo_explains_a_comparison_from_its_numbers(tmp_path: Path) -> None:
     assert sentences[0] == "ppo decodes best on 1 of 2 labels: hunger (0.90 vs dt 0.50; clearly)"
     assert sentences[1].startswith("no network decodes td_error")
     # Gain over the random twin: ppo (0.9 - 0.5 + 0.05 - 0.075) / 2, dt (0.5 - 0.3 + 0.02 - 0.06) / 2.
-    assert "ppo +0.19, dt +0.08" in sentences[2]
+    assert "ppo +0.24, dt +0.13" in sentences[2]  # each twin at the chosen hook
     assert "without PPO's critic" in sentences[3] and "ppo best on 1 of 2" in sentences[3]

@@ -12,7 +12,6 @@ line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Sequence
@@ -20,10 +19,11 @@ from typing import Sequence
 from probes.errors import ProbeError
 from probes.sae.config import add_arguments
 from probes.sae.training import format_metrics, run_from_args
+from probes.scripts import ScriptParser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probes.sae", description="Train a sparse autoencoder on one hook of an activation file.")
+    parser = ScriptParser(prog="python -m probes.sae", description="Train a sparse autoencoder on one hook of an activation file.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
