@@ -126,6 +126,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert info["algo"] == algo and info["source_run"] == run_dir.name and info["steps_done"] == 10
         assert list((runs[algo] / "probes").glob("*.json")) and (runs[algo] / "eval.json").exists()
     assert "What the comparison shows on Forage" in out and "random-weights twin" in out
+    assert "confounds this small run leaves" in out and "different networks" in out
     (cmp_path,) = RunsDirLayout(tmp_path).comparisons_dir.glob("compare-*.json")
     doc = json.loads(cmp_path.read_text())
     assert [r["algo"] for r in doc["runs"]] == ["ppo", "dt", "bc"]

@@ -5,6 +5,8 @@ supervision on its own trajectories."""
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 
@@ -176,7 +178,33 @@ def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_
         print(f"  - {line}")
     print(f"  - one seed per network, so there is no interval across seeds; docs/results.md has the comparison over "
           f"three seeds and the command that reproduces it (examples/rl-vs-supervised.sh)")
+    print("  - confounds this small run leaves (examples/fair-comparison.sh removes them at a full budget):")
+    for confound in demo_confounds(runs):
+        print(f"      {confound}")
     return written
+
+
+def demo_confounds(supervised: list) -> list[str]:
+    """What still separates the demo's networks besides their training signal, in words."""
+    out = [
+        "different networks: PPO here is a 64-64 MLP seeing one observation, DT and BC are transformers seeing "
+        "a window of steps; the PPO-transformer (`--policy transformer`) is the like-for-like RL network",
+        "the value-derived labels come from PPO's own critic: for PPO they are readouts, for DT and BC a "
+        "reference critic's labels (`rl-lab record --reference-critic`) — only the environment's variables count",
+    ]
+    for run in supervised:
+        frac = None
+        try:
+            with open(run.eval_path) as fh:
+                frac = json.load(fh).get("fraction_of_best_policy_mean")
+        except (OSError, ValueError):
+            pass
+        if isinstance(frac, (int, float)) and math.isfinite(frac) and frac < 0.9:
+            out.append(f"{run.info.get('algo')} is a weak actor ({frac:.0%} of the best source policy's mean return; "
+                       "the fair test asks for at least 90%): it learned from a short budget")
+        elif frac is None:
+            out.append(f"{run.info.get('algo')} was not evaluated against its best source policy")
+    return out
 
 
 def describe_supervised(run) -> str:

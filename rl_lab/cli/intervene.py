@@ -4,41 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
+from rl_lab.cli.options import (
+    add_runs_dir,
+    finite_float,
+    nonnegative_int,
+    positive_int,
+    runs_dir,
+    seed,
+    trust_checkpoint_arg,
+)
 from rl_lab.runs import json_default
 
 HELP = "intervene on the world (e.g. put the predator next to the agent) and measure how far each probe and SAE latent moves"
-
-
-def _value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
-    return value
-
-
-def _step(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run name (or path to a run directory)")
     parser.add_argument("--do", required=True, metavar="TARGET[=VALUE]",
                         help="the env's do target, e.g. predator_adjacent or energy=0.1 (docs/envs.md lists them)")
-    parser.add_argument("--value", type=_value, default=None, help="the value for a target that takes one")
-    parser.add_argument("--at-step", type=_step, default=10,
+    parser.add_argument("--value", type=finite_float, default=None, help="the value for a target that takes one")
+    parser.add_argument("--at-step", type=nonnegative_int, default=10,
                         help="intervene on the observation of this step of each episode (default: 10)")
     parser.add_argument("--episodes", type=positive_int, default=20, help="episodes (default: 20)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of episodes, sampling and bootstrap (default: 0)")

@@ -8,7 +8,7 @@ import math
 import re
 import sys
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
+from rl_lab.cli.options import add_runs_dir, nonnegative_int, positive_int, runs_dir, seed, trust_checkpoint_arg
 from rl_lab.runs import json_default
 
 HELP = "steer a run's agent along a probe/SAE/mean-difference direction and measure behaviour against random directions"
@@ -29,16 +29,6 @@ def _scales(text: str) -> list[float]:
     return values
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]
     parser.add_argument("run", metavar="RUN", help="run name (or path to a run directory)")
@@ -52,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated doses (default: -4,-2,0,2,4 for add and clamp, 0,0.5,1 for erase and "
                              "leace); add/clamp: standard deviations of the coordinate; erase/leace: fraction erased")
     parser.add_argument("--episodes", type=positive_int, default=20, help="episodes per condition (default: 20)")
-    parser.add_argument("--controls", type=_count, default=20,
+    parser.add_argument("--controls", type=nonnegative_int, default=20,
                         help="random directions of the same norm, alternately isotropic and drawn from the "
                              "activation covariance (leace: random subspaces of the same rank) (default: 20)")
     parser.add_argument("--expect", default=None, metavar="METRIC:up|down",
