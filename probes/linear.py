@@ -518,9 +518,13 @@ def _fit_sources(
     # spawn, not the forkserver: that server is one per interpreter and keeps the stderr it
     # started with, so a caller's later pool (a sweep's) would write its progress there
     ctx = multiprocessing.get_context("spawn")
+    # the costliest first (logistic fits grow with width x discrete targets): the pool ends together
+    cost = [_Reader(f, src).dim() * (1 + sum(plan.discrete for plan, _ in targets.values())) for src, targets in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -cost[i])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_fit_source_job, str(f.path), allow_incomplete, src, targets, folds, ep_idx,
-                               seed, max_logistic_rows) for src, targets in jobs]
+        submitted = {i: pool.submit(_fit_source_job, str(f.path), allow_incomplete, jobs[i][0], jobs[i][1], folds,
+                                    ep_idx, seed, max_logistic_rows) for i in order}
+        futures = [submitted[i] for i in range(len(jobs))]
         done = 0
         for fut in as_completed(futures):
             fut.result()  # a failing job fails the sweep at once
