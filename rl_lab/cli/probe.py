@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from probes.layout import probe_output_paths
-from rl_lab.cli.options import add_runs_dir, runs_dir, seed
+from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed
 
 HELP = "fit linear probes (hook x label, split by episode) beside their baselines; writes RUN/probes/<file>.json"
 
@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, help="comma-separated labels (default: all)")
     parser.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the episode split and bootstrap (default: 0)")
+    parser.add_argument("--folds", type=positive_int, default=5,
+                        help="outer folds of the nested cross-validation, by episode (default: 5; at least 2)")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="repeats of the outer partition (default: 1)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes fitting feature sources side by side (default: one per core on large files)")
     add_runs_dir(parser)
 
 
@@ -90,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     for f in files:
         out_json, weights = probe_output_paths(f)
         print(f"probing {f} ...", file=sys.stderr)
-        docs.append(linear.probe_file(f, labels=labels, hooks=hooks, seed=args.seed,
-                                      out_json=out_json, weights_path=weights))
+        docs.append(linear.probe_file(f, labels=labels, hooks=hooks, seed=args.seed, n_folds=args.folds,
+                                      n_repeats=args.repeats, workers=args.workers, out_json=out_json,
+                                      weights_path=weights, progress=linear.stderr_progress))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
