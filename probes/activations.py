@@ -455,17 +455,25 @@ def recording_id(path: Path | str) -> str | None:
     return str(value) if value is not None else None
 
 
-def stale_reason(results: Any) -> str | None:
+def stale_reason(results: Any, recording: Path | str | None = None) -> str | None:
     """Why probe results no longer describe their recording, or None if they still do.
 
-    ``results`` is a ``ProbeResults`` or its dict. Results written from a recording carry its
-    ``recording_id``; a recording replaced since (``rl-lab record --overwrite``) has another one,
-    and a removed recording has none. Results from before recording ids are never called stale.
+    ``results`` is a ``ProbeResults`` or its dict; ``recording`` the activation file they came
+    from (default: the document's ``file``, which may be relative to where the probes ran).
+    Results written from a recording carry its ``recording_id``; a recording replaced since
+    (``rl-lab record --overwrite``) has another one, and a removed recording has none. Results
+    from before recording ids are never called stale.
     """
     doc = results.to_dict() if hasattr(results, "to_dict") else dict(results)
     wanted = doc.get("recording_id")
     if not wanted:
         return None
+    path = Path(recording) if recording is not None else Path(str(doc.get("file", "")))
+    if not path.is_file():
+        return f"stale: the recording {path.name} is gone"
+    if recording_id(path) != wanted:
+        return f"stale: the recording {path.name} was replaced after these probes ran; probe it again"
+    return None
     path = Path(str(doc.get("file", "")))
     if not path.is_file():
         return f"stale: the recording {path.name} is gone"

@@ -46,7 +46,7 @@ import numpy as np
 from probes.activations import MAX_CLASSES, ActivationFile
 from probes.errors import ProbeError
 from probes.layout import PROBE_RESULTS_SUFFIX, PROBE_WEIGHTS_SUFFIX, run_of_file
-from probes.logistic import CS, auroc, fit_logistic, log_loss, predict_proba
+from probes.logistic import CS, auroc, fit_logistic, log_loss, predict_proba, standardiser
 from probes.results import (
     ACCURACY,
     CONTINUOUS,
@@ -409,7 +409,7 @@ def fit_source(
                 inners.append(inner)
                 Cs.extend(chosen)
             C = _geo_median(np.array(Cs))
-            mu, scale = _standardiser(X[ok])
+            mu, scale = standardiser(X[ok])
             w = fit_logistic((X[ok] - mu) / scale, y[ok], len(plan.classes), C)
             raw_coef = (w[:-1] / scale[:, None]).T  # [cols, d]
             raw_bias = w[-1] - (mu / scale) @ w[:-1]
@@ -558,7 +558,7 @@ def _fit_logistic_nested(
                 vals = [(fold == j, k), (fold == k, j)]  # (validation rows, the outer fold they serve)
                 if not tr.any() or len(np.unique(y[tr])) < 2:
                     continue
-                mu, scale = _standardiser(X[tr])
+                mu, scale = standardiser(X[tr])
                 xt = (X[tr] - mu) / scale
                 xtb = np.concatenate([xt, np.ones((len(xt), 1))], axis=1)
                 xv = [((X[m] - mu) / scale, y[m], outer) for m, outer in vals if m.any()]
@@ -588,22 +588,10 @@ def _fit_logistic_nested(
             C, inner[k] = float(CS[best]), accs[k, best] / votes[k]
         chosen.append(C)
         tr = fold != k
-        mu, scale = _standardiser(X[tr])
+        mu, scale = standardiser(X[tr])
         w = fit_logistic((X[tr] - mu) / scale, y[tr], n_classes, C)
         models.append((w, mu, scale))
     return models, inner, chosen
-
-
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population std of the columns (constant columns keep scale 1), as StandardScaler."""
-    if len(x) == 0:
-        return np.zeros(x.shape[1]), np.ones(x.shape[1])
-    mu = x.mean(axis=0)
-    var = x.var(axis=0)
-    scale = np.sqrt(var)
-    tiny = 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0) ** 2
-    scale[var <= tiny] = 1.0
-    return mu, scale
 
 
 def mean_baseline(plan: LabelPlan, target: np.ndarray, ep_idx: np.ndarray, folds: OuterFolds) -> ProbeResult:

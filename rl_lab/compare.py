@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from probes.activations import stale_reason
 from probes.errors import ProbeError
 from probes.layout import RunsDirLayout
 from probes.linear import best_hook, probe_file
@@ -157,6 +158,9 @@ def compare(
     notes: list[str] = []
     for run in runs:
         doc, path = probe_doc(run, labels=labels)
+        stale = stale_reason(doc, run.activation_path(path.stem))
+        if stale:
+            notes.append(f"run {run.name}: {stale}")
         if hooks and not any(hook_matches(rec.hook, hooks) for rec in doc.records):
             probed = sorted({rec.hook for rec in doc.records})
             raise LabError(f"no probed hook of run {run.name!r} matches --hooks {' '.join(hooks)} "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -152,12 +151,20 @@ def test_record_overwrite_killed_keeps_previous(tiny_run, tmp_path: Path, capsys
     with ActivationFile(h5) as f:
         assert f.complete
     # Probe results refer to the recording they read; replacing it makes them stale.
-    code, err = _cli(["probe", str(h5), "--labels", "value", "--hooks", "value_net", "--json"], capsys)
+    code, err = _cli(["probe", str(h5), "--labels", "value,threat", "--hooks", "value_net", "--json"], capsys)
     assert code == 0, err
     results = json.loads(layout.probe_results_path(h5.stem).read_text())
     assert results["recording_id"] == recording_id(h5) and stale_reason(results) is None
+    from rl_lab.compare import compare
+    from tui.data import load_probe_file
+
+    assert not any("stale" in n for n in load_probe_file(layout.probe_results_path(h5.stem)).notes)
     record_run(name, runs_dir, episodes=2, overwrite=True)
     assert "replaced" in stale_reason(results)
+    # every reader says so: the app's probes screen and a comparison
+    assert "replaced" in load_probe_file(layout.probe_results_path(h5.stem)).notes[0]
+    notes = compare([name], runs_dir, write=False)["notes"]
+    assert any(n.startswith(f"run {name}: stale") for n in notes)
 
 
 def test_sae_overwrite_refuses_and_killed_keeps_previous(tiny_run, tmp_path: Path, capsys, monkeypatch) -> None:

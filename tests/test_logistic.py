@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from probes.logistic import LogisticBatch, fit_logistic, logistic_cv, nested_logistic, predict_proba, standardiser
+from probes.logistic import LogisticBatch, fit_logistic, logistic_cv, predict_proba, standardiser
 
 
 def data(n: int = 600, d: int = 12, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +49,7 @@ def test_fit_logistic_warm_start_and_path() -> None:
     assert "design" in state  # the preconditioner's eigenbasis is kept along the path
 
 
-def test_logistic_cv_and_nested_equal_separate_fits() -> None:
+def test_logistic_cv_equals_separate_fits() -> None:
     x, y = data(n=500, k=3, seed=2)
     rng = np.random.default_rng(3)
     fold = rng.integers(0, 4, len(x))
@@ -66,12 +66,3 @@ def test_logistic_cv_and_nested_equal_separate_fits() -> None:
                 losses[i] -= np.mean(np.log(np.clip(p[np.arange(va.sum()), Y[va, t]], 1e-15, 1)))
         assert np.allclose(cv[t].losses, losses, rtol=1e-5)
         assert cv[t].C == np.logspace(-3, 2, 6)[np.argmin(losses)]
-    nested = nested_logistic(x, Y, fold, 4, [3, 2])
-    for t, K in enumerate((3, 2)):
-        for k in range(4):
-            w, mu, sc = nested[t].models[k]
-            tr = fold != k
-            mu2, sc2 = standardiser(x[tr])
-            w2 = fit_logistic((x[tr] - mu2) / sc2, Y[tr, t], K, nested[t].chosen[k])
-            assert np.allclose(predict_proba((x - mu) / sc, w, K), predict_proba((x - mu2) / sc2, w2, K), atol=1e-5)
-        assert np.all(np.isfinite(nested[t].inner))

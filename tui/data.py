@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from probes.errors import ProbeError
-from probes.layout import LOG_SUFFIX, METRICS_JSONL, RUN_JSON, RunsDirLayout
+from probes.layout import LOG_SUFFIX, METRICS_JSONL, RUN_JSON, RunLayout, RunsDirLayout
 from probes.results import ProbeRecord, read_probe_results
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, checkpoint_step, read_run_json
@@ -496,9 +496,14 @@ def load_probe_file(path: Path) -> ProbeFile:
         doc = read_probe_results(path)
     except ProbeError as exc:
         return ProbeFile(path, [], [], path.stem, error=str(exc))
+    from probes.activations import stale_reason  # h5py: read in the screen's worker, not at start-up
+
     notes = list(doc.notes)
     if doc.skipped:
         notes.append(f"{doc.skipped} malformed record(s) skipped")
+    stale = stale_reason(doc, RunLayout(path.parent.parent).activation_path(path.stem))
+    if stale:
+        notes.insert(0, stale)
     return ProbeFile(path, doc.records, notes, doc.checkpoint)
 
 
