@@ -56,6 +56,11 @@ class TrainConfig:
     """Transformer policy: blocks."""
     n_heads: int = 2
     """Transformer policy: attention heads per block."""
+    separate_critic: bool = False
+    """Transformer policy: the critic reads its own trunk of the same shape (the actor's trunk is
+    then trained by the policy gradient alone) instead of sharing the actor's."""
+    n_epochs: int | None = None
+    """PPO: passes over each rollout; ``None`` keeps SB3's 10."""
     lstm_hidden: int = 64
     """Recurrent PPO: LSTM hidden size (one layer; separate actor and critic LSTMs)."""
     checkpoint_every: int = 10_000
@@ -92,6 +97,10 @@ class TrainConfig:
                     raise LabError(f"the transformer's {name} must be positive, got {getattr(self, name)}")
             if self.d_model % self.n_heads:
                 raise LabError(f"--d-model ({self.d_model}) must be divisible by --heads ({self.n_heads})")
+        if self.separate_critic and self.policy != "transformer":
+            raise LabError("--separate-critic is for --policy transformer (the MLP policy's critic is separate already)")
+        if self.n_epochs is not None and self.algo not in ("ppo", "recurrent-ppo"):
+            raise LabError(f"--epochs is for --algo ppo or recurrent-ppo, not {self.algo}")
         if self.algo == "recurrent-ppo" and self.lstm_hidden < 1:
             raise LabError(f"the LSTM's hidden size must be positive, got {self.lstm_hidden}")
 
@@ -117,7 +126,8 @@ class TrainConfig:
         kwargs["policy_kwargs"] = {"net_arch": {"pi": list(self.net_arch), "vf": list(self.net_arch)}}
         if self.policy == "transformer":
             kwargs["policy_kwargs"] = {"context": self.context, "d_model": self.d_model,
-                                       "n_layers": self.n_layers, "n_heads": self.n_heads}
+                                       "n_layers": self.n_layers, "n_heads": self.n_heads,
+                                       "separate_critic": self.separate_critic}
         if self.algo == "recurrent-ppo":
             kwargs["policy_kwargs"].update(lstm_hidden_size=self.lstm_hidden, n_lstm_layers=1)
         if self.algo in ("ppo", "recurrent-ppo"):
@@ -126,4 +136,6 @@ class TrainConfig:
             while rollout % batch and batch > 1:
                 batch -= 1
             kwargs["batch_size"] = batch
+            if self.n_epochs is not None:
+                kwargs["n_epochs"] = self.n_epochs
         return kwargs

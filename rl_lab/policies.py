@@ -5,8 +5,11 @@
 ``use_rtg=False`` — the very network BC trains (``boot_native`` TransformerLens bridge, tokens
 (s_t, a_t) per timestep plus a timestep embedding, context K, left padding masked out of
 attention) — read at the state token of the current step, after the model's final LayerNorm,
-by two linear heads: SB3's ``action_net`` (the actor) and ``value_net`` (the critic). Actor and
-critic share the trunk. PPO-transformer and BC thus differ only in their training signal.
+by two linear heads: SB3's ``action_net`` (the actor) and ``value_net`` (the critic). By default
+actor and critic share the trunk; with ``separate_critic=True`` the critic reads a second
+transformer of the same shape (as SB3's MLP policy has separate actor and critic networks), so the
+actor's trunk is trained by the policy gradient alone. Either way the actor's trunk is BC's
+network: PPO-transformer and BC differ only in their training signal.
 
 The K-step history SB3 must store in its rollout buffer is part of the observation:
 ``HistoryObservation`` wraps every training environment, and ``HistoryStack`` builds the same
@@ -27,11 +30,13 @@ Hooks: ``hook_modules()`` maps each TransformerLens hook name a DT/BC recording 
 a pattern, the current state token's attention row [B, n_heads * n_ctx]) whose output is written
 back into the network. A forward hook on the view reads or edits exactly what the DT adapter
 records, so the recorder, steering and SAE splicing address the transformer policy by the same
-names, through ``rl_lab.adapters.SB3Adapter``, with no special case.
+names, through ``rl_lab.adapters.SB3Adapter``, with no special case. A separate critic's trunk
+is recorded under the same names prefixed ``critic.`` (``critic.blocks.0.hook_resid_post``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import gymnasium
@@ -201,6 +206,25 @@ class TransformerTrunk(nn.Module):
         return self._forward(features)
 
 
+class SeparateTrunks(nn.Module):
+    """SB3's ``mlp_extractor`` slot with two trunks of one shape: the actor's and the critic's."""
+
+    def __init__(self, cfg: DTModelConfig) -> None:
+        super().__init__()
+        self.actor = TransformerTrunk(cfg)
+        self.critic = TransformerTrunk(dataclasses.replace(cfg, seed=cfg.seed + 1))
+        self.latent_dim_pi = self.latent_dim_vf = cfg.d_model
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor._forward(features), self.critic._forward(features)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        return self.actor._forward(features)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.critic._forward(features)
+
+
 class TransformerActorCriticPolicy(ActorCriticPolicy):
     """An SB3 actor-critic policy on the BC transformer (see the module docstring).
 
@@ -214,17 +238,20 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
         SB3's learning-rate schedule.
     context, d_model, n_layers, n_heads:
         K and the transformer's shape, as for BC (``d_mlp = 4 * d_model``).
+    separate_critic:
+        Give the critic its own trunk of the same shape instead of sharing the actor's.
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
                  context: int = 10, d_model: int = 64, n_layers: int = 2, n_heads: int = 2,
-                 **kwargs: Any) -> None:
+                 separate_critic: bool = False, **kwargs: Any) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError(f"the transformer policy needs a Discrete action space, not {type(action_space).__name__}")
         size = int(np.prod(observation_space.shape))
         if size % context or size // context <= 3:
             raise ValueError(f"observation of length {size} is not a history vector of {context} steps")
         self.context = context
+        self.separate_critic = bool(separate_critic)
         self.model_config = DTModelConfig(
             obs_dim=size // context - 3, n_actions=int(action_space.n), context=context, use_rtg=False,
             d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_mlp=4 * d_model,
@@ -240,19 +267,32 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
         nn.init.zeros_(self.value_net.bias)
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = TransformerTrunk(self.model_config)
+        if self.separate_critic:
+            self.mlp_extractor = SeparateTrunks(self.model_config)
+        else:
+            self.mlp_extractor = TransformerTrunk(self.model_config)
+
+    @property
+    def actor_trunk(self) -> TransformerTrunk:
+        """The trunk the actor reads: the network BC's recordings compare with."""
+        extractor = self.mlp_extractor
+        return extractor.actor if isinstance(extractor, SeparateTrunks) else extractor  # type: ignore[return-value]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(context=self.context, d_model=self.model_config.d_model,
-                    n_layers=self.model_config.n_layers, n_heads=self.model_config.n_heads)
+                    n_layers=self.model_config.n_layers, n_heads=self.model_config.n_heads,
+                    separate_critic=self.separate_critic)
         return data
 
     # ------------------------------------------------------------------ what the recorder uses
     def hook_modules(self) -> dict[str, nn.Module]:
-        """Hook name -> module: the step views, then the actor and critic heads."""
-        trunk: TransformerTrunk = self.mlp_extractor  # type: ignore[assignment]
-        return {**trunk.views, "action_net": self.action_net, "value_net": self.value_net}
+        """Hook name -> module: the actor trunk's step views, a separate critic's (``critic.``-prefixed),
+        then the actor and critic heads."""
+        views: dict[str, nn.Module] = dict(self.actor_trunk.views)
+        if isinstance(self.mlp_extractor, SeparateTrunks):
+            views.update({f"critic.{name}": view for name, view in self.mlp_extractor.critic.views.items()})
+        return {**views, "action_net": self.action_net, "value_net": self.value_net}
 
     def linear_in(self) -> dict[str, list[str]]:
         """Labels linear by construction in a hook: the value in the critic head's output."""

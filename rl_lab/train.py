@@ -196,6 +196,9 @@ def check_config(cfg: TrainConfig) -> None:
                         ("--checkpoint-every", cfg.checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise LabError(f"{name} must be a positive whole number, got {value!r}")
+    if cfg.n_epochs is not None and (isinstance(cfg.n_epochs, bool) or not isinstance(cfg.n_epochs, int)
+                                     or cfg.n_epochs <= 0):
+        raise LabError(f"--epochs must be a positive whole number, got {cfg.n_epochs!r}")
     if not cfg.net_arch or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in cfg.net_arch):
         raise LabError(f"the hidden layer sizes must be positive whole numbers, got {cfg.net_arch!r}")
 

@@ -171,6 +171,38 @@ def test_transformer_probe_and_steer(agent_runs: Path) -> None:
     assert metrics.values["kl"][0] == 0.0 and metrics.values["kl"][1] > 0.0
 
 
+def test_separate_critic_trains_the_actor_trunk_by_the_policy_gradient_alone(tmp_path: Path) -> None:
+    """--separate-critic: a second trunk of the same shape feeds the critic, recorded as critic.<hook>;
+    the value loss leaves the actor's trunk untouched, and --epochs reaches PPO."""
+    from rl_lab.adapters import load_sb3
+    from rl_lab.record import record_run
+    from rl_lab.train import train
+
+    train(TrainConfig(env_id=ENV, algo="ppo", policy="transformer", separate_critic=True, n_epochs=2,
+                      total_timesteps=256, n_envs=2, context=3, d_model=16, checkpoint_every=256),
+          tmp_path, name="sep")
+    run = _run(tmp_path, "sep")
+    model = load_sb3(run, run.latest_checkpoint())
+    assert model.n_epochs == 2
+    policy = model.policy
+    cfg = DTModelConfig(obs_dim=11, n_actions=5, context=3, use_rtg=False, d_model=16)
+    names = set(policy.hook_modules())
+    assert names == set(stored_hooks(cfg)) | {f"critic.{h}" for h in stored_hooks(cfg)} | {"action_net", "value_net"}
+    actor, critic = policy.mlp_extractor.actor, policy.mlp_extractor.critic
+    assert not torch.equal(actor.model.state_embed.weight, critic.model.state_embed.weight)
+    h = HistoryStack(11, 3)
+    x = torch.as_tensor(np.stack([h.reset(np.full(11, 0.5))]))
+    policy.zero_grad()
+    policy.predict_values(x).sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in actor.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in critic.parameters())
+    record_run("sep", tmp_path, episodes=2, seed=0)
+    (path,) = sorted(run.activations_dir.glob("*.h5"))
+    with h5py.File(path) as f:
+        assert "critic.blocks.1.hook_resid_post" in f["acts"] and "blocks.1.hook_resid_post" in f["acts"]
+        np.testing.assert_allclose(f["acts/value_net"][:, 0], f["labels/value"][:], rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- recurrent PPO
 def test_recurrent_run_records_lstm_states(agent_runs: Path) -> None:
     run = _run(agent_runs, "lstm")
@@ -304,6 +336,10 @@ async def test_tui_shows_both_agents(agent_runs: Path) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["--algo", "dqn", "--policy", "transformer"], "--policy transformer is for --algo ppo or a2c"),
     (["--algo", "ppo", "--policy", "transformer", "--d-model", "30", "--heads", "4"], "divisible"),
+    (["--algo", "ppo", "--separate-critic"], "--separate-critic is for --policy transformer"),
+    (["--algo", "a2c", "--epochs", "3"], "--epochs is for --algo ppo or recurrent-ppo"),
+    (["--algo", "ppo", "--epochs", "0"], "--epochs"),
+    (["--algo", "ppo", "--ent-coef", "-1"], "--ent-coef"),
 ])
 def test_bad_policy_options_exit_2(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
     try:

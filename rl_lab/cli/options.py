@@ -69,6 +69,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number, 0 or more (an entropy coefficient, ...)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of 0 or more, got {text[:40]}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
     value = finite_float(text)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rl_lab.cli.options import add_runs_dir, nonnegative_int, positive_float, positive_int, runs_dir, seed
+from rl_lab.cli.options import add_runs_dir, nonnegative_float, nonnegative_int, positive_float, positive_int, runs_dir, seed
 from rl_lab.config import DT_ALGOS, POLICIES, TRANSFORMER_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import RunStore
@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="mlp", choices=POLICIES,
                         help="ppo/a2c network: mlp, or transformer (the BC transformer over the last --context "
                              "steps, shaped by --d-model, --layers, --heads) (default: mlp)")
+    parser.add_argument("--separate-critic", action="store_true",
+                        help="--policy transformer: the critic reads its own trunk of the same shape "
+                             "(recorded as critic.<hook>) instead of sharing the actor's")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="PPO: passes over each rollout (default: SB3's 10)")
+    parser.add_argument("--ent-coef", type=nonnegative_float, default=0.0,
+                        help="PPO/A2C: entropy bonus (default: 0)")
     parser.add_argument("--lstm-hidden", type=positive_int, default=64,
                         help="recurrent-ppo: LSTM hidden size (default: 64)")
     parser.add_argument("--steps", type=positive_int, default=None,
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
         checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
+        separate_critic=args.separate_critic, n_epochs=args.epochs, ent_coef=args.ent_coef,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")
     try:
