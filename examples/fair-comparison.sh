@@ -4,6 +4,9 @@
 #
 #   ppo-mlp   PPO, SB3's 64-64 MLP (one observation)                      --algo ppo
 #   ppo-tf    PPO, the BC transformer over the last K steps (same network)  --algo ppo --policy transformer
+#             with its own critic trunk (--separate-critic, as the MLP's critic is separate), lr 1e-4 and
+#             4 epochs per rollout: SB3's MLP settings (lr 3e-4, 10 epochs) make the transformer unstable
+#             (approx. KL 0.3 per update) and it stops improving (docs/results.md)
 #   rppo      recurrent PPO, an LSTM (memory over the whole episode)        --algo recurrent-ppo
 #   dt, bc    decision transformer / behaviour cloning, trained by supervision on ppo-mlp's
 #             trajectories (every checkpoint plus a random policy)
@@ -15,23 +18,25 @@
 #
 #   bash examples/fair-comparison.sh [RUNS_DIR]          # default: runs/fair-comparison
 #
-# Budget (environment knobs): SEEDS ("0 1 2 3 4"), RL_STEPS (1600000 environment steps for each RL
-# agent, where PPO-MLP reaches a training return of about 7; docs/results.md), DT_STEPS (3000 gradient
-# steps at most, early stopping on held-out loss), TRAJ_EPISODES (40 per source checkpoint), EPISODES
-# (40 recorded), CONTEXT (10, K of the transformers). On one core PPO-MLP takes ~12 min a seed, the
-# transformer PPO ~3 h (140 env steps/s; benchmarks/dt_train.py), recurrent PPO ~1 h: run seeds as
-# parallel invocations (SEEDS="0", SEEDS="1", ...), then a final invocation with every seed (all
-# stages done) prints the comparison. Finished stages are skipped on a rerun.
+# Budget (environment knobs): SEEDS ("0 1 2 3 4"), RL_STEPS (150000 environment steps for each RL
+# agent), DT_STEPS (1000 gradient steps at most, early stopping on held-out loss), TRAJ_EPISODES (20
+# per source checkpoint), EVAL_EPISODES (20 per return target for the DT's eval.json), EPISODES (30
+# recorded, environment seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the
+# transformers). On a 2-core machine one seed takes ~35 min (the transformer PPO ~10 of them, at
+# ~250 env steps/s): run seeds as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final
+# invocation with every seed (all stages done) prints the comparison. Finished stages are skipped
+# on a rerun. docs/results.md has the table this produced and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
 
 RUNS="${1:-runs/fair-comparison}"
 SEEDS="${SEEDS:-0 1 2 3 4}"
-RL_STEPS="${RL_STEPS:-1600000}"
-DT_STEPS="${DT_STEPS:-3000}"
-TRAJ_EPISODES="${TRAJ_EPISODES:-40}"
-EPISODES="${EPISODES:-40}"
+RL_STEPS="${RL_STEPS:-150000}"
+DT_STEPS="${DT_STEPS:-1000}"
+TRAJ_EPISODES="${TRAJ_EPISODES:-20}"
+EVAL_EPISODES="${EVAL_EPISODES:-20}"
+EPISODES="${EPISODES:-30}"
 CONTEXT="${CONTEXT:-10}"
 LABELS="${LABELS:-value,td_error,prev_td_error,hope,fear,surprise,prev_surprise,joy,prev_joy,distress,prev_distress,mood,arousal,reward,prev_reward,return_to_go,hunger,thirst,threat,distance_to_threat}"
 CKPT_EVERY=$(( RL_STEPS / 10 > 0 ? RL_STEPS / 10 : 1 ))
@@ -48,16 +53,17 @@ train_rl() {  # NAME ARGS...: an RL agent at the shared budget
 names=()
 for s in $SEEDS; do
   train_rl "ppo-mlp-s$s" --algo ppo
-  train_rl "ppo-tf-s$s" --algo ppo --policy transformer
+  train_rl "ppo-tf-s$s" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4
   train_rl "rppo-s$s" --algo recurrent-ppo
   for algo in dt bc; do
     done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
       --context "$CONTEXT" --episodes-per-policy "$TRAJ_EPISODES" --trajectories "ep$TRAJ_EPISODES" \
+      --eval-episodes "$EVAL_EPISODES" \
       --name "$algo-s$s" --runs-dir "$RUNS"
   done
   for run in "ppo-mlp-s$s" "ppo-tf-s$s" "rppo-s$s" "dt-s$s" "bc-s$s"; do
     critic=(--reference-critic "ppo-mlp-s$s"); [ "$run" = "ppo-mlp-s$s" ] && critic=()
-    recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$s" "${critic[@]}" --runs-dir "$RUNS"
+    recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$((1000 + s))" "${critic[@]}" --runs-dir "$RUNS"
     probed "$run" || rl-lab probe "$run" --labels "$LABELS" --seed "$s" --runs-dir "$RUNS" > /dev/null
     names+=("$run")
   done
@@ -69,3 +75,9 @@ echo
 echo "== acting hooks only: the MLP actor, the transformers' residual streams, the LSTM's actor memory =="
 rl-lab compare "${names[@]}" --group-by agent --hooks 'mlp_extractor.policy_net.*' --hooks 'blocks.*' \
   --hooks 'lstm_actor.*' --runs-dir "$RUNS"
+echo
+echo "== the test itself: the same transformer, the same hooks and inputs, trained by PPO or by imitation =="
+ppo_tf_bc=()
+for s in $SEEDS; do ppo_tf_bc+=("ppo-tf-s$s" "bc-s$s" "dt-s$s"); done
+rl-lab compare "${ppo_tf_bc[@]}" --group-by agent --hooks 'blocks.*' \
+  --contrast ppo-transformer:bc --contrast ppo-transformer:dt --runs-dir "$RUNS"

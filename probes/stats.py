@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 
 CONFIDENCE = 0.95
 
@@ -49,3 +50,21 @@ def t_interval(values: Iterable[float | None], confidence: float = CONFIDENCE) -
         return mean, math.nan, math.nan
     half = float(student_t.ppf(0.5 + confidence / 2.0, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return mean, mean - half, mean + half
+
+
+def paired_t(differences: Iterable[float | None], confidence: float = CONFIDENCE) -> dict[str, float | int | None]:
+    """Paired test of ``A - B`` over matched repeats (one difference per seed): the mean difference,
+    its Student-t interval and the two-sided p-value of the one-sample t-test against 0.
+
+    Returns ``{"mean", "low", "high", "p", "n"}``; ``p`` is None with fewer than two differences,
+    and 1.0 (no evidence) when every difference is 0.
+    """
+    x = finite_values(differences)
+    mean, low, high = t_interval(x, confidence)
+    if x.size < 2:
+        p = None
+    elif np.all(x == x[0]):
+        p = 1.0 if x[0] == 0 else 0.0
+    else:
+        p = float(ttest_1samp(x, 0.0).pvalue)
+    return {"mean": mean, "low": low, "high": high, "p": p, "n": int(x.size)}

@@ -18,6 +18,13 @@ Runs are grouped (by ``algo``, or any ``run.json`` key with ``group_by``, dotted
 keys, e.g. ``config.env_kwargs.interoception``); each group's score per label is the mean over
 its runs (seeds) with a 95% t-interval across them.
 
+``contrasts`` (pairs of groups, e.g. ``("ppo-transformer", "bc")``) answer the lab's question
+directly: for each variable, group A's gain over its twin minus group B's, paired by seed (runs of
+the two groups with the same ``run.json`` seed), with a t-interval and a paired t-test across
+seeds, Holm-corrected over every (contrast, variable) cell. Each run's behaviour — the mean
+return of the episodes it was probed on — sits beside, so a reader sees how competent each
+group was.
+
 The comparison is written to ``RUNS/comparisons/compare-<time>.json``
 (``probes.layout.RunsDirLayout.comparisons_dir``).
 """
@@ -31,14 +38,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import h5py
 import numpy as np
 
 from probes.activations import stale_reason
 from probes.errors import ProbeError
 from probes.layout import RunsDirLayout
-from probes.linear import best_hook, probe_file
+from probes.linear import best_hook, holm, probe_file
 from probes.results import ProbeRecord, ProbeResults, read_probe_results
-from probes.stats import t_interval
+from probes.stats import paired_t, t_interval
 from rl_lab.errors import LabError
 from rl_lab.labels import default_derived_from, is_readout
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
@@ -133,6 +141,59 @@ def seed_interval(values: Sequence[float]) -> tuple[float, list[float] | None]:
     return mean, ([low, high] if math.isfinite(low) else None)
 
 
+def recorded_return(path: Path) -> dict[str, Any] | None:
+    """Mean (and standard error) of the episode returns in an activation file, or None if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            reward = np.asarray(f["steps/reward"][:], dtype=np.float64)
+            episode = np.asarray(f["steps/episode"][:])
+    except (OSError, KeyError, ValueError):
+        return None
+    if reward.size == 0:
+        return None
+    _, inverse = np.unique(episode, return_inverse=True)
+    returns = np.bincount(inverse, weights=reward)
+    se = float(returns.std(ddof=1) / math.sqrt(len(returns))) if len(returns) > 1 else None
+    return {"mean": float(returns.mean()), "se": se, "episodes": int(len(returns))}
+
+
+def parse_contrast(text: str) -> tuple[str, str]:
+    """``"A:B"`` -> ``(A, B)``: two group names (as ``--group-by`` gives them)."""
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise LabError(f"malformed contrast {text!r}: expected GROUP_A:GROUP_B, two different groups")
+    return parts[0], parts[1]
+
+
+def contrast_cells(per_run: Sequence[dict[str, Any]], variables: Sequence[str],
+                   contrasts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """For each contrast and variable: A's gain over its twin minus B's, paired by seed; Holm-corrected."""
+    cells: list[dict[str, Any]] = []
+    for a, b in contrasts:
+        by_seed = {g: {r["seed"]: r for r in per_run if r["group"] == g} for g in (a, b)}
+        seeds = sorted(set(by_seed[a]) & set(by_seed[b]), key=str)
+        for label in variables:
+            diffs, used = [], []
+            for seed in seeds:
+                ra, rb = by_seed[a][seed]["best"].get(label), by_seed[b][seed]["best"].get(label)
+                if not ra or not rb or ra.get("random_weights") is None or rb.get("random_weights") is None:
+                    continue
+                diffs.append((ra["score"] - ra["random_weights"]) - (rb["score"] - rb["random_weights"]))
+                used.append(seed)
+            test = paired_t(diffs)
+            cells.append({"a": a, "b": b, "label": label, "seeds": used, "differences": diffs,
+                          "mean": test["mean"], "ci": ([test["low"], test["high"]] if test["p"] is not None else None),
+                          "p": test["p"], "n": test["n"]})
+    tested = [c for c in cells if c["p"] is not None]
+    for c, adj in zip(tested, holm([c["p"] for c in tested])):
+        c["p_holm"] = adj
+        c["significant"] = bool(adj < 0.05)
+    for c in cells:
+        c.setdefault("p_holm", None)
+        c.setdefault("significant", False)
+    return cells
+
+
 def compare(
     run_names: Sequence[str],
     runs_dir: Path | str | None = None,
@@ -141,12 +202,15 @@ def compare(
     random_baseline: bool = True,
     write: bool = True,
     hooks: Sequence[str] | None = None,
+    contrasts: Sequence[tuple[str, str] | str] | None = None,
 ) -> dict[str, Any]:
     """Compare probe results across runs; returns (and writes to ``RUNS/comparisons/compare-<time>.json``) the document.
 
     ``hooks``: shell-style patterns; a run's score per label is its best over the matching hooks.
+    ``contrasts``: pairs of groups (or ``"A:B"`` strings) tested against each other, paired by seed.
     """
     hooks = [h for h in (hooks or []) if h] or None
+    pairs = [parse_contrast(c) if isinstance(c, str) else (str(c[0]), str(c[1])) for c in (contrasts or [])]
     if not run_names:
         raise LabError("name at least one run to compare")
     store = RunStore(runs_dir)
@@ -167,6 +231,7 @@ def compare(
                            f"(probed: {', '.join(probed[:6])}{', ...' if len(probed) > 6 else ''})")
         per_run.append({"name": run.name, "algo": run.info.get("algo"), "group": group_key(run, group_by),
                         "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.checkpoint,
+                        "return": recorded_return(run.activation_path(path.stem)),
                         "best": best_by_label(doc, hooks)})
     envs: dict[str, set[str]] = {}
     for run, r in zip(runs, per_run):
@@ -176,6 +241,11 @@ def compare(
         g, e = next(iter(mixed.items()))
         raise LabError(f"group {g!r} mixes runs of different environments ({', '.join(e)}), whose scores "
                        "cannot be averaged: compare runs of one environment, or group by env_id")
+    for a, b in pairs:
+        for g in (a, b):
+            if not any(r["group"] == g for r in per_run):
+                known = ", ".join(sorted({str(r["group"]) for r in per_run}))
+                raise LabError(f"contrast {a}:{b}: no compared run is in group {g!r} (groups: {known})")
     common = set.intersection(*(set(r["best"]) for r in per_run))
     if labels:
         for label in labels:
@@ -234,6 +304,16 @@ def compare(
     if random_baseline and any(g.endswith(RANDOM_SUFFIX) and not any(g in t["groups"] for t in table.values())
                                for g in groups):
         notes.append("some runs were recorded without the random-weights baseline")
+    variables = [label for label in chosen if label not in readouts]
+    behaviour: dict[str, Any] = {}
+    for g in dict.fromkeys(r["group"] for r in per_run):
+        values = [r["return"]["mean"] for r in per_run if r["group"] == g and r["return"]]
+        if values:
+            mean, ci = seed_interval(values)
+            behaviour[g] = {"mean_return": mean, "ci": ci, "n": len(values), "returns": values}
+    cells = contrast_cells(per_run, variables, pairs) if pairs else []
+    if pairs and not any(c["p"] is not None for c in cells):
+        notes.append("no contrast could be tested: it needs two or more seeds present in both groups")
     result: dict[str, Any] = {
         "schema_version": 1,
         "created": now_iso(),
@@ -241,8 +321,10 @@ def compare(
         "hooks": hooks,
         "runs": [{k: v for k, v in r.items() if k != "best"} for r in per_run],
         "labels": chosen,
-        "variables": [label for label in chosen if label not in readouts],
+        "variables": variables,
         "readouts": readouts,
+        "behaviour": behaviour,
+        "contrasts": cells,
         "groups": [g for g in groups if any(g in t["groups"] for t in table.values())],
         "table": table,
         "notes": notes,
@@ -357,6 +439,27 @@ def format_table(result: dict[str, Any]) -> str:
             sources = result["table"][label].get("derived_from", {})
             where = ", ".join(f"{v} in {k}" for k, v in sources.items() if is_readout(v))
             lines.append(score_row(label) + f"  {where}")
+    behaviour = result.get("behaviour") or {}
+    if behaviour:
+        lines.append("")
+        lines.append("behaviour: mean return of the probed episodes (mean across runs, 95% interval)")
+        for g, b in behaviour.items():
+            ci = f" [{b['ci'][0]:+.2f}, {b['ci'][1]:+.2f}]" if b.get("ci") else ""
+            lines.append(f"  {g:<{width}}  {b['mean_return']:+.2f}{ci} (n={b['n']})")
+    cells = result.get("contrasts") or []
+    if cells:
+        lines.append("")
+        lines.append("contrasts: A's gain over its twin minus B's, paired by seed; p from a paired t-test, "
+                     f"Holm-corrected over {sum(c['p'] is not None for c in cells)} tests")
+        for c in cells:
+            if c["p"] is None:
+                lines.append(f"  {c['a']} - {c['b']}  {c['label']:<{lw}}  {c['mean']:+.3f} (n={c['n']}: untested)")
+                continue
+            mark = " *" if c["significant"] else ""
+            lines.append(f"  {c['a']} - {c['b']}  {c['label']:<{lw}}  {c['mean']:+.3f} "
+                         f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  p={c['p']:.3g}  p_holm={c['p_holm']:.3g}{mark} "
+                         f"(n={c['n']})")
+        lines.append("* = significant after Holm's correction (p_holm < 0.05)")
     lines.append("")
     if result.get("hooks"):
         lines.append(f"scores are each run's best over the hooks matching {' '.join(result['hooks'])}")

@@ -181,3 +181,58 @@ def test_demo_explains_a_comparison_from_its_numbers(tmp_path: Path) -> None:
     # Gain over the random twin: ppo (0.9 - 0.5 + 0.05 - 0.075) / 2, dt (0.5 - 0.3 + 0.02 - 0.06) / 2.
     assert "ppo +0.24, dt +0.13" in sentences[2]  # each twin at the chosen hook
     assert "without PPO's critic" in sentences[3] and "ppo best on 1 of 2" in sentences[3]
+
+
+def test_contrast_pairs_by_seed_and_corrects_for_every_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A's gain over its twin minus B's, paired by seed: a consistent difference is found, a label
+    with no difference is not, and Holm multiplies the smallest p by the number of tests."""
+    from scipy.stats import ttest_1samp
+
+    store = RunStore(tmp_path)
+    noise = [0.0, 0.03, -0.02, 0.01]
+    for s, e in enumerate(noise):
+        # twins are score / 2 at layer.a: gain = score / 2
+        _make_run(store, f"rl{s}", "ppo", s, {"hunger": 0.8 + e, "thirst": 0.5 + e})
+        _make_run(store, f"sup{s}", "bc", s, {"hunger": 0.4 + 0.5 * e, "thirst": 0.5 + 1.3 * e})
+    _make_run(store, "sup9", "bc", 9, {"hunger": 0.1, "thirst": 0.1})  # no partner seed: left out of the pairs
+    names = [f"{g}{s}" for g in ("rl", "sup") for s in range(4)] + ["sup9"]
+    result = compare(names, tmp_path, write=False, contrasts=["ppo:bc"])
+    cells = {c["label"]: c for c in result["contrasts"]}
+    hunger = cells["hunger"]
+    assert hunger["seeds"] == [0, 1, 2, 3] and hunger["n"] == 4
+    expected = [(0.8 + e) / 2 - (0.4 + 0.5 * e) / 2 for e in noise]
+    assert hunger["differences"] == pytest.approx(expected)
+    p = float(ttest_1samp(expected, 0.0).pvalue)
+    assert hunger["p"] == pytest.approx(p) and hunger["mean"] == pytest.approx(sum(expected) / 4)
+    assert hunger["ci"][0] > 0 and hunger["significant"]
+    assert not cells["thirst"]["significant"] and cells["thirst"]["ci"][0] < 0 < cells["thirst"]["ci"][1]
+    # Holm over the two tests: the smaller p is doubled
+    assert hunger["p_holm"] == pytest.approx(min(1.0, 2 * p))
+    # behaviour: no recordings behind these hand-made results, so no returns
+    assert result["behaviour"] == {}
+    assert main(["compare", *names, "--contrast", "ppo:bc", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "contrasts:" in out and "ppo - bc" in out and "Holm" in out
+    for bad, message in (("ppo", "malformed contrast"), ("ppo:ppo", "malformed contrast"),
+                         ("ppo:dqn", "no compared run is in group 'dqn'")):
+        assert main(["compare", *names, "--contrast", bad, "--runs-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+
+
+def test_compare_reports_each_groups_recorded_return(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    src_dir, name = tiny_run
+    shutil.copytree(src_dir / name, tmp_path / name)
+    runs_dir = tmp_path
+    result = compare([name], runs_dir, write=False, labels=["hunger"])
+    run = RunStore(runs_dir).get(name)
+    (path,) = run.activation_files()[-1:]
+    with h5py.File(path) as f:
+        reward, episode = f["steps/reward"][:], f["steps/episode"][:]
+    returns = [reward[episode == e].sum() for e in np.unique(episode)]
+    (group,) = result["behaviour"]
+    assert result["behaviour"][group]["mean_return"] == pytest.approx(float(np.mean(returns)), rel=1e-5)
+    assert result["runs"][0]["return"]["episodes"] == len(returns)

@@ -21,16 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take each run's best score over hooks matching this shell-style pattern only "
                              "(repeatable), e.g. --hooks 'mlp_extractor.policy_net.*' --hooks 'blocks.*' "
                              "for the PPO actor beside the transformers (default: every hook)")
+    parser.add_argument("--contrast", action="append", default=None, metavar="A:B",
+                        help="test group A against group B, paired by seed: each variable's gain over the random "
+                             "twin, A minus B, paired t-test, Holm-corrected over every contrast and variable "
+                             "(repeatable), e.g. --contrast ppo-transformer:bc")
     parser.add_argument("--no-random", action="store_true", help="leave out the random-weights rows")
     parser.add_argument("--json", action="store_true", help="print the comparison as one JSON document")
     add_runs_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl_lab.compare import compare, format_table
+    from rl_lab.compare import compare, format_table, parse_contrast
 
+    contrasts = [parse_contrast(c) for c in args.contrast or []]  # malformed: one line, exit 2, before any work
     result = compare(args.runs, runs_dir(args), labels=args.label, group_by=args.group_by,
-                     random_baseline=not args.no_random, hooks=args.hooks)
+                     random_baseline=not args.no_random, hooks=args.hooks, contrasts=contrasts)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
