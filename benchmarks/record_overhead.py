@@ -4,7 +4,12 @@ Bare rollout: ``model.predict`` + ``env.step`` per step. Recorded rollout: ``rl_
 (every hook, the random-weights twin, all labels, text renders, HDF5 writes). Both use the same
 episode seeds, so they take the same steps. Prints ``overhead_ratio`` (target <= 1.3).
 
-    python benchmarks/record_overhead.py [--episodes 30] [--repeats 3]
+Vectorised recording: the same agent and seeds recorded with deterministic actions by the sequential
+recorder (``n_envs=1``) and with ``--n-envs 8`` (``rl_lab.record.rollouts``); prints
+``vectorised_speedup`` (episodes per second, vectorised / sequential; target >= 5) and checks that
+the two files hold identical ``/acts``, ``/labels`` and ``/steps``.
+
+    python benchmarks/record_overhead.py [--episodes 30] [--repeats 3] [--vec-episodes 64]
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import torch
 
 from probes.activations import ActivationFile
@@ -43,11 +50,29 @@ def bare_rollout(model, env_id: str, episodes: int, seed: int) -> tuple[float, i
     return elapsed, steps
 
 
+def datasets(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file by its path."""
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def identical(a: Path, b: Path) -> bool:
+    """Whether two recordings hold the same datasets with equal values (NaN equal to NaN)."""
+    da, db = datasets(a), datasets(b)
+    if da.keys() != db.keys():
+        return False
+    return all(np.array_equal(da[k], db[k], equal_nan=da[k].dtype.kind == "f") for k in da)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=8192)
+    parser.add_argument("--vec-episodes", type=int, default=64, help="episodes of the vectorised comparison")
+    parser.add_argument("--n-envs", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -69,16 +94,33 @@ def main() -> None:
         recorded.append(time.perf_counter() - t0)
         with ActivationFile(out) as f:
             rec_steps, n_hooks = f.n, len(f.hooks)
+    det_adapter = SB3Adapter(model, deterministic=True)
+    seq, vec = [], []
+    for i in range(args.repeats):
+        for n, times in ((1, seq), (args.n_envs, vec)):
+            t0 = time.perf_counter()
+            record(run, ckpt, episodes=args.vec_episodes, seed=0, deterministic=True, out=root / f"det{n}-{i}.h5",
+                   adapter=det_adapter, n_envs=n)
+            times.append(time.perf_counter() - t0)
+    same = identical(root / "det1-0.h5", root / f"det{args.n_envs}-0.h5")
+    seq_s, vec_s = statistics.median(seq), statistics.median(vec)
     bare_s, rec_s = statistics.median(bare), statistics.median(recorded)
     print(f"bare rollout     : {bare_s:.3f}s for {n_steps} steps ({n_steps / bare_s:.0f} steps/s)")
     print(f"recorded rollout : {rec_s:.3f}s for {rec_steps} steps, {n_hooks} hooks + random-weights twin, "
           f"{rec_steps / rec_s:.0f} steps/s")
+    print(f"deterministic    : {args.vec_episodes} episodes in {seq_s:.3f}s sequential, {vec_s:.3f}s with "
+          f"{args.n_envs} envs ({args.vec_episodes / seq_s:.1f} vs {args.vec_episodes / vec_s:.1f} episodes/s); "
+          f"files identical: {same}")
     print(json.dumps({
         "name": "record_overhead",
         "steps": rec_steps,
         "bare_s": round(bare_s, 4),
         "recorded_s": round(rec_s, 4),
         "overhead_ratio": round(rec_s / bare_s, 3),
+        "sequential_episodes_per_s": round(args.vec_episodes / seq_s, 2),
+        "vectorised_episodes_per_s": round(args.vec_episodes / vec_s, 2),
+        "vectorised_speedup": round(seq_s / vec_s, 3),
+        "vectorised_identical": same,
     }))
 
 

@@ -16,6 +16,11 @@ Once per run, ``streaming_vs_memory``: the lab's speed streaming the rows from a
 (``H5Source``) divided by its speed on an in-memory tensor, same steps, alternated twice, best
 of each. ``peak_rss_mb`` is the process's peak resident memory.
 
+Once per run, ``multi_sae_speedup``: four SAEs on four hooks of one activation file (rows like a
+recording's: 64-wide hooks, 100k rows) trained by one ``train_saes_on_file`` call, which streams
+the file once for all four, against four ``train_sae_on_file`` calls, same steps and seeds (features
+included in both; ``--multi-only`` runs just this).
+
 By default as many seeds run as fit in ``--budget`` seconds (at least one); ``--seeds N`` runs
 exactly seeds 0..N-1, ``--lab-only`` skips the reference (for checking recovery on more seeds).
 The last line is one JSON object with "name". ``--quick`` shrinks everything (a smoke run).
@@ -40,7 +45,7 @@ from probes.sae.config import make_config
 from probes.sae.data import H5Source, TensorSource
 from probes.sae.model import make_sae
 from probes.sae.planted import planted_dictionary, recovery
-from probes.sae.training import fit
+from probes.sae.training import fit, train_sae_on_file, train_saes_on_file
 
 
 class ReferenceTopK:
@@ -146,6 +151,31 @@ def streaming_vs_memory(sizes: dict[str, int], steps: int) -> dict[str, float]:
     return speeds
 
 
+def multi_sae(quick: bool) -> dict[str, float]:
+    """Seconds for four SAEs on four hooks: one pass (``train_saes_on_file``) vs four calls."""
+    n, d, hooks = (20_000, 32, 4) if quick else (100_000, 64, 4)
+    rng = np.random.default_rng(0)
+    root = Path(tempfile.mkdtemp(prefix="bench-multi-sae-"))
+    path = root / "acts.h5"
+    names = [f"layer.{i}" for i in range(hooks)]
+    with ActivationWriter(path, {"run": "bench"}) as writer:
+        for start in range(0, n, 10_000):
+            m = min(10_000, n - start)
+            ep = np.arange(start, start + m) // 200
+            writer.append({"reward": np.zeros(m, np.float32), "episode": ep, "t": np.arange(m) % 200},
+                          {"x": rng.normal(size=m).astype(np.float32)},
+                          {h: rng.normal(size=(m, d)).astype(np.float32) for h in names})
+    common = dict(arch="topk", steps=60 if quick else 300, progress=False, seed=0)
+    t0 = time.perf_counter()
+    for h in names:
+        train_sae_on_file(path, h, width=8 * d, k=16, out_dir=root / "separate" / h, **common)
+    separate = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_saes_on_file(path, names, widths=[8 * d], ks=[16], **common)
+    one_pass = time.perf_counter() - t0
+    return {"separate_s": separate, "one_pass_s": one_pass, "speedup": separate / one_pass}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
@@ -155,6 +185,7 @@ def main() -> None:
                         help="seconds the default run may take (default 270, under the 5-minute limit)")
     parser.add_argument("--lab-only", action="store_true", help="skip the reference loop and the streaming test")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops (default 1)")
+    parser.add_argument("--multi-only", action="store_true", help="only the many-SAEs-in-one-pass comparison")
     args = parser.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -165,10 +196,23 @@ def main() -> None:
     out: dict[str, Any] = {"name": "sae_train", "samples": sizes["n"], "d_in": sizes["d"],
                            "planted_directions": sizes["n_dirs"], "width": sizes["width"], "k": sizes["k"],
                            "threads": args.threads}
+    multi = multi_sae(args.quick)
+    print(f"four SAEs on four hooks: {multi['separate_s']:.1f}s as four calls, {multi['one_pass_s']:.1f}s in one pass",
+          file=sys.stderr)
+    out.update(multi_sae_separate_s=round(multi["separate_s"], 2), multi_sae_one_pass_s=round(multi["one_pass_s"], 2),
+               multi_sae_speedup=round(multi["speedup"], 3))
+    if args.multi_only:
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out))
+        return
     speeds: dict[str, float] = {}
     if not args.lab_only:
         speeds = streaming_vs_memory(sizes, steps=30 if args.quick else 150)
         print(f"streaming {speeds['stream']:.0f} rows/s, memory {speeds['memory']:.0f} rows/s", file=sys.stderr)
+    ratio = binding_vs_topk_throughput(sizes, steps=30 if args.quick else 150)
+    out.update(ratio)
+    print(f"binding SAE {ratio['binding_samples_per_s']:.0f} rows/s, TopK {ratio['topk_samples_per_s']:.0f} rows/s",
+          file=sys.stderr)
     rows: list[dict[str, Any]] = []
     seed = 0
     while True:
@@ -207,6 +251,22 @@ def main() -> None:
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["total_seconds"] = time.perf_counter() - t_start
     print(json.dumps(out))
+
+
+def binding_vs_topk_throughput(sizes: dict[str, int], steps: int) -> dict[str, float]:
+    """Rows/s of the binding SAE (2 slots, ``probes.sae.binding``) and of the TopK SAE of the same
+    width and k on the same in-memory rows; alternated twice, best of each."""
+    n, d, n_dirs, width, k = (sizes[key] for key in ("n", "d", "n_dirs", "width", "k"))
+    data = planted_dictionary(n, d, n_dirs, active=8, seed=0)
+    speeds: dict[str, float] = {}
+    for _ in range(2):
+        for arch, extra in (("topk", {}), ("binding", {"slots": 2})):
+            torch.manual_seed(0)
+            sae = make_sae(make_config(arch, d_in=d, d_sae=width, k=k, steps=steps, **extra))
+            res = fit(sae, TensorSource(data.x), progress=False)
+            speeds[arch] = max(speeds.get(arch, 0.0), res.samples / res.seconds)
+    return {"binding_samples_per_s": speeds["binding"], "topk_samples_per_s": speeds["topk"],
+            "binding_vs_topk_throughput": speeds["binding"] / speeds["topk"]}
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Importing this package registers ``lab/Forage-v0``, ``lab/Binding-v0`` and ``lab/Chain-v0``
 (cheaply: gymnasium and numpy only; each env module is imported when first made).
-``envs.make`` is the one way the lab makes environments; see ``docs/envs.md``.
+``envs.make`` is the one way the lab makes environments (MiniGrid ids through ``envs.minigrid``);
+see ``docs/envs.md``.
 """
 
 from __future__ import annotations

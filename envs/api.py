@@ -48,35 +48,6 @@ def _cartpole_text(env: gym.Env, latents: dict[str, float | int]) -> str:
     )
 
 
-def _minigrid_spec(env: gym.Env) -> dict[str, dict[str, Any]]:
-    u = env.unwrapped
-    return {
-        "agent_x": spec("discrete", "agent's column in the grid", 0, int(u.width) - 1),
-        "agent_y": spec("discrete", "agent's row in the grid", 0, int(u.height) - 1),
-        "agent_dir": spec("discrete", "agent's direction (0 right, 1 down, 2 left, 3 up)", 0, 3),
-        "carrying": spec("discrete", "type index (minigrid OBJECT_TO_IDX) of the carried object, 0 if none", 0, 10),
-        "step": spec("discrete", "steps taken in this episode", 0, int(u.max_steps)),
-    }
-
-
-def _minigrid_latents(env: gym.Env, obs: Any) -> dict[str, float | int]:
-    from minigrid.core.constants import OBJECT_TO_IDX
-
-    u = env.unwrapped
-    carrying = u.carrying
-    return {
-        "agent_x": int(u.agent_pos[0]),
-        "agent_y": int(u.agent_pos[1]),
-        "agent_dir": int(u.agent_dir),
-        "carrying": int(OBJECT_TO_IDX[carrying.type]) if carrying is not None else 0,
-        "step": int(u.step_count),
-    }
-
-
-def _minigrid_text(env: gym.Env, latents: dict[str, float | int]) -> str:
-    return env.unwrapped.pprint_grid()
-
-
 def _known_latents(
     env_id: str, env: gym.Env
 ) -> tuple[dict[str, dict[str, Any]], LatentFn | None, Callable[..., str] | None]:
@@ -84,16 +55,14 @@ def _known_latents(
     name = env_id.split("/")[-1]
     if name.startswith("CartPole-"):
         return dict(_CARTPOLE_SPEC), _cartpole_latents, _cartpole_text
-    if name.startswith(("MiniGrid-", "BabyAI-")):
-        return _minigrid_spec(env), _minigrid_latents, _minigrid_text
     return {}, None, None
 
 
 class LatentInfoWrapper(gym.Wrapper):
     """Adds ``info["latents"]`` (and a ``latent_spec``) to a standard Gymnasium env.
 
-    Latents are derived from the observation or the env's state where the env is known
-    (CartPole, MiniGrid); for any other env they are an empty dict. With
+    Latents are derived from the observation where the env is known (CartPole; MiniGrid has its
+    own wrapper, ``envs.minigrid.MiniGridLab``); for any other env they are an empty dict. With
     ``text=True`` the wrapper renders the state as text (``render_mode="ansi"``).
     """
 
@@ -153,6 +122,10 @@ def _unknown(env_id: str) -> ValueError:
 def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
     """Make an environment: ``lab/...`` ids directly, standard ids wrapped to report latents.
 
+    MiniGrid ids (``MiniGrid-*``, ``BabyAI-*``) are wrapped by ``envs.minigrid.MiniGridLab``: its
+    options ``obs`` (``"onehot"``, ``"image"``, ``"pixels"``) and ``tile_size`` are taken from
+    ``kwargs``, the rest go to the MiniGrid env.
+
     Every env made here puts ``info["latents"]`` in ``reset`` and ``step`` and answers
     ``envs.latent_spec(env)``. Raises ValueError for an unknown id or a bad configuration.
     """
@@ -161,13 +134,15 @@ def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
     name = env_id.split("/")[-1]
-    if name.startswith(("MiniGrid-", "BabyAI-")):
+    is_minigrid = name.startswith(("MiniGrid-", "BabyAI-"))
+    minigrid_options: dict[str, Any] = {}
+    if is_minigrid:
         try:
             importlib.import_module("minigrid")  # registers the MiniGrid ids
         except ImportError as exc:
-            raise ValueError(
-                f"{env_id} needs the optional 'minigrid' package (pip install 'rl-lab[minigrid]')"
-            ) from exc
+            raise ValueError(f"{env_id} needs the 'minigrid' package (pip install minigrid)") from exc
+        # the lab wrapper's options (envs.minigrid.MiniGridLab); the rest go to the MiniGrid env
+        minigrid_options = {k: kwargs.pop(k) for k in ("obs", "tile_size") if k in kwargs}
     try:
         gym.spec(env_id)
     except gym.error.Error:
@@ -195,6 +170,10 @@ def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
         raise ValueError(f"cannot make {env_id}: {str(exc).splitlines()[0]}") from exc
     if is_lab:
         return env
+    if is_minigrid:
+        from envs import minigrid as lab_minigrid
+
+        return lab_minigrid.wrap(env, text=text, **minigrid_options)
     spec_, latent_fn, text_fn = _known_latents(env_id, env)
     if text and text_fn is None:
         env.close()

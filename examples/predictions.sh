@@ -16,6 +16,8 @@
 # and covariance-drawn), scales -4, 0, +4 standard deviations of the projection, --episodes episodes.
 #
 #   bash examples/predictions.sh [RUNS_DIR] [SEED]     # default: runs/fair-comparison 0
+#   AGENTS="bc dt" bash examples/predictions.sh ...   # a subset (e.g. a second process from the other end;
+#                                                     # finished rows are skipped, every file lands atomically)
 #   python examples/predictions_table.py RUNS_DIR/predictions-s0    # the markdown table
 set -euo pipefail
 
@@ -41,7 +43,10 @@ PREDICTIONS=(
   "arousal idle:down"
 )
 
-for run in "ppo-mlp-s$S" "ppo-tf-s$S" "rppo-s$S" "dt-s$S" "bc-s$S"; do
+AGENTS="${AGENTS:-ppo-mlp ppo-tf rppo dt bc}"
+for agent in $AGENTS; do
+  run="$agent-s$S"
+  [ -n "${HOOK[$run]:-}" ] || { echo "unknown agent $agent (ppo-mlp, ppo-tf, rppo, dt, bc)" >&2; exit 2; }
   hook="${HOOK[$run]}"
   for p in "${PREDICTIONS[@]}"; do
     read -r label expect <<< "$p"

@@ -38,20 +38,32 @@ def steering_rows(folder: Path) -> list[str]:
         slope = "n/a" if e["slope"] is None else f"{e['slope']:+.3g} [{e['ci'][0]:+.3g}, {e['ci'][1]:+.3g}]"
         rank = ("n/a" if e.get("control_percentile") is None
                 else f"{e['control_percentile']:.0f}th (p = {e['control_p_value']:.2f})")
-        rows.append(f"| {label} up → {e['metric']} {e['predicted']} | {agent_of(run)} | `{doc['direction']}` | "
+        direction = doc["direction"]["spec"] if isinstance(doc["direction"], dict) else doc["direction"]
+        rows.append(f"| {label} up → {e['metric']} {e['predicted']} | {agent_of(run)} | `{direction}` | "
                     f"{slope} | {rank} | {'**yes**' if e['confirmed'] else 'no'} |")
     rows.append(f"\n{confirmed} of {total} steering predictions confirmed.")
     return rows
 
 
+def steered_hooks(folder: Path) -> dict[str, set[str]]:
+    """The hooks each run was steered at: the intervention table reads the probes there."""
+    out: dict[str, set[str]] = {}
+    for path in folder.glob("steer--*.json"):
+        out.setdefault(path.stem.split("--")[1], set()).add(json.loads(path.read_text())["hook"])
+    return out
+
+
 def world_rows(folder: Path) -> list[str]:
     rows = ["| network | hook | " + " | ".join(f"{k} ({v})" for k, v in WORLD.items()) + " | confirmed |",
             "|---|---|" + "---|" * (len(WORLD) + 1)]
+    steered = steered_hooks(folder)
     for path in sorted(folder.glob("intervene--*.json")):
         run = path.stem.split("--")[1]
         doc = json.loads(path.read_text())
         by_hook: dict[str, dict[str, dict]] = {}
         for r in doc["probes"]:
+            if steered.get(run) and r["hook"] not in steered[run]:
+                continue
             by_hook.setdefault(r["hook"], {})[r["label"]] = r
         for hook, readings in sorted(by_hook.items()):
             cells, ok = [], []

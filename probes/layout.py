@@ -9,8 +9,8 @@ path inside a run folder by hand.
 
     RUNS_DIR/
       <run-name>/                 RunLayout
-        run.json  metrics.jsonl  eval.json
-        checkpoints/  activations/  probes/  saes/<name>/  steer/  trajectories/
+        run.json  metrics.jsonl  eval.json  progress.csv  <i>.monitor.csv
+        tensorboard/  checkpoints/  activations/  probes/  saes/<name>/  steer/  trajectories/
       sweeps/<sweep>.json         RunsDirLayout.sweep_record
       comparisons/compare-*.json  RunsDirLayout.comparisons_dir
 
@@ -35,6 +35,10 @@ PROBES = "probes"
 SAES = "saes"
 STEER = "steer"
 TRAJECTORIES = "trajectories"
+TENSORBOARD = "tensorboard"
+PROGRESS_CSV = "progress.csv"
+MONITOR_SUFFIX = ".monitor.csv"
+REPLAY_BUFFER_SUFFIX = ".replay.pkl"
 
 ACTIVATION_SUFFIX = ".h5"
 PROBE_RESULTS_SUFFIX = ".json"
@@ -128,6 +132,16 @@ class RunLayout:
         """``eval.json``: a dt/bc run's RTG calibration curve."""
         return self.path / EVAL_JSON
 
+    @property
+    def progress_csv(self) -> Path:
+        """``progress.csv``: SB3's logger in CSV (one row per dump; kept across ``--resume``)."""
+        return self.path / PROGRESS_CSV
+
+    def monitor_csv(self, env_index: int) -> Path:
+        """``<i>.monitor.csv``: SB3 ``Monitor``'s episodes of parallel environment ``i`` (SB3's own
+        ``make_vec_env`` naming; ``stable_baselines3.common.monitor.load_results(RUN)`` reads them all)."""
+        return self.path / f"{int(env_index)}{MONITOR_SUFFIX}"
+
     # folders
     @property
     def lock_path(self) -> Path:
@@ -158,12 +172,22 @@ class RunLayout:
     def trajectories_dir(self) -> Path:
         return self.path / TRAJECTORIES
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        """``tensorboard/``: TensorBoard event files (SB3's logger, DT/BC training);
+        ``tensorboard --logdir RUNS_DIR`` shows every run."""
+        return self.path / TENSORBOARD
+
     # named files inside the folders
     def checkpoint_path(self, step: int, suffix: str) -> Path:
         """``checkpoints/step_<step, 9 digits><suffix>`` (``.zip`` for SB3, ``.pt`` for the DT)."""
         if suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"checkpoint suffix {suffix!r} is not one of {CHECKPOINT_SUFFIXES}")
         return self.checkpoints_dir / f"step_{int(step):09d}{suffix}"
+
+    def replay_buffer_path(self, checkpoint: Path) -> Path:
+        """``checkpoints/step_<N>.replay.pkl``: the DQN replay buffer saved beside ``checkpoint``."""
+        return self.checkpoints_dir / f"{Path(checkpoint).stem}{REPLAY_BUFFER_SUFFIX}"
 
     def activation_path(self, stem: str) -> Path:
         """``activations/<stem>.h5`` (``stem`` is a checkpoint stem such as ``step_000001000``)."""
@@ -281,6 +305,11 @@ class RunsDirLayout:
     def comparisons_dir(self) -> Path:
         """``comparisons/``: the documents ``rl-lab compare`` writes."""
         return self.root / COMPARISONS
+
+    def shared_marker(self, token: str) -> Path:
+        """``.shared-<token>``: a hidden file a Ray node writes to prove it sees this directory
+        (``rl_lab.sweep.backends.check_shared_runs_dir``); removed right after the check."""
+        return self.root / f".shared-{safe_component(token, 'marker token')}"
 
 
 def run_of_file(path: Path | str) -> RunLayout | None:

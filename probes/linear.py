@@ -23,8 +23,8 @@ than two classes) for discrete ones. Every statistical rule is stated once in ``
   run; ``significant`` (and the sentences, the TUI's marks) use the adjusted result.
 
 Ridge is solved from streamed sufficient statistics (``probes.ridge``), so memory does not grow
-with the file; logistic regression keeps at most ``max_logistic_rows`` rows in memory (a seeded
-uniform subsample beyond that). The document and its records are ``probes.results``.
+with the file; logistic regression keeps at most ``max_logistic_rows`` rows, and at most
+``MAX_LOGISTIC_BYTES`` of them, in memory (a seeded uniform subsample beyond that). The document and its records are ``probes.results``.
 
 Run ``python -m probes.linear FILE.h5 [--json]``.
 """
@@ -71,7 +71,16 @@ from probes.splits import (
 
 ROWS_PER_CHUNK = 8192
 MAX_LOGISTIC_ROWS = 100_000
+MAX_LOGISTIC_BYTES = 48 * 1024 * 1024
+"""Cap on the logistic probes' subsample in bytes (rows x dimensions x 8): a wide hook keeps fewer
+rows (48 MB: 98k rows of a 64-wide hook, 12k of a 512-wide one), so that memory stays flat in the
+number of rows and bounded in the width (the fits hold a few standardised copies of it)."""
 MAX_FEATURE_DIM = 2048
+"""Sources wider than this are probed through ``reduction`` (a seeded random projection)."""
+REDUCED_DIMS = 512
+REDUCTION_SEED = 2020
+READ_BYTES = 64 * 1024 * 1024
+"""Rows of a wide source are read (and projected) in blocks of at most this many bytes (float64)."""
 INNER_TOL = 1e-5
 """Gradient tolerance of the inner (C-selecting) logistic fits; the outer fits use the solver's own."""
 N_FOLDS = 5
@@ -251,8 +260,26 @@ def window_features(f: ActivationFile, spec: Mapping[str, Any], rows: slice, n_a
     return np.concatenate(cols, axis=1)
 
 
+def reduction(dim: int) -> dict[str, Any] | None:
+    """How a source of ``dim`` dimensions is probed: None (as is) up to ``MAX_FEATURE_DIM``, else a
+    fixed seeded Gaussian random projection to ``REDUCED_DIMS`` dimensions (the record's
+    ``reduction``). It needs no fitting, so no held-out row shapes it, and it is the same matrix for
+    a hook and its random-weights twins. Johnson-Lindenstrauss: a linear readout of the layer stays
+    (approximately) linear in the projection."""
+    if dim <= MAX_FEATURE_DIM:
+        return None
+    return {"kind": "random_projection", "dims": REDUCED_DIMS, "seed": REDUCTION_SEED, "input_dims": int(dim)}
+
+
+def projection_matrix(dim: int) -> np.ndarray:
+    """The ``reduction`` matrix [dim, REDUCED_DIMS]: i.i.d. N(0, 1 / REDUCED_DIMS), seeded by the width."""
+    rng = np.random.default_rng([REDUCTION_SEED, dim])
+    return (rng.standard_normal((dim, REDUCED_DIMS)) / math.sqrt(REDUCED_DIMS)).astype(np.float64)
+
+
 class _Reader:
-    """Reads one source's rows as float64 ``[n, d]``."""
+    """Reads one source's rows as float64 ``[n, d]`` (projected, for a source wider than
+    ``MAX_FEATURE_DIM``: ``reduction``; read in blocks of at most ``READ_BYTES``)."""
 
     def __init__(self, f: ActivationFile, source: Source) -> None:
         self.f, self.source = f, source
@@ -262,16 +289,36 @@ class _Reader:
             a = np.asarray(f.steps("action"))
             if a.dtype.kind in "iub" and a.size and a.reshape(len(a), -1).shape[1] == 1 and a.max() < MAX_CLASSES:
                 self.n_actions = int(a.max()) + 1
+        self.raw_dim = int(self._read(slice(0, 1)).shape[1])
+        self.reduction = reduction(self.raw_dim)
+        self._projection: np.ndarray | None = None
 
-    def read(self, rows: slice) -> np.ndarray:
+    def _read(self, rows: slice) -> np.ndarray:
         if self.source == WINDOW:
             assert self.spec is not None
             return window_features(self.f, self.spec, rows, self.n_actions)
         x = self.f.read(*self.source, rows=rows)
         return np.asarray(x, dtype=np.float64).reshape(rows.stop - rows.start, -1)
 
+    def read(self, rows: slice) -> np.ndarray:
+        if self.reduction is None:
+            return self._read(rows)
+        if self._projection is None:
+            self._projection = projection_matrix(self.raw_dim)
+        step = max(1, READ_BYTES // (8 * self.raw_dim))
+        parts = [self._read(slice(a, min(a + step, rows.stop))) @ self._projection
+                 for a in range(rows.start, rows.stop, step)]
+        return np.concatenate(parts) if parts else np.zeros((0, REDUCED_DIMS))
+
     def dim(self) -> int:
-        return int(self.read(slice(0, 1)).shape[1])
+        return REDUCED_DIMS if self.reduction is not None else self.raw_dim
+
+    def raw_direction(self, coef: np.ndarray | None) -> np.ndarray | None:
+        """A probe direction in the source's own space: ``P @ w`` for a projected source (x.P.w = x.(P w))."""
+        if coef is None or self.reduction is None:
+            return coef
+        assert self._projection is not None
+        return np.asarray(coef) @ self._projection.T
 
 
 # ---------------------------------------------------------------------------- one feature source
@@ -350,10 +397,12 @@ def fit_source(
     y_shared = np.stack([targets[k][1] for k in shared], axis=1) if shared else None
 
     n_rows = f.n
-    keep_p = min(1.0, max_logistic_rows / max(n_rows, 1))
+    cap = max(1, min(max_logistic_rows, MAX_LOGISTIC_BYTES // (8 * max(d, 1))))
+    keep_p = min(1.0, cap / max(n_rows, 1))
     if disc and keep_p < 1.0:
+        why = "max_logistic_rows" if cap == max_logistic_rows else f"{MAX_LOGISTIC_BYTES >> 20} MB at {d} dimensions"
         notes.append(f"{source}: logistic probes were trained on a seeded subsample of about "
-                     f"{max_logistic_rows} of {n_rows} rows (max_logistic_rows); they are scored on every row")
+                     f"{cap} of {n_rows} rows ({why}); they are scored on every row")
     lx: list[np.ndarray] = []
     lrow: list[np.ndarray] = []
     n_bad = 0
@@ -472,6 +521,8 @@ def fit_source(
             coef, bias = final_logistic[k]
             out[k] = ProbeResult(ACCURACY, sums[k], inner, C, n_train, n_test,
                                  auroc=float(np.mean(finite_auc)) if finite_auc else None, coef=coef, bias=bias)
+    for res in out.values():  # the saved directions read the layer itself
+        res.coef = reader.raw_direction(res.coef)
     return out
 
 
@@ -718,7 +769,8 @@ def probe_file(
     allow_incomplete:
         Read a file that was cut short (a note says so) instead of refusing it.
     max_logistic_rows:
-        Cap on the rows a logistic probe holds in memory (seeded subsample beyond).
+        Cap on the rows a logistic probe holds in memory (seeded subsample beyond); a wide source
+        keeps fewer (``MAX_LOGISTIC_BYTES``).
     workers:
         Processes that fit feature sources side by side (default: one per core on a file large
         enough to repay starting them, else 1). The results do not depend on it.
@@ -787,10 +839,10 @@ def probe_file(
         means = {name: mean_baseline(plan, t, ep_idx, folds) for name, (plan, t) in main_t.items()}
 
         def usable(source: Source) -> bool:
-            dim = _Reader(f, source).dim()
-            if dim > MAX_FEATURE_DIM:
-                notes.append(f"{source} has {dim} dimensions (> {MAX_FEATURE_DIM}); it was not probed")
-                return False
+            red = _Reader(f, source).reduction
+            if red is not None:
+                notes.append(f"{source} has {red['input_dims']} dimensions (> {MAX_FEATURE_DIM}); it was probed through "
+                             f"a seeded random projection to {red['dims']} dimensions (its records' reduction)")
             return True
 
         # every feature source is one job: the baselines first, then each hook and its twins
@@ -815,6 +867,7 @@ def probe_file(
             notes.append(f"only {', '.join(map(str, few))} random-weights twin(s) recorded for some hooks "
                          "(3 or more make the twin baseline robust to one lucky initialisation)")
         probed = [h for h in hook_names if usable(Source("acts", h))]
+        reductions = {h: reduction(f.hook_dim(h)) for h in probed}
         for hook in probed:
             jobs.append((Source("acts", hook), {**main_t, **ctrl_t}))
             jobs.extend((Source(g, hook), main_t) for g in f.random_twins(hook))
@@ -843,7 +896,7 @@ def probe_file(
                     baselines[RANDOM_WEIGHTS] = twin_res
                 if "control:" + plan.name in main:
                     baselines[CONTROL_TASK] = [main["control:" + plan.name]]
-                rec = _record(plan, hook, res, baselines, stats, checkpoint, doc.step)
+                rec = _record(plan, hook, res, baselines, stats, checkpoint, doc.step).replace(reduction=reductions[hook])
                 doc.records.append(rec)
                 per_label.setdefault(plan.name, []).append((rec, res))
                 _store_weights(weights, plan, hook, res)

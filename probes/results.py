@@ -148,6 +148,9 @@ class ProbeRecord:
     C: float | None = None
     """Chosen logistic C (``accuracy`` records)."""
     n_classes: int | None = None
+    reduction: dict[str, Any] | None = None
+    """How a hook wider than ``probes.linear.MAX_FEATURE_DIM`` was reduced before probing, e.g.
+    ``{"kind": "random_projection", "dims": 512, "seed": 0, "input_dims": 12800}`` (None: probed as is)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know (from a newer or older writer), kept as read."""
 
@@ -230,6 +233,8 @@ class ProbeRecord:
             out["n_classes"] = self.n_classes
         else:
             out["alpha"] = self.alpha
+        if self.reduction is not None:
+            out["reduction"] = dict(self.reduction)
         out.update(self.extra)
         return out
 
@@ -272,6 +277,7 @@ class ProbeRecord:
             auroc_baselines=_scores(auroc_b) if isinstance(auroc_b, Mapping) else None,
             C=_num(data.get("C")),
             n_classes=_int(data.get("n_classes")),
+            reduction=dict(data["reduction"]) if isinstance(data.get("reduction"), Mapping) else None,
             extra={k: v for k, v in data.items() if k not in _RECORD_KEYS},
         )
 

@@ -65,7 +65,8 @@ class PolicyAdapter(Protocol):
 
 
 class SB3Adapter:
-    """Hooks an SB3 policy: every Linear and activation module outside the feature extractor."""
+    """Hooks an SB3 policy: every Linear and activation module, the feature extractor's included
+    (``features_extractor.cnn.1``, ...; SB3's default ``FlattenExtractor`` has none)."""
 
     def __init__(self, model: Any, policy: Any | None = None, deterministic: bool = False) -> None:
         self.model = model
@@ -82,7 +83,7 @@ class SB3Adapter:
             self.modules = dict(own_hooks())
         else:
             for name, module in root.named_modules():
-                if not name or "features_extractor" in name or list(module.children()):
+                if not name or list(module.children()):
                     continue
                 if isinstance(module, nn.Linear) or type(module).__module__ == "torch.nn.modules.activation":
                     self.modules[prefix + name] = module
@@ -96,7 +97,10 @@ class SB3Adapter:
             last = value_layers[-1:] if value_layers else []
             self.linear_in = {"value": last + ["value_net"]}
         new_history = getattr(self.policy, "new_history", None)
+        self._new_history = new_history if callable(new_history) else None
         self.history = new_history() if callable(new_history) else None  # acting on raw observations
+        self._batch_histories: dict[int, Any] = {}  # act_batch: environment slot -> its history
+        self._batch_last: dict[int, Any] = {}  # act_batch: environment slot -> its last action
         self._replay = new_history() if callable(new_history) else None  # rebuilding an episode's inputs
         self._last_action: Any = None
         self._captured: dict[str, np.ndarray] = {}
@@ -134,42 +138,98 @@ class SB3Adapter:
         self._last_action = action
         return action
 
+    def act_batch(self, obs: np.ndarray, slots: list[int], starts: list[bool]) -> np.ndarray:
+        """The actions of several environments at once, one batched forward pass.
+
+        Parameters
+        ----------
+        obs:
+            One observation per environment [B, *obs_shape].
+        slots:
+            Which environment each row is (a stable index: its history or memory lives there).
+        starts:
+            Whether each row is the first step of an episode (its history or memory is reset).
+
+        Returns
+        -------
+        np.ndarray
+            [B, *action_shape]: with deterministic actions, row i is what ``act`` takes for that
+            environment's observation; sampled actions draw from the same distributions.
+        """
+        if self._new_history is not None:  # each environment's own last K steps
+            rows = []
+            for o, slot, first in zip(obs, slots, starts):
+                history = self._batch_histories.get(slot)
+                if history is None:
+                    history = self._batch_histories[slot] = self._new_history()
+                rows.append(history.reset(o) if first else history.step(self._batch_last[slot], o))
+            obs = np.stack(rows)
+        if self.is_dqn:
+            actions, _ = self.model.predict(obs, deterministic=self.deterministic)
+        else:
+            with torch.no_grad():
+                obs_t, _ = self.policy.obs_to_tensor(obs)
+                actions = self.policy.get_distribution(obs_t).get_actions(deterministic=self.deterministic)
+            actions = self._clip(actions.cpu().numpy().reshape((-1, *self.model.action_space.shape)))
+        for slot, action in zip(slots, actions):
+            self._batch_last[slot] = action
+        return actions
+
+    def _clip(self, actions: np.ndarray) -> np.ndarray:
+        low = getattr(self.model.action_space, "low", None)
+        return np.clip(actions, low, self.model.action_space.high) if low is not None else actions
+
     def _tensor(self, obs: np.ndarray) -> Any:
         return self.policy.obs_to_tensor(obs)[0]
 
     def episode_forward(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                         final_obs: np.ndarray) -> EpisodeForward:
+        return self.episodes_forward([(obs, actions, rewards, final_obs)])[0]
+
+    def episodes_forward(self, episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+                         ) -> list[EpisodeForward]:
+        """``episode_forward`` of several episodes ``(obs, actions, rewards, final_obs)`` as one
+        batched pass over all their steps (the recorder's blocks), split back per episode."""
+        obs_parts, act_parts, finals = [], [], []
+        for obs, actions, _, final_obs in episodes:
+            if self._replay is not None:  # the inputs the acting policy had: history vectors [T, size]
+                obs, final_obs = self._replay.episode(obs, actions, final_obs)
+            obs_parts.append(obs)
+            act_parts.append(np.asarray(actions))
+            finals.append(final_obs)
+        bounds = np.cumsum([0] + [len(o) for o in obs_parts])
         extra: dict[str, np.ndarray] = {}
-        if self._replay is not None:  # the inputs the acting policy had: history vectors [T, size]
-            obs, final_obs = self._replay.episode(obs, actions, final_obs)
         with torch.no_grad():
-            obs_t = self._tensor(obs)  # [T, *obs_shape]
-            final_t = self._tensor(final_obs[None])  # [1, *obs_shape]
+            obs_t = self._tensor(np.concatenate(obs_parts))  # [sum T, *obs_shape]
+            final_t = self._tensor(np.stack(finals))  # [episodes, *obs_shape]
             self._captured = {}
             self._capture = True
             try:
                 if self.is_dqn:
-                    q = self.policy.q_net(obs_t).cpu().numpy()  # [T, n_actions]
+                    q = self.policy.q_net(obs_t).cpu().numpy()  # [sum T, n_actions]
                 else:
-                    act_t = torch.as_tensor(actions, device=obs_t.device)
+                    act_t = torch.as_tensor(np.concatenate(act_parts), device=obs_t.device)
                     values_t, _, entropy_t = self.policy.evaluate_actions(obs_t, act_t)
             finally:
                 self._capture = False
             acts = dict(self._captured)
             if self.is_dqn:
                 values = q.max(axis=1)
-                final_value = float(self.policy.q_net(final_t).max().item())
+                final_values = self.policy.q_net(final_t).max(dim=1).values.cpu().numpy()
                 extra["arousal"] = q.max(axis=1) - q.min(axis=1)
             else:
                 values = values_t.flatten().cpu().numpy()
-                final_value = float(self.policy.predict_values(final_t).item())
+                final_values = self.policy.predict_values(final_t).flatten().cpu().numpy()
                 if entropy_t is not None:
                     entropy = entropy_t.flatten().cpu().numpy()
                     extra["entropy"] = entropy
                     n_actions = int(getattr(self.model.action_space, "n", 0))
                     if n_actions > 1:
                         extra["arousal"] = 1.0 - entropy / np.log(n_actions)
-        return EpisodeForward(acts=acts, values=values, final_value=final_value, extra_labels=extra)
+        return [EpisodeForward(acts={k: v[a:b] for k, v in acts.items()}, values=values[a:b],
+                               final_value=float(final_values[i]),
+                               extra_labels={k: v[a:b] for k, v in extra.items()})
+                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
     def random_twin(self, seed: int) -> "SB3Adapter":
         torch.manual_seed(seed)
@@ -208,6 +268,7 @@ class RecurrentAdapter(SB3Adapter):
         for name, view in views.items():
             view.register_forward_hook(self._make_hook(name))
         self.modules = {**views, **self.modules}
+        self._extractor_hooked = any("features_extractor" in name for name in self.modules)
         self.hooks = list(self.modules)
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -248,6 +309,25 @@ class RecurrentAdapter(SB3Adapter):
     def reset(self) -> None:
         self._state = None
 
+    def act_batch(self, obs: np.ndarray, slots: list[int], starts: list[bool]) -> np.ndarray:
+        """``SB3Adapter.act_batch`` with one LSTM memory per environment slot (zero at a start)."""
+        with torch.no_grad():
+            obs_t = self._tensor(obs)
+            zero = self.zero_state(1)
+            state = {}
+            for name in self.lstms:
+                hs, cs = [], []
+                for slot, first in zip(slots, starts):
+                    h, c = zero[name] if first or slot not in self._batch_last else self._batch_last[slot][name]
+                    hs.append(h)
+                    cs.append(c)
+                state[name] = (torch.cat(hs, dim=1), torch.cat(cs, dim=1))  # [layers, B, H]
+            latent_pi, _, new = self.step(obs_t, state, critic=False)
+            actions = self.distribution(latent_pi).get_actions(deterministic=self.deterministic)
+        for i, slot in enumerate(slots):
+            self._batch_last[slot] = {name: (h[:, i:i + 1], c[:, i:i + 1]) for name, (h, c) in new.items()}
+        return self._clip(actions.cpu().numpy().reshape((-1, *self.model.action_space.shape)))
+
     def act(self, obs: np.ndarray) -> Any:
         with torch.no_grad():
             obs_t = self._tensor(obs)
@@ -279,6 +359,8 @@ class RecurrentAdapter(SB3Adapter):
             self._captured = {}
             self._capture = True
             try:  # the states, then everything after the LSTM, as one hooked batch of the T steps
+                if self._extractor_hooked:  # and the feature extractor's layers (a CNN's) before it
+                    self.policy.extract_features(obs_t[:T])
                 for name, rows in memory.items():
                     self.modules[name](torch.cat(rows[:T]))  # [T, H]
                 dist = self.distribution(latent_pi[:T])
@@ -294,6 +376,11 @@ class RecurrentAdapter(SB3Adapter):
         if n_actions > 1:
             extra["arousal"] = 1.0 - entropy / np.log(n_actions)
         return EpisodeForward(acts=acts, values=values, final_value=final_value, extra_labels=extra)
+
+    def episodes_forward(self, episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+                         ) -> list[EpisodeForward]:
+        """One ``episode_forward`` per episode (the memory is stepped through each episode)."""
+        return [self.episode_forward(*episode) for episode in episodes]
 
     def random_twin(self, seed: int) -> "RecurrentAdapter":
         torch.manual_seed(seed)

@@ -11,10 +11,11 @@ from rl_lab.errors import LabError
 SB3_ALGOS = ("ppo", "a2c", "dqn", "recurrent-ppo")
 """Algorithms trained by stable-baselines3 (``rl_lab.train``); ``recurrent-ppo`` is sb3-contrib's
 ``RecurrentPPO`` with an LSTM policy (``MlpLstmPolicy``)."""
-POLICIES = ("mlp", "transformer")
-"""Policy networks for ``ppo``/``a2c``: SB3's MLP, or the BC transformer trunk (``rl_lab.policies``)."""
+POLICIES = ("mlp", "transformer", "cnn")
+"""Policy networks for ``ppo``/``a2c``: SB3's MLP, the BC transformer trunk, or a small CNN on image
+observations (``rl_lab.policies.GridCNN``) under SB3's MLP heads."""
 TRANSFORMER_ALGOS = ("ppo", "a2c")
-"""Algorithms that accept ``policy="transformer"``."""
+"""Algorithms that accept a policy other than ``mlp`` (``transformer`` or ``cnn``)."""
 DT_ALGOS = ("dt", "bc")
 """Sequence models trained offline from an RL run's trajectories (``rl_lab.dt``)."""
 
@@ -28,8 +29,9 @@ class TrainConfig:
     algo: str = "ppo"
     """``ppo``, ``a2c``, ``dqn`` or ``recurrent-ppo``."""
     policy: str = "mlp"
-    """``mlp`` (SB3's MLP) or ``transformer`` (ppo/a2c only): the same TransformerLens model as
-    BC over the last ``context`` observations and actions, linear actor and critic heads."""
+    """``mlp`` (SB3's MLP), ``transformer`` (ppo/a2c only): the same TransformerLens model as
+    BC over the last ``context`` observations and actions, linear actor and critic heads, or ``cnn``
+    (ppo/a2c only, image observations [C, H, W]): ``rl_lab.policies.GridCNN`` features, then the MLP."""
     total_timesteps: int = 50_000
     """Environment steps to train for (summed over parallel environments)."""
     seed: int = 0
@@ -70,6 +72,12 @@ class TrainConfig:
     torch_threads: int = 1
     """Intra-op threads for torch. Networks this small gain nothing from more, and a second
     thread on a busy 2-core machine was measured to slow training down many times over."""
+    device: str = "cpu"
+    """Torch device of the networks: ``cpu`` or ``cuda:N`` (``--device auto`` is resolved before it is
+    stored, by ``rl_lab.devices.resolve_device``)."""
+    save_replay_buffer: bool = False
+    """DQN: save the replay buffer beside every checkpoint (``checkpoints/step_<N>.replay.pkl``, up to
+    the buffer's size in observations) so that ``--resume`` continues with it instead of an empty one."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +90,7 @@ class TrainConfig:
     def agent(self) -> str:
         """The algorithm and network in one name (``run.json`` ``agent``; ``rl-lab compare --group-by
         agent`` tells PPO-MLP from PPO-transformer): ``ppo``, ``ppo-transformer``, ``recurrent-ppo``."""
-        return self.algo + ("-transformer" if self.policy == "transformer" else "")
+        return self.algo + (f"-{self.policy}" if self.policy in ("transformer", "cnn") else "")
 
     def check_policy(self) -> None:
         """Raise LabError unless the policy type, the algorithm and the transformer's shape fit."""
@@ -97,6 +105,8 @@ class TrainConfig:
                     raise LabError(f"the transformer's {name} must be positive, got {getattr(self, name)}")
             if self.d_model % self.n_heads:
                 raise LabError(f"--d-model ({self.d_model}) must be divisible by --heads ({self.n_heads})")
+        if self.policy == "cnn" and self.algo not in TRANSFORMER_ALGOS:
+            raise LabError(f"--policy cnn is for --algo {' or '.join(TRANSFORMER_ALGOS)}, not {self.algo}")
         if self.separate_critic and self.policy != "transformer":
             raise LabError("--separate-critic is for --policy transformer (the MLP policy's critic is separate already)")
         if self.n_epochs is not None and self.algo not in ("ppo", "recurrent-ppo"):
@@ -104,9 +114,21 @@ class TrainConfig:
         if self.algo == "recurrent-ppo" and self.lstm_hidden < 1:
             raise LabError(f"the LSTM's hidden size must be positive, got {self.lstm_hidden}")
 
+    def check_observations(self, observation_space: Any) -> None:
+        """Raise LabError unless the policy type can read ``observation_space`` (the env's, before
+        any policy wrapper): ``cnn`` needs images [C, H, W]."""
+        shape = tuple(getattr(observation_space, "shape", None) or ())
+        if self.policy == "cnn" and len(shape) != 3:
+            hint = (" (MiniGrid: --env-kwargs '{\"obs\": \"image\"}' or '{\"obs\": \"pixels\"}')"
+                    if self.env_id.split("/")[-1].startswith(("MiniGrid-", "BabyAI-")) else "")
+            raise LabError(f"--policy cnn needs image observations [C, H, W]; {self.env_id} gives "
+                           f"{type(observation_space).__name__} of shape {shape}{hint}")
+        if self.policy == "cnn" and min(shape[1:]) < 3:
+            raise LabError(f"--policy cnn needs images of at least 3x3, {self.env_id} gives {shape[1]}x{shape[2]}")
+
     def algo_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the SB3 algorithm constructor, filled in for the budget."""
-        kwargs: dict[str, Any] = {"gamma": self.gamma, "seed": self.seed, "device": "cpu", "verbose": 0}
+        kwargs: dict[str, Any] = {"gamma": self.gamma, "seed": self.seed, "device": self.device, "verbose": 0}
         if self.learning_rate is not None:
             kwargs["learning_rate"] = self.learning_rate
         if self.algo == "dqn":
@@ -128,6 +150,11 @@ class TrainConfig:
             kwargs["policy_kwargs"] = {"context": self.context, "d_model": self.d_model,
                                        "n_layers": self.n_layers, "n_heads": self.n_heads,
                                        "separate_critic": self.separate_critic}
+        if self.policy == "cnn":
+            from rl_lab.policies import GridCNN  # torch: imported only when a CNN is built
+
+            kwargs["policy_kwargs"].update(features_extractor_class=GridCNN,
+                                           features_extractor_kwargs={"features_dim": 64})
         if self.algo == "recurrent-ppo":
             kwargs["policy_kwargs"].update(lstm_hidden_size=self.lstm_hidden, n_lstm_layers=1)
         if self.algo in ("ppo", "recurrent-ppo"):

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, stored_hooks
@@ -306,3 +307,50 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
 def wrap_for_policy(env: gymnasium.Env, policy: str, context: int) -> gymnasium.Env:
     """The environment as the policy type sees it: the history vector for ``transformer``."""
     return HistoryObservation(env, context) if policy == "transformer" else env
+
+
+class GridCNN(BaseFeaturesExtractor):
+    """A small CNN features extractor for grid-sized images (``rl-lab train --policy cnn``).
+
+    SB3's ``NatureCNN`` needs at least 36x36 pixels; a MiniGrid view is 7x7 cells. Images with a
+    side of 14 or more are first brought down to about grid resolution by 2x2, stride-2
+    convolutions (16 channels; a 56x56 picture with 8-pixel tiles becomes 7x7, one position per
+    cell), then ``channels`` 2x2 convolutions without padding (each ReLU), flattened, and one
+    linear layer to ``features_dim`` (ReLU). The modules are named for the hooks:
+    ``features_extractor.cnn.<i>`` (convolutions and their ReLUs) and ``features_extractor.linear.<i>``.
+    For a 7x7 one-hot view (24 channels) the ReLUs are ``cnn.1`` (16 x 6 x 6) and ``cnn.3``
+    (32 x 5 x 5), then ``linear.0``/``linear.1`` (``features_dim``).
+
+    Parameters
+    ----------
+    observation_space:
+        A ``Box`` of shape [C, H, W] (channels first; uint8 images are scaled to [0, 1] by SB3).
+    features_dim:
+        Width of the output features.
+    channels:
+        Output channels of the 2x2 convolutions after the downsampling.
+    """
+
+    def __init__(self, observation_space: spaces.Space, features_dim: int = 64,
+                 channels: tuple[int, ...] = (16, 32)) -> None:
+        shape = getattr(observation_space, "shape", None)
+        if not isinstance(observation_space, spaces.Box) or shape is None or len(shape) != 3:
+            raise ValueError(f"the CNN policy needs image observations [C, H, W], got {observation_space}")
+        c, h, w = (int(x) for x in shape)
+        if min(h, w) < len(channels) + 1:
+            raise ValueError(f"images of {h}x{w} are too small for {len(channels)} 2x2 convolutions")
+        super().__init__(observation_space, features_dim)
+        layers: list[nn.Module] = []
+        while min(h, w) >= 14:
+            layers += [nn.Conv2d(c, 16, kernel_size=2, stride=2), nn.ReLU()]
+            c, h, w = 16, h // 2, w // 2
+        for out in channels:
+            layers += [nn.Conv2d(c, int(out), kernel_size=2), nn.ReLU()]
+            c, h, w = int(out), h - 1, w - 1
+        layers.append(nn.Flatten())
+        self.cnn = nn.Sequential(*layers)
+        self.linear = nn.Sequential(nn.Linear(c * h * w, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(observations))
+

@@ -1,24 +1,34 @@
 """Roll a trained policy out and record its activations and emotion labels to HDF5.
 
 The rollout acts exactly as an un-recorded one would (one ``predict`` per step). Activations
-are computed per finished episode by one batched forward pass over the episode's observations
-with forward hooks on every Linear and activation module — the network is deterministic, so
-these are the activations the acting network had — and labels (``rl_lab.labels``) are computed
-from the same pass. The file is written episode by episode and marked ``complete`` last.
+are computed for finished episodes by one batched forward pass over their observations (a block
+of episodes at a time) with forward hooks on every Linear and activation module — the network is
+deterministic, so these are the activations the acting network had — and labels
+(``rl_lab.labels``) are computed from the same pass. The file is written block by block and
+marked ``complete`` last.
 Value-derived labels use one critic, named in the file's ``reference_critic`` attribute (the
 network's own by default, another run's with ``--reference-critic``); hope and fear are
 standardised with the mean and std of V on a few calibration episodes rolled out first with
 seeds disjoint from the recorded ones and not stored (``value_calibration_*`` attributes).
 What the recorder needs from a network is ``rl_lab.adapters.PolicyAdapter``; ``load_adapter``
 picks the SB3 or the decision-transformer adapter for a run.
+
+Vectorised recording (``n_envs``, ``rl-lab record --n-envs``, default ``DEFAULT_N_ENVS``):
+``rollouts`` steps several environments together with one ``act_batch`` (one batched forward
+pass) per step; each environment plays the next unplayed episode index (seed ``seed + i``) when
+its episode ends, and finished episodes are yielded in index order. Finished episodes are then
+processed in blocks of about ``flush_rows`` rows, one batched forward pass of the network and
+of each twin per block, in both modes, so with deterministic actions a vectorised file equals the
+sequential one exactly. A network that reads each reward as it acts (the decision transformer,
+BC) is recorded one environment at a time (``can_batch``; the file's ``vectorised_fallback``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -102,40 +112,137 @@ def calibration_seeds(seed: int, episodes: int, n: int) -> list[int]:
     return [seed + CALIBRATION_SEED_OFFSET + i for i in range(n)]
 
 
-def _critic_values(reference: ReferenceCritic | None, fwd: EpisodeForward, obs: np.ndarray, actions: np.ndarray,
-                   rewards: np.ndarray, final_obs: np.ndarray) -> tuple[np.ndarray, float]:
-    """V of every step and of the observation after the last, from the reference critic."""
-    if reference is None or reference.adapter is None:
-        return fwd.values, fwd.final_value
-    ref = reference.adapter.episode_forward(obs, actions, rewards, final_obs)
-    return ref.values, ref.final_value
-
-
 def calibrate_value(env: Any, adapter: PolicyAdapter, reference: ReferenceCritic | None,
                     seeds: list[int]) -> ValueScale:
-    """Roll the policy out on ``seeds`` (nothing stored) and measure the mean and std of V there."""
-    observe = getattr(adapter, "observe", None)
+    """Roll the policy out on ``seeds`` (nothing stored) and measure the mean and std of V there.
+
+    ``env``: one environment, or a list of them to roll the episodes out together (``rollouts``).
+    """
     values = []
-    for s in seeds:
-        obs, _ = env.reset(seed=s)
-        adapter.reset()
-        buf_obs, buf_act, buf_rew = [], [], []
-        terminated = truncated = False
-        while not (terminated or truncated):
-            action = adapter.act(obs)
-            buf_obs.append(obs)
-            buf_act.append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            if observe is not None:
-                observe(float(reward))
-            buf_rew.append(reward)
-        obs_arr, act_arr = np.asarray(buf_obs, dtype=np.float32), np.asarray(buf_act)
-        rew_arr, final = np.asarray(buf_rew, dtype=np.float64), np.asarray(obs, dtype=np.float32)
+    for ep in rollouts(env if isinstance(env, list) else [env], adapter, seeds, renders=False):
+        obs_arr, act_arr, rew_arr, final = ep.arrays()
         if reference is None or reference.adapter is None:
             values.append(adapter.episode_forward(obs_arr, act_arr, rew_arr, final).values)
         else:
             values.append(reference.adapter.episode_forward(obs_arr, act_arr, rew_arr, final).values)
     return ValueScale.fit(values, seeds)
+
+
+# --------------------------------------------------------------------------- rollouts
+DEFAULT_N_ENVS = 8
+"""Environments ``rl-lab record`` steps together by default (``--n-envs``); measured on 2 cores
+(benchmarks/record_overhead.py): the batched forward pass amortises over 8 and more gains little."""
+
+
+@dataclass
+class Episode:
+    """One rolled-out episode: what the recorder stores and feeds the network again."""
+
+    index: int  # its place in the recording (seed = base seed + index)
+    obs: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+    texts: list = field(default_factory=list)  # the env's ansi rendering before each action
+    latents: list = field(default_factory=list)  # info["latents"] before each action
+    final_obs: Any = None  # the observation after the last action
+    terminated: bool = False
+    forward: EpisodeForward | None = None  # the network's pass, when read as soon as it was played
+    inputs: dict = field(default_factory=dict)  # and its per-step inputs (``episode_inputs``)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """obs [T, ...] float32, actions [T, ...], rewards [T] float64 and the final observation."""
+        return (np.asarray(self.obs, dtype=np.float32), np.asarray(self.actions),
+                np.asarray(self.rewards, dtype=np.float64), np.asarray(self.final_obs, dtype=np.float32))
+
+
+def can_batch(adapter: PolicyAdapter) -> str:
+    """Why ``adapter`` cannot act for several environments at once ("" when it can).
+
+    A network that is told each reward as the episode goes (``observe``: a decision transformer's
+    return-to-go) or has no ``act_batch`` is rolled out one environment at a time.
+    """
+    if hasattr(adapter, "observe"):
+        return f"{adapter.kind} adapter reads each reward as it acts (observe); recorded sequentially"
+    if not callable(getattr(adapter, "act_batch", None)):
+        return f"{adapter.kind} adapter has no batched act; recorded sequentially"
+    return ""
+
+
+def rollouts(env_list: list[Any], adapter: PolicyAdapter, seeds: list[int], renders: bool) -> Iterator[Episode]:
+    """Roll ``adapter`` out for one episode per seed and yield the episodes in seed order.
+
+    With one environment (or an adapter that ``can_batch`` refuses) episodes are played one after
+    another with ``adapter.act``. With several, each environment plays the next unplayed seed when
+    its episode ends, all of them step together with one ``adapter.act_batch`` per step, and a
+    finished episode is held back until every earlier one is yielded: the order (and, with
+    deterministic actions, every step) is the sequential rollout's.
+    """
+    if len(env_list) == 1 or can_batch(adapter):
+        yield from _sequential(env_list[0], adapter, seeds, renders)
+        return
+    n = min(len(env_list), len(seeds))
+    playing: dict[int, Episode] = {}  # slot -> the episode its environment plays
+    current: dict[int, tuple[Any, dict]] = {}  # slot -> (observation, info) before the next action
+    finished: dict[int, Episode] = {}
+    next_seed = next_out = 0
+    starts = [True] * n
+
+    def start(slot: int) -> None:
+        nonlocal next_seed
+        obs, info = env_list[slot].reset(seed=seeds[next_seed])
+        playing[slot], current[slot] = Episode(next_seed), (obs, info)
+        next_seed += 1
+        starts[slot] = True
+
+    for slot in range(n):
+        start(slot)
+    while next_out < len(seeds):
+        slots = sorted(playing)
+        for slot in slots:
+            ep, (obs, info) = playing[slot], current[slot]
+            if renders:
+                ep.texts.append(env_list[slot].render())
+            ep.latents.append(info.get("latents", {}))
+            ep.obs.append(obs)
+        actions = adapter.act_batch(np.stack([current[s][0] for s in slots]), slots, [starts[s] for s in slots])
+        for slot, action in zip(slots, actions):
+            starts[slot] = False
+            ep = playing[slot]
+            ep.actions.append(action)
+            obs, reward, terminated, truncated, info = env_list[slot].step(action)
+            ep.rewards.append(reward)
+            current[slot] = (obs, info)
+            if terminated or truncated:
+                ep.final_obs, ep.terminated = obs, bool(terminated)
+                finished[ep.index] = ep
+                del playing[slot], current[slot]
+                if next_seed < len(seeds):
+                    start(slot)
+        while next_out in finished:
+            yield finished.pop(next_out)
+            next_out += 1
+
+
+def _sequential(env: Any, adapter: PolicyAdapter, seeds: list[int], renders: bool) -> Iterator[Episode]:
+    observe = getattr(adapter, "observe", None)
+    for index, s in enumerate(seeds):
+        obs, info = env.reset(seed=s)
+        adapter.reset()
+        ep = Episode(index)
+        terminated = truncated = False
+        while not (terminated or truncated):
+            if renders:
+                ep.texts.append(env.render())
+            ep.latents.append(info.get("latents", {}))
+            action = adapter.act(obs)
+            ep.obs.append(obs)
+            ep.actions.append(action)
+            obs, reward, terminated, truncated, info = env.step(action)
+            if observe is not None:
+                observe(float(reward))  # e.g. a decision transformer lowers its return-to-go
+            ep.rewards.append(reward)
+        ep.final_obs, ep.terminated = obs, bool(terminated)
+        yield ep
 
 
 # --------------------------------------------------------------------------- recording
@@ -175,6 +282,7 @@ def record(
     flush_rows: int = 4096,
     reference: ReferenceCritic | None = None,
     calibration_episodes: int = CALIBRATION_EPISODES,
+    n_envs: int = 1,
 ) -> Path:
     """Record ``episodes`` episodes of ``checkpoint`` into ``RUN/activations/<ckpt>.h5``.
 
@@ -212,11 +320,20 @@ def record(
     calibration_episodes:
         Episodes rolled out first, with seeds disjoint from the recorded ones and not stored, whose
         values give the mean and std that standardise hope and fear.
+    n_envs:
+        Environments stepped together (``rollouts``: one batched forward pass per step). Episode i
+        still resets with ``seed + i`` and the file lists episodes in index order, so with
+        deterministic actions the file equals the sequential one (``n_envs=1``); sampled actions
+        differ (one draw per batch). A network that cannot act in a batch (``can_batch``: the
+        decision transformer, BC) is recorded sequentially and the file's ``vectorised_fallback``
+        attribute says why.
     """
     if episodes <= 0:
         raise LabError("--episodes must be positive")
     if calibration_episodes <= 0:
         raise LabError("--calibration-episodes must be positive")
+    if n_envs <= 0:
+        raise LabError("--n-envs must be positive")
     calib_seeds = calibration_seeds(seed, episodes, calibration_episodes)
     out = Path(out) if out else run.activation_path(Path(checkpoint).stem)
     replacing = out.exists()
@@ -232,7 +349,7 @@ def record(
     torch.set_num_threads(1)
     try:
         _record(run, checkpoint, episodes, seed, deterministic, tmp, random_baseline, adapter,
-                progress, max_steps, flush_rows, reference, calib_seeds)
+                progress, max_steps, flush_rows, reference, calib_seeds, n_envs)
         os.replace(tmp, out)
     except BaseException as exc:
         if replacing or not tmp.exists():
@@ -249,6 +366,15 @@ def record(
     return out
 
 
+def _make_recording_env(env_id: str, env_kwargs: dict) -> Any:
+    """One environment rendering ``ansi`` text when it can, else none."""
+    env = make_env(env_id, env_kwargs, render_mode="ansi")
+    if getattr(env, "render_mode", None) != "ansi":
+        env.close()
+        env = make_env(env_id, env_kwargs)
+    return env
+
+
 RANDOM_TWINS = 3
 """Random-weights twins recorded per hook (``/acts_random``, ``/acts_random_1``, ...): the baseline is
 their mean, so one lucky initialisation does not decide a verdict. Twin i is initialised with
@@ -258,17 +384,18 @@ their mean, so one lucky initialisation does not decide a verdict. Twin i is ini
 def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic: bool, out: Path,
             random_baseline: bool, adapter: PolicyAdapter | None, progress: ProgressFn | None,
             max_steps: int | None, flush_rows: int, reference: ReferenceCritic | None = None,
-            calib_seeds: list[int] | None = None) -> Path:
+            calib_seeds: list[int] | None = None, n_envs: int = 1) -> Path:
     if adapter is None:
         adapter = load_adapter(run, Path(checkpoint), deterministic=deterministic)
     twins = [adapter.random_twin(seed + 10_007 + 7_919 * i) for i in range(RANDOM_TWINS)] if random_baseline else []
     torch.manual_seed(seed)  # after the twin's initialisation: the rollout's sampling depends on seed only
     cfg = run.info.get("config", {})
     env_id = run.info.get("env_id") or cfg.get("env_id")
-    env = make_env(env_id, cfg.get("env_kwargs") or {}, render_mode="ansi")
-    if getattr(env, "render_mode", None) != "ansi":
-        env.close()
-        env = make_env(env_id, cfg.get("env_kwargs") or {})
+    fallback = can_batch(adapter) if n_envs > 1 else ""
+    n_envs = 1 if fallback else max(1, min(n_envs, episodes))
+    env_list = [_make_recording_env(env_id, cfg.get("env_kwargs") or {}) for _ in range(n_envs)]
+    env = env_list[0]
+    renders = getattr(env, "render_mode", None) == "ansi"
     spec = envs.latent_spec(env)
     gamma = float(cfg.get("gamma", 0.99))
     # Whose V gives the value-derived labels: the reference critic, the network's own, or (for a
@@ -289,9 +416,9 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
     meta = label_meta(spec, adapter.linear_in, value_from=value_from, derived_from=sources)
     try:
         seeds = calib_seeds or calibration_seeds(seed, episodes, CALIBRATION_EPISODES)
-        scale = calibrate_value(env, adapter, reference, seeds)
+        scale = calibrate_value(env_list, adapter, reference, seeds)
     except BaseException:
-        env.close()
+        _close(env_list)
         raise
     torch.manual_seed(seed)  # the recorded rollouts sample as if no calibration had run
     attrs = {
@@ -305,104 +432,118 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
         "seed": seed,
         "deterministic": deterministic,
         "hooks": adapter.hooks,
+        "n_envs": n_envs,  # environments stepped together (rollouts); 1: sequential
         "reference_critic": critic_run,
         "reference_critic_checkpoint": critic_ckpt,
         **scale.attrs(),
     }
+    if fallback:
+        attrs["vectorised_fallback"] = fallback  # --n-envs was asked for but this network acts alone
     if getattr(adapter, "input_window", None):
         attrs["input_window"] = adapter.input_window  # what the network receives (probes' input-matched baseline)
     writer = ActivationWriter(out, attrs, meta)
-    renders = getattr(env, "render_mode", None) == "ansi"
-    observe = getattr(adapter, "observe", None)
-    total = pending_rows = 0
-    # Episodes are written in blocks of about ``flush_rows`` rows: HDF5 appends cost per call,
-    # and a crash loses at most one block (the file is then left without ``complete``).
-    pending: list[tuple[dict, dict, dict, list[dict], dict]] = []
+    total = block_rows = 0
+    # Episodes are processed and written in blocks of about ``flush_rows`` rows: one batched forward
+    # pass of the network (and of each twin) over the block's steps, one HDF5 append (appends cost
+    # per call), and a crash loses at most one block (the file is then left without ``complete``).
+    block: list[Episode] = []
+
+    def write_block() -> None:
+        if block:
+            writer.append(*_block_rows(block, adapter, twins, reference, scale, spec, gamma, renders))
+            writer.flush()
+            block.clear()
+
     try:
-        for ep in range(episodes):
-            obs, info = env.reset(seed=seed + ep)
-            adapter.reset()
-            buf_obs, buf_act, buf_rew, buf_text, buf_lat = [], [], [], [], []
-            terminated = truncated = False
-            while not (terminated or truncated):
-                if renders:
-                    buf_text.append(env.render())
-                buf_lat.append(info.get("latents", {}))
-                action = adapter.act(obs)
-                buf_obs.append(obs)
-                buf_act.append(action)
-                obs, reward, terminated, truncated, info = env.step(action)
-                if observe is not None:
-                    observe(float(reward))  # e.g. a decision transformer lowers its return-to-go
-                buf_rew.append(reward)
-            T = len(buf_rew)
-            obs_arr = np.asarray(buf_obs, dtype=np.float32)
-            act_arr = np.asarray(buf_act)
-            rew_arr = np.asarray(buf_rew, dtype=np.float64)
-            fwd = adapter.episode_forward(obs_arr, act_arr, rew_arr, np.asarray(obs, dtype=np.float32))
-            final_obs = np.asarray(obs, dtype=np.float32)
-            values, final_value = _critic_values(reference, fwd, obs_arr, act_arr, rew_arr, final_obs)
-            labels = episode_labels(values, rew_arr, bool(terminated), final_value, gamma)
-            labels.update(hope_fear(values, scale))
-            labels.update(fwd.extra_labels)
-            labels["action"] = act_arr.reshape(T, -1)[:, 0].astype(np.int64) if act_arr.dtype.kind in "iu" \
-                else act_arr.reshape(T, -1)[:, 0]
-            for key in spec:
-                labels[latent_label_name(key)] = np.asarray([lat.get(key, np.nan) for lat in buf_lat])
-            done = np.zeros(T, dtype=bool)
-            done[-1] = True
-            steps: dict[str, Any] = {
-                "obs": obs_arr,
-                "action": act_arr,
-                "reward": rew_arr.astype(np.float32),
-                "done": done,
-                "episode": np.full(T, ep, dtype=np.int64),
-                "t": np.arange(T, dtype=np.int64),
-            }
-            if renders:
-                steps["text"] = buf_text
-            acts_random = [twin.episode_forward(obs_arr, act_arr, rew_arr, obs_arr[-1]).acts for twin in twins]
-            inputs = adapter.episode_inputs(rew_arr) if hasattr(adapter, "episode_inputs") else {}
-            pending.append((steps, labels, fwd.acts, acts_random, inputs))
-            pending_rows += T
-            total += T
-            if pending_rows >= flush_rows:
-                _flush(writer, pending)
-                pending_rows = 0
+        for ep in rollouts(env_list, adapter, [seed + i for i in range(episodes)], renders):
+            if not callable(getattr(adapter, "episodes_forward", None)):
+                # An adapter that keeps what it gave the network while acting (a decision
+                # transformer's return-to-go) is read before the next episode is played.
+                ep.forward = adapter.episode_forward(*ep.arrays())
+                ep.inputs = adapter.episode_inputs(ep.arrays()[2]) if hasattr(adapter, "episode_inputs") else {}
+            block.append(ep)
+            block_rows += len(ep.rewards)
+            total += len(ep.rewards)
+            if block_rows >= flush_rows:
+                write_block()
+                block_rows = 0
             if progress is not None:
-                progress(ep + 1, episodes)
+                progress(ep.index + 1, episodes)
             if max_steps is not None and total >= max_steps:
                 break
-        _flush(writer, pending)
+        write_block()
     except BaseException:
         try:
-            _flush(writer, pending)  # keep the whole episodes recorded so far
+            write_block()  # keep the whole episodes recorded so far
         finally:
             writer.close(complete=False)
-        env.close()
+        _close(env_list)
         raise
     writer.close(complete=True)
-    env.close()
+    _close(env_list)
     return out
 
 
-def _flush(writer: Any, pending: list[tuple[dict, dict, dict, list[dict], dict]]) -> None:
-    """Write the buffered episodes as one block and empty the buffer."""
-    if not pending:
-        return
+def _forward(adapter: PolicyAdapter, episodes: list[tuple]) -> list[EpisodeForward]:
+    """``episode_forward`` of each episode, as one batched pass when the adapter has ``episodes_forward``."""
+    many = getattr(adapter, "episodes_forward", None)
+    return many(episodes) if callable(many) else [adapter.episode_forward(*e) for e in episodes]
 
-    def cat(parts: list[dict]) -> dict:
+
+def _block_rows(block: list[Episode], adapter: PolicyAdapter, twins: list[Any], reference: ReferenceCritic | None,
+                scale: ValueScale, spec: dict, gamma: float, renders: bool
+                ) -> tuple[dict, dict, dict, list[dict] | None, dict | None]:
+    """The rows of a block of episodes as ``ActivationWriter.append`` takes them."""
+    arrays = [ep.arrays() for ep in block]
+    fwds = [ep.forward for ep in block] if block[0].forward is not None else _forward(adapter, arrays)
+    if reference is not None and reference.adapter is not None:
+        critic = _forward(reference.adapter, arrays)
+    else:
+        critic = fwds
+    twin_fwds = [_forward(twin, [(o, a, r, o[-1]) for o, a, r, _ in arrays]) for twin in twins]
+    parts = []
+    for i, ep in enumerate(block):
+        obs_arr, act_arr, rew_arr, _ = arrays[i]
+        T = len(rew_arr)
+        values, final_value = critic[i].values, critic[i].final_value
+        labels = episode_labels(values, rew_arr, ep.terminated, final_value, gamma)
+        labels.update(hope_fear(values, scale))
+        labels.update(fwds[i].extra_labels)
+        labels["action"] = act_arr.reshape(T, -1)[:, 0].astype(np.int64) if act_arr.dtype.kind in "iu" \
+            else act_arr.reshape(T, -1)[:, 0]
+        for key in spec:
+            labels[latent_label_name(key)] = np.asarray([lat.get(key, np.nan) for lat in ep.latents])
+        done = np.zeros(T, dtype=bool)
+        done[-1] = True
+        steps: dict[str, Any] = {
+            "obs": obs_arr,
+            "action": act_arr,
+            "reward": rew_arr.astype(np.float32),
+            "done": done,
+            "episode": np.full(T, ep.index, dtype=np.int64),
+            "t": np.arange(T, dtype=np.int64),
+        }
+        if renders:
+            steps["text"] = ep.texts
+        inputs = ep.inputs if ep.forward is not None else \
+            adapter.episode_inputs(rew_arr) if hasattr(adapter, "episode_inputs") else {}
+        parts.append((steps, labels, fwds[i].acts, [t[i].acts for t in twin_fwds], inputs))
+
+    def cat(dicts: list[dict]) -> dict:
         out = {}
-        for key in parts[0]:
-            values = [p[key] for p in parts]
-            out[key] = sum(values, []) if isinstance(values[0], list) else np.concatenate(values)
+        for key in dicts[0]:
+            values = [d[key] for d in dicts]
+            out[key] = [x for v in values for x in v] if isinstance(values[0], list) else np.concatenate(values)
         return out
 
-    steps, labels, acts, inputs = (cat([p[i] for p in pending]) for i in (0, 1, 2, 4))
-    twins = [cat([p[3][i] for p in pending]) for i in range(len(pending[0][3]))]
-    writer.append(steps, labels, acts, twins or None, inputs or None)
-    writer.flush()
-    pending.clear()
+    steps, labels, acts, inputs = (cat([p[i] for p in parts]) for i in (0, 1, 2, 4))
+    twin_acts = [cat([p[3][i] for p in parts]) for i in range(len(twins))]
+    return steps, labels, acts, twin_acts or None, inputs or None
+
+
+def _close(env_list: list[Any]) -> None:
+    for env in env_list:
+        env.close()
 
 
 def record_run(
@@ -416,11 +557,12 @@ def record_run(
     progress_factory: Callable[[str], tuple[ProgressFn, Callable[[], None]]] | None = None,
     reference_critic: str | None = None,
     calibration_episodes: int = CALIBRATION_EPISODES,
+    n_envs: int = 1,
 ) -> list[Path]:
     """Record one or several checkpoints of a run (``checkpoint``: latest, all, a step, a file).
 
     ``reference_critic``: the run whose critic gives every value-derived label (default: the run's
-    own; a dt/bc run's source run).
+    own; a dt/bc run's source run). ``n_envs``: environments stepped together (``record``).
     """
     run = RunStore(runs_dir).get(run_name)
     paths = []
@@ -437,7 +579,7 @@ def record_run(
         try:
             paths.append(record(run, ckpt, episodes=episodes, seed=seed, deterministic=deterministic,
                                 overwrite=overwrite, progress=progress, reference=reference,
-                                calibration_episodes=calibration_episodes))
+                                calibration_episodes=calibration_episodes, n_envs=n_envs))
         finally:
             close()
     return paths

@@ -3,7 +3,9 @@
 ``run.json`` is replaced atomically; ``metrics.jsonl`` is appended one line per event, so a
 crash loses at most the line being written. A run whose status says ``running`` while its
 process is gone is reported as ``interrupted``; a process is the run's own only if its start
-time (``pid_start``, ``/proc/<pid>/stat`` field 22) matches. One process at a time trains a run:
+time (``pid_start``, ``/proc/<pid>/stat`` field 22) matches, and only on the host that wrote it
+(``host``): a pid from another machine of a cluster is neither alive nor dead here
+(:func:`liveness` says ``unknown``; the run keeps the status its ``run.json`` says). One process at a time trains a run:
 it holds ``RUN/.lock`` (:class:`RunLock`, ``fcntl.flock``, released by the kernel when the
 process dies). A ``run.json`` with a malformed field is listed as ``damaged`` with the reason
 (:func:`info_problems`); unreadable metrics values are skipped (:func:`iter_metrics`).
@@ -17,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import socket
 import re
 import shutil
 import tempfile
@@ -196,13 +199,34 @@ def pid_alive(pid: Any, start: Any = None) -> bool:
     return True
 
 
+def this_host() -> str:
+    """This machine's name, as ``run.json``'s ``host`` records it."""
+    return socket.gethostname()
+
+
+def liveness(info: dict[str, Any]) -> str:
+    """Whether ``run.json``'s process is ``alive``, ``dead`` or ``unknown`` (written on another host).
+
+    A pid means something only on the host that wrote it (``host``; a run.json without one is
+    this machine's, as before hosts were recorded): a trial a Ray cluster ran elsewhere is
+    judged there, or by its run's lock (:class:`RunLock`), never by a local pid of that number.
+    """
+    if not isinstance(info, dict):
+        return "dead"
+    host = info.get("host")
+    if isinstance(host, str) and host and host != this_host():
+        return "unknown"
+    return "alive" if pid_alive(info.get("pid"), info.get("pid_start")) else "dead"
+
+
 def owned_pid(info: dict[str, Any]) -> int | None:
     """The pid of ``run.json``'s process if it provably is the run's own, else None.
 
-    The process must be alive and started at the recorded ``pid_start``: the only pid the
-    app may signal. A run without ``pid_start`` (or with a bad one) has no provable process.
+    The process must be alive on this host and started at the recorded ``pid_start``: the only
+    pid the app may signal. A run without ``pid_start`` (or with a bad one), or written on
+    another host, has no provable process.
     """
-    if not isinstance(info, dict):
+    if not isinstance(info, dict) or liveness(info) == "unknown":
         return None
     pid, start = valid_pid(info.get("pid")), info.get("pid_start")
     if pid is None or start is None or not pid_alive(pid, start):
@@ -211,8 +235,8 @@ def owned_pid(info: dict[str, Any]) -> int | None:
 
 
 def process_identity() -> dict[str, Any]:
-    """``{"pid", "pid_start"}`` of this process, for run.json."""
-    return {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
+    """``{"pid", "pid_start", "host"}`` of this process, for run.json."""
+    return {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()), "host": this_host()}
 
 
 def info_problems(info: Any) -> list[str]:
@@ -227,7 +251,7 @@ def info_problems(info: Any) -> list[str]:
         text = json.dumps(value, default=str)
         return text if len(text) <= 40 else text[:37] + "..."
 
-    for key in ("name", "env_id", "algo", "created", "updated", "error", "sweep"):
+    for key in ("name", "env_id", "algo", "created", "updated", "error", "sweep", "host"):
         value = info.get(key)
         if value is not None and not isinstance(value, str):
             problems.append(f"{key} {show(value)} is not text")
@@ -326,13 +350,21 @@ class Run(RunLayout):
 
     @property
     def status(self) -> str:
-        """``run.json``'s status, ``interrupted`` if its process is gone, ``damaged`` if it cannot be read."""
+        """``run.json``'s status, ``interrupted`` if its process is gone, ``damaged`` if it cannot be read.
+
+        A ``running`` run written on another host stays ``running`` (:func:`liveness` is ``unknown``).
+        """
         if self.problems():
             return "damaged"
         status = self.info.get("status", "failed")
-        if status == "running" and not pid_alive(self.info.get("pid"), self.info.get("pid_start")):
+        if status == "running" and liveness(self.info) == "dead":
             return "interrupted"
         return status
+
+    @property
+    def liveness(self) -> str:
+        """``alive``, ``dead`` or ``unknown``: :func:`liveness` of ``run.json``'s process."""
+        return liveness(self.info)
 
     def problems(self) -> list[str]:
         """What is wrong with ``run.json`` (see :func:`info_problems`); empty for a sound run."""

@@ -367,7 +367,7 @@ def test_sweeps_accept_policy_and_recurrent_ppo(tmp_path: Path) -> None:
     assert [t.params["policy"] for t in trials] == ["mlp", "transformer"]
     assert trials[1].name.endswith("-pol_transformer")
     for text, message in (('algos = ["dqn"]\n[grid]\npolicy = ["transformer"]\n', "is for --algo ppo or a2c"),
-                          ('[stages.train]\npolicy = "cnn"\n', "expected one of mlp, transformer")):
+                          ('[stages.train]\npolicy = "lstm"\n', "expected one of mlp, transformer, cnn")):
         sweep.write_text('name = "fair"\n' + text)
         with pytest.raises(LabError, match=message):
             load_sweep(sweep)

@@ -246,7 +246,7 @@ def test_bad_input_errors(tmp_path: Path) -> None:
         make_config("gated", d_in=4, d_sae=8)
     with pytest.raises(ProbeError, match="not an SAE directory"):
         load_sae(tmp_path)
-    assert set(REGISTRY) == {"topk", "relu"}
+    assert set(REGISTRY) == {"topk", "relu", "binding"}
 
 
 def test_script_exit_codes(tmp_path: Path) -> None:

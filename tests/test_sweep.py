@@ -299,15 +299,80 @@ def test_flags_alone_define_a_sweep(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- slow: Ray and the example
+RAY_SWEEP = """
+name = "rayk"
+envs = ["lab/Forage-v0"]
+algos = ["ppo"]
+seeds = [0, 1]
+pipeline = ["train", "record"]
+[stages.train]
+steps = 8192
+n_envs = 2
+checkpoint_every = 1024
+[stages.record]
+episodes = 1
+"""
+
+
 @pytest.mark.slow
-def test_ray_backend_runs_a_sweep(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
-    spec = load_sweep(write(tmp_path, TINY), {"seeds": [0, 1]})
-    lines: list[str] = []
-    record = run_sweep(spec, tmp_path / "runs", backend="ray", workers=2, log=lines.append)
-    assert record["summary"]["done"] == 2 and record["backend"] == "ray"
-    for trial in record["trials"]:
-        assert RunStore(tmp_path / "runs").get(trial["name"]).info["sweep"] == "tiny"
+def test_ray_backend_runs_a_sweep_and_a_killed_trial_resumes(tmp_path: Path) -> None:
+    """A local Ray cluster of 2 CPUs runs a real sweep; one trial's worker is killed (SIGKILL) mid-training:
+    Ray retries the task and the trial resumes its run from the last checkpoint. Also: a runs directory a
+    node cannot write to fails the shared-storage check with one line."""
+    ray = pytest.importorskip("ray")
+    import signal
+    import socket
+    import threading
+    import time
+
+    from rl_lab.sweep import backends
+
+    runs = tmp_path / "runs"
+    spec = load_sweep(write(tmp_path, RAY_SWEEP))
+    victim = spec.trials()[0].name
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        outcome: dict[str, Any] = {}
+
+        def sweep() -> None:
+            try:
+                outcome["record"] = run_sweep(spec, runs, backend="ray", workers=2, log=lambda line: None)
+            except BaseException as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        run_json = runs / victim / "run.json"
+        killed = None
+        deadline = time.time() + 120
+        while killed is None and thread.is_alive() and time.time() < deadline:
+            try:
+                info = json.loads(run_json.read_text())
+            except (OSError, json.JSONDecodeError):
+                info = {}
+            if info.get("status") == "running" and list((runs / victim / "checkpoints").glob("*.zip")):
+                killed = info["pid"]
+                assert info["host"] == socket.gethostname()
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        thread.join(timeout=300)
+        assert "error" not in outcome, outcome.get("error")
+        assert killed is not None, "the trial finished before it could be killed"
+        record = outcome["record"]
+        assert record["summary"]["done"] == 2 and record["backend"] == "ray"
+        run = RunStore(runs).get(victim)
+        assert run.info["sweep"] == "rayk" and run.info["steps_done"] == 8192
+        assert run.info["resumes"] and run.info["resumes"][-1]["from_step"] >= 1024  # resumed, not restarted
+        assert run.info["pid"] != killed
+        assert not list(runs.glob(".shared-*"))  # the shared-storage markers are removed
+
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        with pytest.raises(LabError, match="is not shared with Ray node") as err:
+            backends.check_shared_runs_dir(blocker / "runs")
+        assert "\n" not in str(err.value)
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow

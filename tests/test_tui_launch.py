@@ -92,7 +92,7 @@ def test_parse_form_policy_and_recurrent_ppo() -> None:
     assert "--policy" not in recurrent.args(set()) and recurrent.algo == "recurrent-ppo"
     for bad, message in (({"algo": "dqn"}, "transformer policy is for ppo or a2c"),
                          ({"algo": "recurrent-ppo"}, "transformer policy is for"),
-                         ({"policy": "cnn"}, "policy must be one of")):
+                         ({"policy": "lstm"}, "policy must be one of")):
         with pytest.raises(LabError, match=message):
             parse_form(dict(base, **bad))
 
@@ -106,7 +106,7 @@ async def test_launch_form_offers_policy_and_recurrent_ppo(tmp_path: Path) -> No
         assert isinstance(screen, LaunchScreen)
         algo, policy = screen.query_one("#algo", Select), screen.query_one("#policy", Select)
         assert "recurrent-ppo" in [value for _, value in algo._options]
-        assert [value for _, value in policy._options] == ["mlp", "transformer"]
+        assert [value for _, value in policy._options] == ["mlp", "transformer", "cnn"]
         algo.value, policy.value = "dqn", "transformer"
         await pilot.press("ctrl+l")
         await pilot.pause()

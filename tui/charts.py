@@ -210,3 +210,65 @@ def band_cells(
                     for c in range(a, b):
                         band[r][c] = True
     return [[(line[r][c], band[r][c]) for c in range(width)] for r in range(height)]
+
+
+def scatter_lines(xs: Sequence[float], ys: Sequence[float], width: int, height: int,
+                  x_label: str = "x", y_label: str = "y") -> list[str]:
+    """A Braille scatter plot (points, not a line) with y min/max on the left and the x range below.
+
+    Args:
+        xs, ys: one point per pair (any order).
+        width: total width in cells, axis labels included.
+        height: total height in cells, the x-axis lines included.
+        x_label, y_label: axis names written under the plot.
+    """
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if x == x and y == y]
+    if not pts:
+        return ["(no points)".center(max(0, width))]
+    label_w = 8
+    plot_w = max(4, width - label_w - 1)
+    plot_h = max(1, height - 2)
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    W, H = plot_w * 2, plot_h * 4
+    grid = [[0] * plot_w for _ in range(plot_h)]
+    for x, y in pts:
+        px = round((x - x0) / ((x1 - x0) or 1.0) * (W - 1)) if x1 > x0 else W // 2
+        py = (H - 1) - (round((y - y0) / ((y1 - y0) or 1.0) * (H - 1)) if y1 > y0 else H // 2)
+        grid[py // 4][px // 2] |= _DOTS[py % 4][px % 2]
+    rows = ["".join(chr(0x2800 + c) for c in row) for row in grid]
+    out = []
+    for i, row in enumerate(rows):
+        label = fmt_num(y1, label_w) if i == 0 else fmt_num(y0, label_w) if i == len(rows) - 1 else " " * label_w
+        out.append(f"{label}┤{row}")
+    axis = f"{fmt_num(x0)} … {fmt_num(x1)}"
+    out.append(" " * label_w + "└" + "─" * plot_w)
+    out.append(" " * (label_w + 1) + f"{x_label} {axis}; {y_label} on the left"[:plot_w])
+    return out
+
+
+def column_chart(counts: Sequence[float], width: int, height: int) -> list[str]:
+    """Vertical bars (one per value, binned by sum to ``width`` columns), ``height`` rows of
+    eighth-block characters scaled to the largest value."""
+    vals = [max(0.0, float(c)) for c in counts]
+    if not vals or width <= 0 or height <= 0:
+        return []
+    if len(vals) > width:
+        per = len(vals) / width
+        vals = [sum(vals[int(i * per):int((i + 1) * per)]) for i in range(width)]
+    top = max(vals) or 1.0
+    levels = [v / top * height * 8 for v in vals]
+    out = []
+    for r in range(height - 1, -1, -1):
+        row = ""
+        for lv in levels:
+            fill = lv - r * 8
+            row += "█" if fill >= 8 else (_BLOCKS[int(fill)] if fill > 0 else " ")
+        out.append(row)
+    return out
+
+
+def shade(value: float, maximum: float = 1.0) -> str:
+    """One cell shaded by ``value / maximum``: ``·`` (at most 2%), then ``░▒▓█`` by quarters."""
+    frac = 0.0 if maximum <= 0 else max(0.0, min(1.0, value / maximum))
+    return "·" if frac <= 0.02 else "·░▒▓█"[min(4, max(1, math.ceil(frac * 4)))]

@@ -633,3 +633,13 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_fragment(text: str) -> str:
     """``text`` made safe for a file name."""
     return _SAFE.sub("_", text).strip("_") or "x"
+
+
+def read_sae_metrics(sae_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """An SAE's ``metrics.json`` (its ``views`` for the features screen included) or ``({}, why)``."""
+    from probes.layout import SAELayout
+
+    data, error = read_json_quiet(SAELayout(sae_dir).metrics_path)
+    if error is not None or not isinstance(data, dict):
+        return {}, error or "metrics.json is not an object"
+    return data, None

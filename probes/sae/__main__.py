@@ -2,12 +2,15 @@
 
 Options (``probes.sae.config.add_arguments``)::
 
-    python -m probes.sae FILE.h5 --hook NAME [--arch topk|relu] [--width W] [--k K] [--l1 C]
+    python -m probes.sae FILE.h5 --hook NAME [--hook NAME2 ...] [--arch topk|relu|binding] [--width W] [--k K] [--l1 C] [--slots S]
         [--steps N | --epochs E] [--lr LR] [--batch-size B] [--seed S] [--out DIR]
         [--no-features] [--json]
 
-Prints a summary (or, with ``--json``, the metrics as one JSON document); bad input gives one
-line on stderr and exit code 2.
+Several ``--hook``s, and lists ``--width 256,512 --k 8,16``, train one SAE per (hook, width, k) while
+streaming the file once (``probes.sae.training.train_saes_on_file``).
+
+Prints a summary per SAE (or, with ``--json``, one JSON document: the metrics of a single SAE, or a
+list of them for several); bad input gives one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        metrics = run_from_args(args)
+        all_metrics = run_from_args(args)
     except ProbeError as exc:
         print(f"probes.sae: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(all_metrics[0] if len(all_metrics) == 1 else all_metrics, sort_keys=True))
     else:
-        print(format_metrics(metrics))
+        print("\n\n".join(format_metrics(metrics) for metrics in all_metrics))
     return 0
 
 

@@ -33,15 +33,27 @@ def default_width(d_in: int) -> int:
     return WIDTH_PER_INPUT * d_in
 
 
-def sae_name(hook: str, arch: str, width: int) -> str:
-    """The default folder name of an SAE: ``<hook>-<arch>-<width>``."""
-    return f"{hook}-{arch}-{width}"
+def sae_name(hook: str, arch: str, width: int, k: int | None = None) -> str:
+    """The default folder name of an SAE: ``<hook>-<arch>-<width>``, and ``-k<k>`` when a sweep
+    over k names it (``train_saes_on_file``)."""
+    return f"{hook}-{arch}-{width}" + (f"-k{k}" if k is not None else "")
 
 
-def default_out_dir(path: Path | str, hook: str, arch: str, width: int) -> Path:
-    """``RUN/saes/<hook>-<arch>-<width>/`` for ``RUN/activations/X.h5``, else next to the file
+def default_out_dir(path: Path | str, hook: str, arch: str, width: int, k: int | None = None) -> Path:
+    """``RUN/saes/<hook>-<arch>-<width>[-k<k>]/`` for ``RUN/activations/X.h5``, else next to the file
     (``probes.layout.sae_output_dir``)."""
-    return sae_output_dir(path, sae_name(hook, arch, width))
+    return sae_output_dir(path, sae_name(hook, arch, width, k))
+
+
+def int_list(text: str) -> list[int]:
+    """``--width 256,512``: one positive integer or several, comma-separated (an argparse type)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 # --------------------------------------------------------------------------- configs
@@ -164,7 +176,20 @@ class ReLUConfig(SAEConfig):
     saelens_architecture: ClassVar[str] = "standard"
 
 
-CONFIGS: dict[str, type[SAEConfig]] = {cls.architecture: cls for cls in (TopKConfig, ReLUConfig)}
+@dataclass
+class BindingConfig(TopKConfig):
+    """Binding SAE (``probes.sae.binding``): TopK codes, decoder tied across slots as
+    ``W_dec = [D; D R_1; ...; D R_{slots-1}]`` with ``D`` the first ``d_sae / slots`` rows and
+    learned ``d_in x d_in`` maps ``R_j``. SAELens reads it as the TopK SAE it is at inference."""
+
+    slots: int = 2
+    """Number of slots (blocks of ``d_sae / slots`` latents); ``d_sae`` must be a multiple."""
+
+    architecture: ClassVar[str] = "binding"
+    saelens_architecture: ClassVar[str] = "topk"
+
+
+CONFIGS: dict[str, type[SAEConfig]] = {cls.architecture: cls for cls in (TopKConfig, ReLUConfig, BindingConfig)}
 """Architecture name -> config class (``probes.sae.model.REGISTRY`` adds the SAE class)."""
 ARCHITECTURES: tuple[str, ...] = tuple(sorted(CONFIGS))
 """The architecture names, sorted (the ``--arch`` choices)."""
@@ -208,6 +233,9 @@ def validate(cfg: SAEConfig) -> None:
         raise ProbeError(f"SAE dimensions must be positive (d_in={cfg.d_in}, d_sae={cfg.d_sae})")
     if isinstance(cfg, TopKConfig) and not 1 <= cfg.k <= cfg.d_sae:
         raise ProbeError(f"k must be between 1 and the width {cfg.d_sae}, got {cfg.k}")
+    if isinstance(cfg, BindingConfig) and not (cfg.slots >= 2 and cfg.d_sae % cfg.slots == 0):
+        raise ProbeError(f"a binding SAE needs at least 2 slots and a width that is a multiple of them "
+                         f"(slots={cfg.slots}, width={cfg.d_sae})")
     if isinstance(cfg, ReLUConfig) and cfg.l1_coefficient < 0:
         raise ProbeError(f"the L1 coefficient must be >= 0, got {cfg.l1_coefficient}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
@@ -231,12 +259,19 @@ def add_arguments(parser: argparse.ArgumentParser, file_arg: bool = True) -> Non
     """
     if file_arg:
         parser.add_argument("file", type=Path, help="activation file (.h5)")
-    parser.add_argument("--hook", required=True, help="hook name: which /acts/<hook> to train on")
+    parser.add_argument("--hook", required=True, action="append",
+                        help="hook name: which /acts/<hook> to train on; repeat it to train one SAE per hook "
+                             "in one pass over the file")
     parser.add_argument("--arch", choices=ARCHITECTURES, default=DEFAULT_ARCH,
                         help=f"SAE architecture (default {DEFAULT_ARCH})")
-    parser.add_argument("--width", type=int, default=None,
-                        help=f"number of latents (default {WIDTH_PER_INPUT} x d_in)")
-    parser.add_argument("--k", type=int, default=None, help=f"topk: latents per sample (default {TopKConfig.k})")
+    parser.add_argument("--width", type=int_list, default=None,
+                        help=f"number of latents (default {WIDTH_PER_INPUT} x d_in); a list (256,512) trains one "
+                             "SAE per width")
+    parser.add_argument("--k", type=int_list, default=None,
+                        help=f"topk: latents per sample (default {TopKConfig.k}); a list (8,16) trains one SAE per k, "
+                             "each named <hook>-<arch>-<width>-k<k>")
+    parser.add_argument("--slots", type=int, default=None,
+                        help=f"binding: slots of the tied decoder (default {BindingConfig.slots})")
     parser.add_argument("--l1", type=float, default=None,
                         help=f"relu: L1 coefficient (default {ReLUConfig.l1_coefficient})")
     length = parser.add_mutually_exclusive_group()

@@ -87,88 +87,108 @@ class TensorSource:
 
 
 class H5Source:
-    """Rows of one hook of an activation file, restricted to a row mask, streamed in blocks.
+    """Rows of one or several hooks of an activation file, restricted to a row mask, streamed in blocks.
 
     Parameters
     ----------
     path:
         The activation file.
     hook:
-        The hook name (``/acts/<hook>``).
+        The hook name (``/acts/<hook>``), or a list of hook names: then ``sample``, ``batches`` and
+        ``blocks`` give a dict hook -> rows, the same rows of every hook, and each block of the
+        file is read once for all of them (``probes.sae.multi``: many SAEs in one pass).
     mask:
         ``[N]`` bool: which rows belong to this source (e.g. the training episodes).
     block_rows:
         Rows per read; by default a whole number of HDF5 chunks of at least 4,096 rows.
     """
 
-    def __init__(self, path: Path | str, hook: str, mask: np.ndarray, block_rows: int | None = None) -> None:
+    def __init__(self, path: Path | str, hook: str | list[str], mask: np.ndarray, block_rows: int | None = None
+                 ) -> None:
         self.path = Path(path)
-        self.hook = hook
+        self.keyed = not isinstance(hook, str)
+        self.hooks = list(hook) if self.keyed else [hook]
+        if not self.hooks:
+            raise ProbeError("no hook to read")
+        self.hook = self.hooks[0]
         self.file = ActivationFile(self.path)
-        self.d_in = self.file.hook_dim(hook)
+        self.dims = {h: self.file.hook_dim(h) for h in self.hooks}
+        self.d_in = self.dims[self.hook]
         if len(mask) != self.file.n:
             raise ProbeError(f"row mask has {len(mask)} rows, the file {self.file.n}")
         self.mask = np.asarray(mask, dtype=bool)
         self.n_rows = int(self.mask.sum())
         if self.n_rows == 0:
             raise ProbeError("no rows selected for training")
-        chunk = self.file.chunk_size("acts", hook)
+        chunk = self.file.chunk_size("acts", self.hook)
         self.block_rows = block_rows or chunk * max(1, -(-4096 // chunk))
         starts = np.arange(0, self.file.n, self.block_rows)
         # Only blocks that hold at least one selected row.
         self.starts = np.array([s for s in starts if self.mask[s : s + self.block_rows].any()], dtype=np.int64)
 
-    def _read(self, start: int) -> np.ndarray:
+    def _read(self, start: int) -> list[np.ndarray]:
+        """The selected rows of the block at ``start``, one array per hook."""
         stop = min(start + self.block_rows, self.file.n)
-        block = self.file.acts(self.hook, slice(start, stop))
         keep = self.mask[start:stop]
-        return block if keep.all() else block[keep]  # no copy when the whole block is selected
+        out = []
+        for hook in self.hooks:
+            block = self.file.acts(hook, slice(start, stop))
+            out.append(block if keep.all() else block[keep])  # no copy when the whole block is selected
+        return out
 
-    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+    def _out(self, parts: list[np.ndarray]) -> torch.Tensor | dict[str, torch.Tensor]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
+        return dict(zip(self.hooks, tensors)) if self.keyed else tensors[0]
+
+    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor | dict[str, torch.Tensor]:
         """Up to ``n`` random rows, read from randomly chosen blocks."""
-        parts: list[np.ndarray] = []
+        parts: list[list[np.ndarray]] = []
         have = 0
         for start in rng.permutation(self.starts):
-            block = self._read(int(start))
-            parts.append(block)
-            have += len(block)
+            blocks = self._read(int(start))
+            parts.append(blocks)
+            have += len(blocks[0])
             if have >= n:
                 break
-        rows = np.concatenate(parts)
-        if len(rows) > n:
-            rows = rows[np.sort(rng.choice(len(rows), size=n, replace=False))]
-        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        rows = [np.concatenate([p[i] for p in parts]) for i in range(len(self.hooks))]
+        if len(rows[0]) > n:
+            pick = np.sort(rng.choice(len(rows[0]), size=n, replace=False))
+            rows = [r[pick] for r in rows]
+        return self._out(rows)
 
-    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[torch.Tensor]:
-        """Endless shuffled batches: blocks in random order through a shuffle buffer."""
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[torch.Tensor | dict[str, torch.Tensor]]:
+        """Endless shuffled batches: blocks in random order through a shuffle buffer (one
+        permutation for every hook, so a batch holds the same rows of each)."""
         batch_size = min(batch_size, self.n_rows)
-        buffer_rows = max(2 * batch_size, min(BUFFER_BYTES // (4 * self.d_in), 16 * self.block_rows))
-        left = np.empty((0, self.d_in), dtype=np.float32)
+        width = sum(self.dims.values())
+        buffer_rows = max(2 * batch_size, min(BUFFER_BYTES // (4 * width), 16 * self.block_rows))
+        left = [np.empty((0, self.dims[h]), dtype=np.float32) for h in self.hooks]
         while True:
             order = rng.permutation(self.starts)
             i = 0
             while i < len(order):
-                parts = [left]
-                have = len(left)
+                parts = [[x] for x in left]
+                have = len(left[0])
                 while have < buffer_rows and i < len(order):
-                    block = self._read(int(order[i]))
-                    parts.append(block)
-                    have += len(block)
+                    blocks = self._read(int(order[i]))
+                    for part, block in zip(parts, blocks):
+                        part.append(block)
+                    have += len(blocks[0])
                     i += 1
-                pool = np.concatenate(parts)
-                pool = torch.from_numpy(pool[rng.permutation(len(pool))])
-                n_full = len(pool) // batch_size
+                perm = rng.permutation(have)
+                pools = [torch.from_numpy(np.concatenate(part)[perm]) for part in parts]
+                n_full = have // batch_size
                 for b in range(n_full):
-                    yield pool[b * batch_size : (b + 1) * batch_size]
-                left = pool[n_full * batch_size :].numpy()
+                    batch = [pool[b * batch_size : (b + 1) * batch_size] for pool in pools]
+                    yield dict(zip(self.hooks, batch)) if self.keyed else batch[0]
+                left = [pool[n_full * batch_size :].numpy() for pool in pools]
 
-    def blocks(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def blocks(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor | dict[str, torch.Tensor]]]:
         """One ordered pass over the selected rows: ``(row_indices, block)`` pairs."""
         for start in self.starts:
             stop = min(int(start) + self.block_rows, self.file.n)
             m = self.mask[start:stop]
-            block = self.file.acts(self.hook, slice(int(start), stop))[m]
-            yield np.arange(start, stop)[m], torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+            yield np.arange(start, stop)[m], self._out(self._read(int(start)))
 
     def close(self) -> None:
         self.file.close()

@@ -32,6 +32,10 @@ from probes.errors import ProbeError
 from probes.layout import SAE_CFG, SAE_WEIGHTS, TMP_MARK, SAELayout
 from probes.sae.config import CONFIGS, ReLUConfig, SAEConfig, TopKConfig, config_from_dict
 
+SAELENS_TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
+"""The tensors of ``sae_weights.safetensors`` (SAELens 6 names)."""
+
+
 # --------------------------------------------------------------------------- models
 class SparseAutoencoder(nn.Module):
     """Shared parameters and the encode/decode contract; subclasses choose the activation.
@@ -90,6 +94,13 @@ class SparseAutoencoder(nn.Module):
     def normalize_decoder(self) -> None:
         """Rescale every decoder row to unit norm."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def load_saelens_state(self, state: dict[str, torch.Tensor], where: str = "") -> None:
+        """Set the parameters from the SAELens tensors of ``SAELENS_TENSORS`` (shapes checked by
+        ``load_sae``); an architecture whose decoder is computed overrides this."""
+        for name in SAELENS_TENSORS:
+            getattr(self, name).copy_(state[name])
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
@@ -232,7 +243,7 @@ class ReLUSAE(SparseAutoencoder):
 MODELS: dict[str, type[SparseAutoencoder]] = {"topk": TopKSAE, "relu": ReLUSAE}
 """Architecture name -> SAE class; the names are those of ``probes.sae.config.CONFIGS``."""
 REGISTRY: dict[str, tuple[type[SparseAutoencoder], type[SAEConfig]]] = {
-    name: (MODELS[name], cfg_cls) for name, cfg_cls in CONFIGS.items()
+    name: (MODELS[name], cfg_cls) for name, cfg_cls in CONFIGS.items() if name in MODELS
 }
 """Architecture name -> (SAE class, config class)."""
 
@@ -279,7 +290,7 @@ def save_sae(sae: SparseAutoencoder, out_dir: Path | str) -> Path:
     """Write ``cfg.json`` and ``sae_weights.safetensors`` (SAELens names and shapes)."""
     layout = SAELayout(Path(out_dir))
     layout.path.mkdir(parents=True, exist_ok=True)
-    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
+    tensors = {name: getattr(sae, name).detach().contiguous().cpu() for name in SAELENS_TENSORS}
     save_file(tensors, str(layout.weights_path))
     write_json(layout.cfg_path, sae.cfg.to_dict())
     return layout.path
@@ -306,11 +317,11 @@ def load_sae(sae_dir: Path | str, device: str = "cpu") -> tuple[SparseAutoencode
     if missing:
         raise ProbeError(f"{weights_path} lacks {', '.join(sorted(missing))}")
     with torch.no_grad():
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        for name in SAELENS_TENSORS:
             param = getattr(sae, name)
             if tuple(state[name].shape) != tuple(param.shape):
                 raise ProbeError(f"{weights_path}: {name} has shape {tuple(state[name].shape)}, cfg says {tuple(param.shape)}")
-            param.copy_(state[name])
+        sae.load_saelens_state(state, where=str(weights_path))
     sae.to(device).eval()
     return sae, cfg
 
@@ -342,3 +353,6 @@ def update_metrics(sae_dir: Path | str, **extra: Any) -> dict[str, Any]:
         metrics["notes"] = [n for n in metrics.get("notes", []) if not n.startswith(LIVE_NOTE_PREFIX)]
     write_json(layout.metrics_path, metrics)
     return metrics
+
+
+import probes.sae.binding  # noqa: E402,F401  (registers the "binding" architecture; it subclasses TopKSAE)

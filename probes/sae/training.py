@@ -30,6 +30,7 @@ from probes.errors import ProbeError
 from probes.layout import TMP_MARK, SAELayout, safe_component
 from probes.sae.config import (
     DEFAULT_ARCH,
+    BindingConfig,
     SAEConfig,
     TopKConfig,
     check_architecture,
@@ -119,7 +120,7 @@ def _init_from_data(sae: SparseAutoencoder, sample: torch.Tensor) -> float:
     elif cfg.b_dec_init == "mean":
         b_dec = sample.mean(dim=0)
     else:
-        b_dec = torch.zeros(cfg.d_in, dtype=sample.dtype)
+        b_dec = torch.zeros(cfg.d_in, dtype=sample.dtype, device=sample.device)
     spread = float((sample - b_dec).pow(2).sum(dim=1).mean())
     if not math.isfinite(spread):
         raise ProbeError("the activations contain NaN or infinite values")
@@ -140,92 +141,155 @@ def fit(
     The caller seeds torch before building ``sae``; the data order comes from a numpy Generator
     seeded with ``cfg.seed``. ``callback(step)`` runs after every optimisation step; returning
     ``False`` stops training early. On return the input scale is folded into
-    ``b_enc``/``b_dec`` and recorded in ``cfg.normalize_scale``.
+    ``b_enc``/``b_dec`` and recorded in ``cfg.normalize_scale``. Training runs on ``cfg.device``;
+    the SAE is back on the CPU when ``fit`` returns.
     """
-    cfg = sae.cfg
+    return fit_many([sae], Keyed(source, sae.cfg.hook_name), progress=progress, desc=desc, callback=callback)[0]
+
+
+class Keyed:
+    """A one-hook source seen as a keyed one (``H5Source`` with a list of hooks): rows as {key: rows}."""
+
+    def __init__(self, source: Source, key: str) -> None:
+        self.source, self.key = source, key
+        self.n_rows, self.d_in = source.n_rows, source.d_in
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return {self.key: self.source.sample(n, rng)}
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        return ({self.key: b} for b in self.source.batches(batch_size, rng))
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        return ((rows, {self.key: x}) for rows, x in self.source.blocks())
+
+
+def fit_many(
+    saes: list[SparseAutoencoder],
+    source: Any,
+    progress: bool = True,
+    desc: str = "SAE",
+    callback: Callable[[int], bool | None] | None = None,
+) -> list[FitResult]:
+    """Train several SAEs in lockstep on one stream of batches (``fit`` is the case of one).
+
+    ``source`` gives rows keyed by hook (``H5Source`` with a list of hooks, ``Keyed``): every
+    batch is read once and each SAE takes its ``cfg.hook_name``'s rows, so SAEs on several hooks
+    (or several widths and k on one hook) cost one pass over the file. They share the data order
+    and so must share the seed, batch size, init sample and number of steps (checked).
+    """
+    cfg0 = saes[0].cfg
+    for sae in saes[1:]:
+        c = sae.cfg
+        if (c.seed, c.batch_size, c.init_sample, c.steps, c.epochs) != \
+                (cfg0.seed, cfg0.batch_size, cfg0.init_sample, cfg0.steps, cfg0.epochs):
+            raise ProbeError("SAEs trained in one pass must share seed, batch size, init sample and length")
     t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    scale = _init_from_data(sae, source.sample(cfg.init_sample, rng))
-    total = resolve_steps(cfg, source.n_rows)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _lr_factor(s, total, cfg.lr_warmup_fraction, cfg.lr_decay_fraction)
-    )
-    use_dead = isinstance(cfg, TopKConfig) and cfg.aux_k_coefficient > 0
-    since_fired = torch.zeros(cfg.d_sae, dtype=torch.int64)
-    parts: dict[str, torch.Tensor] = {}
+    rng = np.random.default_rng(cfg0.seed)
+    torch.manual_seed(cfg0.seed)
+    sample = source.sample(cfg0.init_sample, rng)
+    total = resolve_steps(cfg0, source.n_rows)
+    states = []
+    for sae in saes:
+        cfg = sae.cfg
+        device = torch.device(cfg.device)
+        sae.to(device)
+        scale = _init_from_data(sae, sample[cfg.hook_name].to(device))
+        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, c=cfg: _lr_factor(s, total, c.lr_warmup_fraction, c.lr_decay_fraction)
+        )
+        use_dead = isinstance(cfg, TopKConfig) and cfg.aux_k_coefficient > 0
+        since_fired = torch.zeros(cfg.d_sae, dtype=torch.int64, device=device)
+        states.append({"device": device, "scale": scale, "opt": opt, "sched": sched, "use_dead": use_dead,
+                       "since_fired": since_fired, "parts": {}})
+        sae.train()
     samples = steps_done = 0
-    sae.train()
     bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, mininterval=0.5, leave=False)
-    batches = source.batches(cfg.batch_size, rng)
+    batches = source.batches(cfg0.batch_size, rng)
     for step in range(total):
-        xb = next(batches) * scale  # [B, d_in]
-        dead = since_fired > cfg.dead_window if use_dead else None  # type: ignore[attr-defined]
-        loss, parts, fired = sae.training_loss(xb, dead, step / total)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sched.step()
-        sae.normalize_decoder()
-        since_fired += len(xb)
-        since_fired[fired > 0] = 0
+        batch = next(batches)
+        for sae, st in zip(saes, states):
+            cfg = sae.cfg
+            xb = batch[cfg.hook_name].to(st["device"]) * st["scale"]  # [B, d_in]
+            dead = st["since_fired"] > cfg.dead_window if st["use_dead"] else None  # type: ignore[attr-defined]
+            loss, st["parts"], fired = sae.training_loss(xb, dead, step / total)
+            st["opt"].zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_parallel_grad()
+            st["opt"].step()
+            st["sched"].step()
+            sae.normalize_decoder()
+            st["since_fired"] += len(xb)
+            st["since_fired"][fired > 0] = 0
         samples += len(xb)
         steps_done = step + 1
         if progress and (step % 20 == 0 or step == total - 1):
-            bar.set_postfix({k: f"{float(v):.4g}" for k, v in parts.items()}, refresh=False)
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in states[0]["parts"].items()}, refresh=False)
             bar.update(step + 1 - bar.n)
         if callback is not None and callback(step) is False:
             break
     bar.close()
-    with torch.no_grad():
-        sae.b_dec /= scale
-        sae.b_enc /= scale
-    cfg.normalize_scale = scale
-    sae.eval()
-    dead_end = float((since_fired > getattr(cfg, "dead_window", 10**18)).float().mean())
-    final = {k: float(v) for k, v in parts.items()}
-    return FitResult(steps_done, samples, time.perf_counter() - t0, final, dead_end)
+    results = []
+    for sae, st in zip(saes, states):
+        cfg, scale = sae.cfg, st["scale"]
+        with torch.no_grad():
+            sae.b_dec /= scale
+            sae.b_enc /= scale
+        cfg.normalize_scale = scale
+        sae.to("cpu").eval()
+        dead_end = float((st["since_fired"] > getattr(cfg, "dead_window", 10**18)).float().mean())
+        final = {k: float(v) for k, v in st["parts"].items()}
+        results.append(FitResult(steps_done, samples, time.perf_counter() - t0, final, dead_end))
+    return results
 
 
 @torch.no_grad()
 def evaluate(sae: SparseAutoencoder, source: Source) -> dict[str, Any]:
     """Held-out metrics over every row of ``source`` (see ``docs/sae.md`` for definitions)."""
-    n = 0
-    d = sae.cfg.d_in
-    sum_x = torch.zeros(d, dtype=torch.float64)
-    sum_x2 = 0.0
-    sum_err2 = 0.0
-    sum_shrink = 0.0
-    sum_l0 = 0.0
-    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.int64)
-    for _, x in source.blocks():
-        z = sae.encode(x)
-        x_hat = sae.decode(z)
-        active = z > 0
-        n += len(x)
-        xd = x.double()
-        sum_x += xd.sum(dim=0)
-        sum_x2 += float(xd.pow(2).sum())
-        sum_err2 += float((xd - x_hat.double()).pow(2).sum())
-        sum_shrink += float((x_hat.norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).double().sum())
-        sum_l0 += float(active.sum())
-        fires += active.sum(dim=0)
-    if n == 0:
-        raise ProbeError("no held-out rows to evaluate on")
-    total_var = sum_x2 - float(sum_x.pow(2).sum()) / n  # sum ||x - mean||^2
-    density = fires.double() / n
-    return {
-        "l0": sum_l0 / n,
-        "explained_variance": 1.0 - sum_err2 / total_var if total_var > 0 else float("nan"),
-        "mse": sum_err2 / (n * d),
-        "shrinkage": sum_shrink / n,
-        "dead_fraction": float((fires == 0).double().mean()),
-        "dense_fraction": float((density > DENSE_THRESHOLD).double().mean()),
-        "dense_threshold": DENSE_THRESHOLD,
-        "test_rows": n,
-    }
+    return evaluate_many([sae], Keyed(source, sae.cfg.hook_name))[0]
+
+
+@torch.no_grad()
+def evaluate_many(saes: list[SparseAutoencoder], source: Any) -> list[dict[str, Any]]:
+    """``evaluate`` of several SAEs in one ordered pass over a keyed source (``fit_many``)."""
+    acc = []
+    for sae in saes:
+        acc.append({"n": 0, "sum_x": torch.zeros(sae.cfg.d_in, dtype=torch.float64), "sum_x2": 0.0,
+                    "sum_err2": 0.0, "sum_shrink": 0.0, "sum_l0": 0.0,
+                    "fires": torch.zeros(sae.cfg.d_sae, dtype=torch.int64)})
+    for _, block in source.blocks():
+        for sae, a in zip(saes, acc):
+            x = block[sae.cfg.hook_name]
+            z = sae.encode(x)
+            x_hat = sae.decode(z)
+            active = z > 0
+            a["n"] += len(x)
+            xd = x.double()
+            a["sum_x"] += xd.sum(dim=0)
+            a["sum_x2"] += float(xd.pow(2).sum())
+            a["sum_err2"] += float((xd - x_hat.double()).pow(2).sum())
+            a["sum_shrink"] += float((x_hat.norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).double().sum())
+            a["sum_l0"] += float(active.sum())
+            a["fires"] += active.sum(dim=0)
+    out = []
+    for a in acc:
+        n = a["n"]
+        if n == 0:
+            raise ProbeError("no held-out rows to evaluate on")
+        total_var = a["sum_x2"] - float(a["sum_x"].pow(2).sum()) / n  # sum ||x - mean||^2
+        density = a["fires"].double() / n
+        out.append({
+            "l0": a["sum_l0"] / n,
+            "explained_variance": 1.0 - a["sum_err2"] / total_var if total_var > 0 else float("nan"),
+            "mse": a["sum_err2"] / (n * len(a["sum_x"])),
+            "shrinkage": a["sum_shrink"] / n,
+            "dead_fraction": float((a["fires"] == 0).double().mean()),
+            "dense_fraction": float((density > DENSE_THRESHOLD).double().mean()),
+            "dense_threshold": DENSE_THRESHOLD,
+            "test_rows": n,
+        })
+    return out
 
 
 def train_in_memory(
@@ -248,49 +312,74 @@ def train_on_file(
     extra_metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Split ``path`` by episode, train on ``cfg.hook_name``, evaluate, save; return the metrics."""
+    return train_many_on_file(path, [cfg], [out_dir], progress=progress, extra_metrics=extra_metrics)[0]
+
+
+def train_many_on_file(
+    path: Path | str,
+    cfgs: list[SAEConfig],
+    out_dirs: list[Path | str],
+    progress: bool = True,
+    extra_metrics: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """``train_on_file`` for several configs (hooks, widths, k) in one pass over the file.
+
+    The file is split by episode once; training reads each block of the training rows once for
+    every hook (``H5Source`` with a list of hooks, ``fit_many``) and evaluation reads the held-out
+    rows once (``evaluate_many``). SAE i is saved to ``out_dirs[i]``; returns their metrics.
+    """
+    hooks = list(dict.fromkeys(cfg.hook_name for cfg in cfgs))
     with ActivationFile(path) as af:
-        af.hook_dim(cfg.hook_name)  # a clear error for an unknown hook
+        for hook in hooks:
+            af.hook_dim(hook)  # a clear error for an unknown hook
         episodes = af.episodes()
         meta = {k: af.attrs.get(k) for k in ("run", "checkpoint", "env_id")}
-    train_mask, test_mask, notes = split_rows(episodes, cfg.test_fraction, cfg.seed)
-    train_src = H5Source(path, cfg.hook_name, train_mask)
-    test_src = H5Source(path, cfg.hook_name, test_mask)
+    train_mask, test_mask, notes = split_rows(episodes, cfgs[0].test_fraction, cfgs[0].seed)
+    train_src = H5Source(path, hooks, train_mask)
+    test_src = H5Source(path, hooks, test_mask)
     try:
-        torch.manual_seed(cfg.seed)
-        sae = make_sae(cfg)
-        result = fit(sae, train_src, progress=progress, desc=f"SAE {cfg.hook_name}")
-        metrics = evaluate(sae, test_src)
+        saes = []
+        for cfg in cfgs:
+            torch.manual_seed(cfg.seed)  # each SAE starts as it would alone
+            saes.append(make_sae(cfg))
+        desc = f"SAE {hooks[0]}" if len(cfgs) == 1 else f"{len(cfgs)} SAEs"
+        results = fit_many(saes, train_src, progress=progress, desc=desc)
+        all_metrics = evaluate_many(saes, test_src)
     finally:
         train_src.close()
         test_src.close()
-    out = save_sae(sae, out_dir)
-    metrics.update(
-        architecture=type(cfg).architecture,
-        hook_name=cfg.hook_name,
-        d_in=cfg.d_in,
-        d_sae=cfg.d_sae,
-        file=str(Path(path).resolve()),
-        run=meta["run"],
-        checkpoint=meta["checkpoint"],
-        samples=result.samples,
-        steps=result.steps,
-        seconds=result.seconds,
-        train_rows=int(train_mask.sum()),
-        train_episodes=int(len(np.unique(episodes[train_mask]))),
-        test_episodes=int(len(np.unique(episodes[test_mask]))),
-        final_train_loss=result.final,
-        dead_fraction_train=result.dead_at_end,
-    )
-    extra = dict(extra_metrics or {})
-    metrics.update(extra)
-    if "return_recovered" not in extra:
-        notes.append(
-            f"{LIVE_NOTE_PREFIX}: the run's network is not at hand here (splice the SAE into the live "
-            "agent and call probes.sae.model.update_metrics)"
+    for sae, cfg, result, metrics, out_dir in zip(saes, cfgs, results, all_metrics, out_dirs):
+        out = save_sae(sae, out_dir)
+        metrics.update(
+            architecture=type(cfg).architecture,
+            hook_name=cfg.hook_name,
+            d_in=cfg.d_in,
+            d_sae=cfg.d_sae,
+            file=str(Path(path).resolve()),
+            run=meta["run"],
+            checkpoint=meta["checkpoint"],
+            samples=result.samples,
+            steps=result.steps,
+            seconds=result.seconds,
+            train_rows=int(train_mask.sum()),
+            train_episodes=int(len(np.unique(episodes[train_mask]))),
+            test_episodes=int(len(np.unique(episodes[test_mask]))),
+            final_train_loss=result.final,
+            dead_fraction_train=result.dead_at_end,
         )
-    metrics["notes"] = notes
-    write_json(SAELayout(out).metrics_path, metrics)
-    return metrics
+        if len(cfgs) > 1:
+            metrics["trained_with"] = len(cfgs)  # SAEs that shared this one pass over the file
+        extra = dict(extra_metrics or {})
+        metrics.update(extra)
+        own_notes = list(notes)
+        if "return_recovered" not in extra:
+            own_notes.append(
+                f"{LIVE_NOTE_PREFIX}: the run's network is not at hand here (splice the SAE into the live "
+                "agent and call probes.sae.model.update_metrics)"
+            )
+        metrics["notes"] = own_notes
+        write_json(SAELayout(out).metrics_path, metrics)
+    return all_metrics
 
 
 # --------------------------------------------------------------------------- file-level API
@@ -302,6 +391,7 @@ def train_sae_on_file(
     width: int | None = None,
     k: int | None = None,
     l1: float | None = None,
+    slots: int | None = None,
     steps: int | None = None,
     epochs: float | None = None,
     lr: float | None = None,
@@ -312,6 +402,7 @@ def train_sae_on_file(
     features: bool = True,
     extra_metrics: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train an SAE on ``/acts/<hook>`` of an activation file, save it, return its metrics.
 
@@ -320,13 +411,16 @@ def train_sae_on_file(
     path, hook:
         The activation file and the hook to read.
     arch:
-        ``topk`` or ``relu`` (``probes.sae.config.ARCHITECTURES``).
+        ``topk``, ``relu`` or ``binding`` (``probes.sae.config.ARCHITECTURES``).
     width:
         Number of latents; default ``default_width(d_in)`` (``8 * d_in``).
     k:
         TopK's latents per sample (default 16, at most ``width``).
     l1:
         ReLU's L1 coefficient (default ``ReLUConfig.l1_coefficient``).
+    slots:
+        The binding SAE's slots (default ``BindingConfig.slots``; ``probes.sae.binding``); its
+        default width is rounded up to a multiple of them.
     steps, epochs:
         Training length (at most one); default: the config's sample budget.
     lr, batch_size:
@@ -345,46 +439,118 @@ def train_sae_on_file(
         Replace an existing SAE at the output folder (refused otherwise). The new SAE is built in a
         hidden folder beside it and renamed into place when complete, so a kill or an error leaves
         the previous SAE whole.
+    device:
+        The torch device training runs on (``cpu``, ``cuda:N``; the config's ``device``).
 
     The returned dict is ``metrics.json``'s content plus ``out_dir``.
+    """
+    return train_saes_on_file(
+        path, [hook], arch=arch, widths=[width], ks=[k], l1=l1, slots=slots, steps=steps, epochs=epochs, lr=lr,
+        batch_size=batch_size, out_dir=out_dir, seed=seed, progress=progress, features=features,
+        extra_metrics=extra_metrics, overwrite=overwrite, device=device)[0]
+
+
+def train_saes_on_file(
+    path: Path | str,
+    hooks: list[str],
+    *,
+    arch: str = DEFAULT_ARCH,
+    widths: list[int | None] | None = None,
+    ks: list[int | None] | None = None,
+    l1: float | None = None,
+    slots: int | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    out_dir: Path | str | None = None,
+    seed: int = SAEConfig.seed,
+    progress: bool = True,
+    features: bool = True,
+    extra_metrics: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Train one SAE per (hook, width, k) of the grid ``hooks × widths × ks`` in one pass over the file.
+
+    The options are ``train_sae_on_file``'s; ``widths`` and ``ks`` are lists (``[None]``: the
+    default). Every SAE goes to its own folder, ``default_out_dir`` (``<hook>-<arch>-<width>``,
+    plus ``-k<k>`` when several k are swept); ``out_dir`` only names a single SAE. Every option
+    is checked and every output folder refused (unless ``overwrite``) before training starts.
+    Training and evaluation read each block of the file once for all the SAEs
+    (``train_many_on_file``); features are computed per SAE afterwards. Returns their metrics,
+    each with ``out_dir``, in grid order (hook, then width, then k).
     """
     if steps is not None and epochs is not None:
         raise ProbeError("give either steps or epochs, not both")
     check_architecture(arch)
-    safe_component(hook, "hook")  # it names the SAE's folder
+    hooks = list(dict.fromkeys(hooks))
+    widths = list(dict.fromkeys(widths or [None]))
+    ks = list(dict.fromkeys(ks or [None]))
+    if not hooks:
+        raise ProbeError("give at least one hook")
+    for hook in hooks:
+        safe_component(hook, "hook")  # it names the SAE's folder
     with ActivationFile(path) as af:
-        d_in = af.hook_dim(hook)
-    width = width if width is not None else default_width(d_in)
-    kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": width, "hook_name": hook, "seed": seed,
-                              "steps": steps, "epochs": epochs}
-    if lr is not None:
-        kwargs["lr"] = lr
-    if batch_size is not None:
-        kwargs["batch_size"] = batch_size
-    if arch == "topk":
-        kwargs["k"] = k if k is not None else min(TopKConfig.k, width)
-    elif k is not None:
-        raise ProbeError("--k applies to the topk architecture only")
+        dims = {hook: af.hook_dim(hook) for hook in hooks}
+    if slots is not None and arch != "binding":
+        raise ProbeError("--slots applies to the binding architecture only")
+    if arch not in ("topk", "binding") and ks != [None]:
+        raise ProbeError("--k applies to the topk and binding architectures only")
     if arch == "relu" and l1 is not None:
-        kwargs["l1_coefficient"] = l1
-    elif arch != "relu" and l1 is not None:
+        pass
+    elif l1 is not None:
         raise ProbeError("--l1 applies to the relu architecture only")
-    cfg = make_config(arch, **kwargs)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(path, hook, arch, width)
-    check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        metrics = train_on_file(path, cfg, tmp, progress=progress, extra_metrics=extra_metrics)
-        if features:
-            compute_features(tmp, path, progress=progress)
-        replace_dir(tmp, out)
-    except BaseException:
+    n_slots = slots if slots is not None else BindingConfig.slots
+    grid = [(hook, w, kk) for hook in hooks for w in widths for kk in ks]
+    if out_dir is not None and len(grid) > 1:
+        raise ProbeError(f"--out names one SAE's folder; this grid trains {len(grid)} "
+                         "(leave --out out: each goes to RUN/saes/<hook>-<arch>-<width>[-k<k>])")
+    cfgs, outs = [], []
+    for hook, width, kk in grid:
+        d_in = dims[hook]
+        if width is None:
+            width = default_width(d_in)
+            if arch == "binding":
+                width = -(-width // n_slots) * n_slots
+        kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": width, "hook_name": hook, "seed": seed,
+                                  "steps": steps, "epochs": epochs, "device": device}
+        if lr is not None:
+            kwargs["lr"] = lr
+        if batch_size is not None:
+            kwargs["batch_size"] = batch_size
+        if arch in ("topk", "binding"):
+            kwargs["k"] = kk if kk is not None else min(TopKConfig.k, width)
+        if arch == "binding":
+            kwargs["slots"] = n_slots
+        if arch == "relu" and l1 is not None:
+            kwargs["l1_coefficient"] = l1
+        cfgs.append(make_config(arch, **kwargs))
+        k_part = kwargs.get("k") if len(ks) > 1 else None
+        outs.append(Path(out_dir) if out_dir is not None else default_out_dir(path, hook, arch, width, k=k_part))
+    if len(set(outs)) < len(outs):
+        raise ProbeError("two SAEs of this grid would share an output folder")
+    for out in outs:
+        check_output_dir(out, overwrite)
+    tmps = []
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmps.append(tmp)
+    try:
+        all_metrics = train_many_on_file(path, cfgs, tmps, progress=progress, extra_metrics=extra_metrics)
+        for tmp in tmps:
+            if features:
+                compute_features(tmp, path, progress=progress)
+        for tmp, out, metrics in zip(tmps, outs, all_metrics):
+            replace_dir(tmp, out)
+            metrics["out_dir"] = str(out)
+    except BaseException:
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    metrics["out_dir"] = str(out)
-    return metrics
+    return all_metrics
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -400,15 +566,17 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise ProbeError(f"an SAE already exists at {out}; pass --overwrite to replace it")
 
 
-def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[str, Any]:
-    """Train from parsed ``probes.sae.config.add_arguments`` options (``file`` overrides ``args.file``)."""
-    return train_sae_on_file(
+def run_from_args(args: argparse.Namespace, file: Path | None = None) -> list[dict[str, Any]]:
+    """Train from parsed ``probes.sae.config.add_arguments`` options (``file`` overrides ``args.file``):
+    one SAE per (``--hook``, ``--width``, ``--k``) in one pass; returns their metrics in grid order."""
+    return train_saes_on_file(
         file if file is not None else args.file,
-        args.hook,
+        list(args.hook),
         arch=args.arch,
-        width=args.width,
-        k=args.k,
+        widths=args.width,
+        ks=args.k,
         l1=args.l1,
+        slots=getattr(args, "slots", None),
         steps=args.steps,
         epochs=args.epochs,
         lr=args.lr,
@@ -418,6 +586,7 @@ def run_from_args(args: argparse.Namespace, file: Path | None = None) -> dict[st
         progress=not args.json or sys.stderr.isatty(),
         features=not args.no_features,
         overwrite=getattr(args, "overwrite", False),
+        device=getattr(args, "device", None) or "cpu",
     )
 
 

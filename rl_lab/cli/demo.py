@@ -32,6 +32,13 @@ DT_HOOKS = ("blocks.0.hook_resid_post", "blocks.0.mlp.hook_post", "blocks.1.hook
 # critic, which is trained to predict value and so gets value-derived labels for free.
 ACTING_HOOKS = ("mlp_extractor.policy_net.*", "blocks.*")
 DEMO_DT_STEPS = 1500
+# A small SAE per network so the features screen has latents after the demo (a few seconds each).
+DEMO_SAE_HOOK = "mlp_extractor.policy_net.3"
+DT_SAE_HOOK = "blocks.0.hook_resid_post"
+DEMO_SAE_WIDTH = 256
+DEMO_SAE_K = 8
+DEMO_SAE_STEPS = 300
+DEMO_SAE_LIVE_EPISODES = 3
 DEMO_DT_EVAL_EPISODES = 3
 EMOTION_LABELS = ("td_error", "prev_td_error", "hope", "fear", "surprise", "mood", "arousal", "hunger", "thirst",
                   "threat", "distance_to_threat")
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.supervised_steps < 0:
         raise LabError(f"--supervised-steps must be 0 (skip) or positive, got {args.supervised_steps}")
     supervised = args.supervised_steps > 0
-    n_stages = 5 if supervised else 3
+    n_stages = 6 if supervised else 4
     t0 = time.time()
     root = runs_dir(args)
     name = f"demo-forage-ppo-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -95,8 +102,17 @@ def run(args: argparse.Namespace) -> int:
     for sentence in compare_to_random(doc):
         print(f"  - {sentence}")
     written = [("activations", h5), ("probe results", out_json), ("probe weights", weights)]
+    _say(f"[4/{n_stages}] a small sparse autoencoder ({DEMO_SAE_WIDTH} latents) on {DEMO_SAE_HOOK}, spliced into the "
+         "agent, with the statistics the features screen shows")
+    sae_dir, sae_line = train_demo_sae(run_, h5, DEMO_SAE_HOOK, args.seed)
+    written.append(("SAE", sae_dir))
+    sae_lines = [sae_line]
     if supervised:
-        written += train_supervised(run_, root, args, labels, n_stages)
+        written += train_supervised(run_, root, args, labels, n_stages, sae_lines)
+    print()
+    print("Sparse autoencoders (held-out episodes):")
+    for line in sae_lines:
+        print(f"  - {line}")
     print()
     print(f"Finished in {time.time() - t0:.0f}s. Everything written:")
     print(f"  run directory : {run_.path}")
@@ -109,7 +125,34 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"Next: `rl-lab tui --runs-dir {root}` to browse it, "
           f"`rl-lab steer {run_.name} --runs-dir {root} --direction probe:threat@mlp_extractor.policy_net.3` to test a direction.")
+    print(f"Features: in `rl-lab tui --runs-dir {root}` select {run_.name} and press f (or ctrl+p, \"features\") to "
+          "browse the SAE's latents: top-activating steps, histogram, labels, logit effect; 2 shows the SAE's "
+          "error-vs-L0 plot, 3 a DT run's attention.")
     return 0
+
+
+def train_demo_sae(run_, h5, hook: str, seed: int) -> tuple[object, str]:
+    """A small TopK SAE on ``hook`` of ``h5`` with its feature statistics and the measurements
+    ``rl-lab sae`` makes inside the run's network; returns its folder and a one-line summary."""
+    from probes.sae.training import train_sae_on_file
+    from rl_lab.sae_splice import evaluate_in_run
+
+    metrics = train_sae_on_file(h5, hook, width=DEMO_SAE_WIDTH, k=DEMO_SAE_K, steps=DEMO_SAE_STEPS, seed=seed,
+                                overwrite=True)
+    out = metrics["out_dir"]
+    m = evaluate_in_run(run_, out, h5, live_episodes=DEMO_SAE_LIVE_EPISODES, seed=seed)
+
+    def num(key: str, fmt: str = ".2f") -> str:
+        v = m.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "undefined"
+
+    line = (f"{run_.info.get('algo')} {hook}: L0 {num('l0')}, explained variance {num('explained_variance', '.3f')}, "
+            f"dead {num('dead_fraction', '.0%')}")
+    if "loss_recovered" in m:
+        line += f", action loss recovered {num('loss_recovered')} (zero ablation), {num('loss_recovered_mean_ablation')} (mean)"
+    if "return_clean" in m:
+        line += f", return recovered {num('return_recovered')} over {m.get('live_episodes')} episodes"
+    return out, line
 
 
 def probe_recording(h5, hooks, labels, seed: int) -> tuple[dict, list[str], object, object]:
@@ -127,7 +170,8 @@ def probe_recording(h5, hooks, labels, seed: int) -> tuple[dict, list[str], obje
     return doc, labels, out_json, weights
 
 
-def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_stages: int) -> list:
+def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_stages: int,
+                     sae_lines: list[str] | None = None) -> list:
     """Stages 4 and 5: a DT and a BC transformer trained on the agent's own trajectories, recorded
     and probed the same way, then compared with the agent. Returns (what, path) of the files written."""
     from rl_lab.compare import compare, format_table
@@ -135,7 +179,7 @@ def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_
     from rl_lab.record import record_run
     from rl_lab.train import tqdm_progress
 
-    _say(f"[4/{n_stages}] the same data, learned by supervision: trajectories of every checkpoint of the agent plus a "
+    _say(f"[5/{n_stages}] the same data, learned by supervision: trajectories of every checkpoint of the agent plus a "
          f"random policy; a decision transformer (DT, conditioned on return-to-go) and a behaviour-cloning transformer "
          f"(BC), each trained for at most {args.supervised_steps} gradient steps, stopping early on held-out loss")
     runs, written, lines = [], [], []
@@ -155,12 +199,18 @@ def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_
     for line in lines:
         _say(f"      {line}")
 
-    _say(f"[5/{n_stages}] recording DT and BC for {args.episodes} episodes each (same recorder, labels from the agent's "
+    _say(f"[6/{n_stages}] recording DT and BC for {args.episodes} episodes each (same recorder, labels from the agent's "
          f"critic), probing the same labels, comparing")
     for sup in runs:
         (h5,) = record_run(sup.name, root, episodes=args.episodes, seed=args.seed, progress_factory=tqdm_progress)
         _, _, out_json, _ = probe_recording(h5, DT_HOOKS, labels, args.seed)
         written += [(f"{sup.info['algo']} run", sup.path), (f"{sup.info['algo']} probes", out_json)]
+        if sup.info["algo"] == "dt":
+            _say(f"      a small SAE on the DT's {DT_SAE_HOOK}, spliced into its forward pass")
+            sae_dir, line = train_demo_sae(sup, h5, DT_SAE_HOOK, args.seed)
+            written.append(("dt SAE", sae_dir))
+            if sae_lines is not None:
+                sae_lines.append(line)
     names = [run_.name] + [sup.name for sup in runs]
     cmp_labels = [lab for lab in EMOTION_LABELS if lab in labels]
     full = compare(names, root, labels=cmp_labels)

@@ -18,6 +18,12 @@ def add_runs_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda[:N]`` (resolved and checked by ``rl_lab.devices.resolve_device`` in ``run``)."""
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (CUDA when torch sees one, else CPU; default), cpu, cuda or cuda:N")
+
+
 def runs_dir(args: argparse.Namespace) -> Path:
     return args.runs_dir if args.runs_dir is not None else default_runs_dir()
 

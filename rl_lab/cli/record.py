@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load a --checkpoint file from outside the run's checkpoints folder (checkpoints "
                              "are pickled: only pass files you trust)")
     parser.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    # default None: rl_lab.record.DEFAULT_N_ENVS, read in run() so that --help does not load torch
+    parser.add_argument("--n-envs", type=positive_int, default=None, metavar="N",
+                        help="environments stepped together, one batched forward pass per step (default: 8); "
+                             "episode i still uses seed+i and episodes are written in order, so deterministic "
+                             "recordings equal --n-envs 1; a dt/bc run is recorded one environment at a time")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing recording")
     parser.add_argument("--reference-critic", metavar="RUN2", default=None,
                         help="compute value, td_error, hope, fear and every other value-derived label with RUN2's "
@@ -33,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rl_lab.labels import CALIBRATION_EPISODES
-    from rl_lab.record import record_run
+    from rl_lab.record import DEFAULT_N_ENVS, record_run
     from rl_lab.train import tqdm_progress
 
     trust_checkpoint_arg(args)
@@ -43,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         deterministic=args.deterministic, overwrite=args.overwrite, progress_factory=tqdm_progress,
         reference_critic=args.reference_critic,
         calibration_episodes=args.calibration_episodes or CALIBRATION_EPISODES,
+        n_envs=args.n_envs or DEFAULT_N_ENVS,
     )
     for path in paths:
         print(path)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from probes.layout import run_of_file
 from probes.sae.config import add_arguments as sae_arguments
-from rl_lab.cli.options import add_runs_dir, runs_dir
-from rl_lab.config import SB3_ALGOS
+from rl_lab.cli.options import add_device, add_runs_dir, runs_dir
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore, read_run_json
 
-HELP = "train a sparse autoencoder (TopK or ReLU) on one hook; with a run, also splice it into the live agent"
+HELP = "train sparse autoencoders (one per --hook, --width, --k, in one pass over the file); with a run, also splice it into the live agent"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sae_arguments(parser, file_arg=False)
     parser.add_argument("--live-episodes", type=int, default=10,
                         help="episodes per condition for the live splice (0 skips it; default: 10)")
+    add_device(parser)
     add_runs_dir(parser)
 
 
@@ -43,37 +42,32 @@ def _resolve(target: str, args: argparse.Namespace) -> tuple[Path, Run | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probes.sae.model import update_metrics
     from probes.sae.training import format_metrics, run_from_args
-    from rl_lab.train import tqdm_progress
+    from rl_lab.devices import resolve_device
 
+    args.device = resolve_device(args.device)  # the SAE config's device; checked before anything is created
     h5, run_ = _resolve(args.target, args)
-    metrics = run_from_args(args, file=h5)
-    out_dir = Path(metrics["out_dir"])
-    if run_ is not None and args.live_episodes > 0 and run_.info.get("algo") in SB3_ALGOS:
-        from rl_lab.sae_splice import splice_metrics
+    docs = []
+    for metrics in run_from_args(args, file=h5):  # one SAE per (--hook, --width, --k), trained in one pass
+        out_dir = Path(metrics["out_dir"])
+        if run_ is not None:
+            from rl_lab.sae_splice import evaluate_in_run
 
-        print(f"splicing the SAE into the live agent ({args.live_episodes} episodes per condition)",
-              file=sys.stderr)
-        progress, close = tqdm_progress("splice")
-        try:
-            live = splice_metrics(run_, out_dir, h5, episodes=args.live_episodes, seed=args.seed,
-                                  progress=progress)
-        finally:
-            close()
-        metrics = update_metrics(out_dir, **live)
-        metrics["out_dir"] = str(out_dir)
+            metrics = evaluate_in_run(run_, out_dir, h5, live_episodes=args.live_episodes, seed=args.seed)
+            metrics["out_dir"] = str(out_dir)
+        docs.append(metrics)
     if args.json:
-        print(json.dumps(metrics, sort_keys=True, default=float))
+        # the feature views (large, for the app) stay in metrics.json; several SAEs: a list
+        out = [{k: v for k, v in m.items() if k != "views"} for m in docs]
+        print(json.dumps(out[0] if len(out) == 1 else out, sort_keys=True, default=float))
         return 0
-    print(format_metrics(metrics))
-    if "return_clean" in metrics:
-        rec = metrics.get("return_recovered")
-        print(f"  live agent: return clean {metrics['return_clean']:.3f}, spliced {metrics['return_spliced']:.3f}, "
-              f"mean-ablated {metrics['return_mean_ablated']:.3f}; return recovered "
-              + (f"{rec:.2f}" if rec is not None else "undefined") +
-              (f"; policy KL spliced {metrics['kl_spliced']:.4f} vs mean-ablated {metrics['kl_mean_ablated']:.4f}"
-               if metrics.get("kl_spliced") is not None else ""))
-        if metrics.get("live_note"):
-            print(f"  note: {metrics['live_note']}")
+    for i, metrics in enumerate(docs):
+        if i:
+            print()
+        print(format_metrics(metrics))
+        if run_ is not None:
+            from rl_lab.sae_splice import format_run_metrics
+
+            for line in format_run_metrics(metrics):
+                print(line)
     return 0

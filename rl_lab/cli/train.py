@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rl_lab.cli.options import add_runs_dir, nonnegative_float, nonnegative_int, positive_float, positive_int, runs_dir, seed
+from rl_lab.cli.options import add_device, add_runs_dir, nonnegative_float, nonnegative_int, positive_float, positive_int, runs_dir, seed
 from rl_lab.config import DT_ALGOS, POLICIES, TRANSFORMER_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import RunStore
@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ppo, a2c, dqn or recurrent-ppo (an LSTM policy, sb3-contrib); or dt (decision "
                              "transformer) / bc (behaviour cloning) with --from RUN (default: ppo)")
     parser.add_argument("--policy", default="mlp", choices=POLICIES,
-                        help="ppo/a2c network: mlp, or transformer (the BC transformer over the last --context "
-                             "steps, shaped by --d-model, --layers, --heads) (default: mlp)")
+                        help="ppo/a2c network: mlp, transformer (the BC transformer over the last --context "
+                             "steps, shaped by --d-model, --layers, --heads), or cnn (a small CNN on image "
+                             "observations, e.g. MiniGrid with --env-kwargs '{\"obs\": \"image\"}') (default: mlp)")
     parser.add_argument("--separate-critic", action="store_true",
                         help="--policy transformer: the critic reads its own trunk of the same shape "
                              "(recorded as critic.<hook>) instead of sharing the actor's")
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps between checkpoints (default: 10000; dt/bc: 500)")
     parser.add_argument("--env-kwargs", default="{}", metavar="JSON",
                         help='environment options as JSON, e.g. \'{"interoception": false}\'')
+    add_device(parser)
+    parser.add_argument("--save-replay-buffer", action="store_true",
+                        help="dqn: keep the replay buffer beside the newest checkpoint so that --resume continues "
+                             "with it (as large as the buffer; stored in the run's config)")
     dt = parser.add_argument_group("decision transformer / behaviour cloning (--algo dt|bc); --context, --d-model, "
                                    "--layers and --heads also shape --policy transformer")
     dt.add_argument("--from", dest="source", metavar="RUN", default=None,
@@ -77,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.policy != "mlp" and args.algo not in TRANSFORMER_ALGOS:
         raise LabError(f"--policy {args.policy} is for --algo {' or '.join(TRANSFORMER_ALGOS)}, not {args.algo}"
                        + (" (dt and bc are transformers already)" if args.algo in DT_ALGOS else ""))
+    from rl_lab.devices import resolve_device
+
+    args.device = resolve_device(args.device)  # before anything is created
+    if args.save_replay_buffer and args.algo != "dqn" and args.resume is None:
+        raise LabError(f"--save-replay-buffer is for --algo dqn, not {args.algo}")
     if args.algo in DT_ALGOS:
         return _run_dt(args)
     if args.source is not None:
@@ -102,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
         separate_critic=args.separate_critic, n_epochs=args.epochs, ent_coef=args.ent_coef,
+        device=args.device, save_replay_buffer=args.save_replay_buffer,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")
     try:
@@ -148,7 +159,7 @@ def _run_dt(args: argparse.Namespace) -> int:
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=4 * args.d_model,
         seed=args.seed, trajectories=args.trajectories, episodes_per_policy=args.episodes_per_policy,
         checkpoint_every=args.checkpoint_every or 500, eval_episodes=max(0, args.eval_episodes),
-        patience=args.patience, restore_best=args.patience > 0,
+        patience=args.patience, restore_best=args.patience > 0, device=args.device,
     )
     collect_progress, close_collect = tqdm_progress(f"collect trajectories from {source.name}")
     progress, close = tqdm_progress(f"train {args.algo} from {source.name}")

@@ -114,6 +114,8 @@ def default_targets(run: Run, n: int = 6) -> list[float]:
     if lo is None or hi is None:
         raise LabError(f"run {run.name!r} has no dataset statistics in run.json; pass targets explicitly")
     span = hi - lo
+    if span <= 0:  # every dataset episode returned the same (e.g. a sparse-reward task never solved)
+        return [float(lo)]
     return [float(x) for x in np.linspace(lo, hi, n)] + [float(hi + 0.25 * span)]
 
 
@@ -182,8 +184,8 @@ def evaluate(
         "rows": rows,
         "seconds": round(time.time() - t0, 2),
     }
-    if use_rtg and len(rows) > 1:
-        x = np.asarray([row["target"] for row in rows])
+    x = np.asarray([row["target"] for row in rows])
+    if use_rtg and len(rows) > 1 and np.ptp(x) > 0:  # a slope needs at least two distinct targets
         y = np.asarray([row["mean_return"] for row in rows])
         result["calibration_slope"] = float(np.polyfit(x, y, 1)[0])
         result["calibration_corr"] = float(np.corrcoef(x, y)[0, 1]) if y.std() > 0 else 0.0

@@ -3,7 +3,8 @@
 The run directory has the same layout as an RL run: ``run.json`` (algo ``dt``/``bc``,
 ``source_run``, ``model_config``, dataset statistics), ``metrics.jsonl`` (one line every
 ``log_every`` gradient steps: loss, accuracy, tokens/s), ``checkpoints/step_<N>.pt`` (a
-``state_dict``, loadable with ``weights_only=True``). Steps are gradient steps. Ctrl-C or
+``state_dict`` on CPU, loadable with ``weights_only=True``), ``tensorboard/`` (the metrics lines'
+scalars as TensorBoard events, under ``train/``). Steps are gradient steps. Ctrl-C or
 SIGTERM saves a checkpoint and marks the run ``interrupted``.
 
 A tenth of the episodes is held out: ``val_loss`` on them is logged beside the training loss,
@@ -15,7 +16,6 @@ which only memorise more of the source policies' sampled actions, are removed).
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from rl_lab.config import DT_ALGOS
+from rl_lab.devices import resolve_device
 from rl_lab.dt.evaluate import evaluate
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accuracy
 from rl_lab.dt.trajectories import Trajectories, collect
 from rl_lab.errors import LabError
-from rl_lab.runs import Run, RunStore, checkpoint_step
+from rl_lab.runs import Run, RunStore, checkpoint_step, process_identity
 from rl_lab.train import ProgressFn, install_sigterm, versions
 
 
@@ -87,6 +89,9 @@ class DTTrainConfig:
     """Episodes per target return in the evaluation at the end (0: no evaluation)."""
     threads: int = 1
     """torch CPU threads (1 is fastest for a model this small on a shared machine)."""
+    device: str = "cpu"
+    """Torch device of the model and batches: ``cpu`` or ``cuda:N`` (``auto`` is resolved before it is
+    stored, by ``rl_lab.devices.resolve_device``); checkpoints are saved on CPU either way."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """The source run's environment options (filled in from it)."""
     gamma: float = 0.99
@@ -99,7 +104,7 @@ class DTTrainConfig:
 def _save(model: DecisionTransformer, run: Run, step: int) -> Path:
     path = run.checkpoint_path(step, ".pt")
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)
     return path
 
@@ -124,7 +129,7 @@ def split_by_episode(data: Trajectories, cfg: DTTrainConfig,
     val_rows = np.flatnonzero(val_step)
     if len(val_rows) > cfg.val_windows:
         val_rows = np.sort(rng.choice(val_rows, size=cfg.val_windows, replace=False))
-    batch = {k: torch.as_tensor(v) for k, v in data.windows(val_rows, cfg.context).items()}
+    batch = {k: torch.as_tensor(v).to(cfg.device) for k, v in data.windows(val_rows, cfg.context).items()}
     return np.flatnonzero(~val_step), batch
 
 
@@ -171,6 +176,7 @@ def train_dt(
         raise LabError(f"the validation fraction must be in [0, 1), got {cfg.val_fraction}")
     if not cfg.source_run:
         raise LabError(f"--algo {cfg.algo} needs --from RUN (the RL run whose trajectories it learns from)")
+    cfg.device = resolve_device(cfg.device)
     store = RunStore(runs_dir)
     source = store.get(cfg.source_run)
     src_cfg = source.info.get("config", {})
@@ -193,11 +199,11 @@ def train_dt(
         "source_run_path": str(source.path.resolve()),
         "total_timesteps": cfg.steps, "steps_done": 0, "config": cfg.to_dict(),
         "model_config": mcfg.to_dict(), "dataset": dataset, "versions": versions(),
-        "status": "running", "pid": os.getpid(), "error": None,
+        "status": "running", **process_identity(), "error": None,
     })
 
     torch.set_num_threads(max(1, cfg.threads))
-    model = DecisionTransformer(mcfg)
+    model = DecisionTransformer(mcfg).to(cfg.device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
@@ -205,12 +211,13 @@ def train_dt(
     train_rows, val_batch = split_by_episode(data, cfg, rng)
     best: dict[str, Any] = {"val_loss": float("inf"), "step": 0, "state": None, "since": 0}
     step = 0
+    writer = SummaryWriter(log_dir=str(run.tensorboard_dir))
     previous = install_sigterm()
     t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
     try:
         while step < cfg.steps:
             ends = train_rows[rng.integers(0, len(train_rows), size=cfg.batch_size)]
-            batch = {k: torch.as_tensor(v) for k, v in data.windows(ends, cfg.context).items()}
+            batch = {k: torch.as_tensor(v).to(cfg.device) for k, v in data.windows(ends, cfg.context).items()}
             logits = model(batch["states"], batch["actions"], batch["rtg"], batch["timesteps"], batch["mask"])
             loss, acc = loss_and_accuracy(logits, batch["actions"], batch["mask"])
             opt.zero_grad(set_to_none=True)
@@ -236,6 +243,9 @@ def train_dt(
                     else:
                         best["since"] += 1
                 run.log_metrics(line)
+                for key, value in line.items():
+                    if key not in ("step", "time"):
+                        writer.add_scalar(f"train/{key}", value, step)
                 run.update(steps_done=step)
                 t_log, tokens_since, loss_acc, acc_acc, n_acc = time.time(), 0, 0.0, 0.0, 0
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
@@ -262,6 +272,7 @@ def train_dt(
             if at_best is not None:
                 run.log_metrics({"step": step, "time": round(time.time(), 3), "episode_return": at_best,
                                  "eval_target": result.get("dataset_best_return")})
+                writer.add_scalar("eval/return_at_best_target", at_best, step)
         run.update(status="done", steps_done=step, pid=None)
     except KeyboardInterrupt:
         _save(model, run, step)
@@ -271,6 +282,7 @@ def train_dt(
         run.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], pid=None)
         raise
     finally:
+        writer.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return run

@@ -111,7 +111,9 @@ def run_sweep(
         Trials at once (default: the machine's cores for ``local`` and a local Ray; with
         ``address``: no cap, the cluster decides).
     address:
-        A Ray cluster to join (``ray`` backend only); default: start Ray here.
+        A Ray cluster to join (``ray`` backend only); default: ``RAY_ADDRESS`` when set (as Ray
+        users expect), else start Ray here. Every node must see ``runs_dir`` at the same path:
+        the sweep checks this before its first trial.
     log:
         Receives the progress lines of this process (workers write theirs to stderr).
     """
@@ -121,6 +123,7 @@ def run_sweep(
         raise LabError("--address joins a Ray cluster; use it with --backend ray")
     if backend == "ray" and not backends.ray_available():
         raise LabError(f"--backend ray needs Ray, which is not installed: {backends.RAY_HINT}")
+    joined = backends.ray_address(address) if backend == "ray" else None  # recorded: the cluster joined
     runs_dir = Path(runs_dir)
     RunStore(runs_dir).root.mkdir(parents=True, exist_ok=True)
     path = RunsDirLayout(runs_dir).sweep_record(spec.name)
@@ -134,7 +137,7 @@ def run_sweep(
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "name": spec.name, "file": spec.file, "spec": spec.to_dict(),
         "created": old.get("created") or now_iso(), "updated": now_iso(), "status": "running",
-        "backend": backend, "address": address, "trials": entries, "aggregate": old.get("aggregate") or {},
+        "backend": backend, "address": joined, "trials": entries, "aggregate": old.get("aggregate") or {},
         "summary": None,
     }
     write_json_atomic(path, record)
@@ -158,7 +161,7 @@ def run_sweep(
     jobs = [trial_job(spec, t, runs_dir, f"{i + 1}/{len(todo)}") for i, t in enumerate(todo)]
     try:
         if jobs and backend == "ray":
-            backends.run_ray(jobs, workers, address, on_result)
+            backends.run_ray(jobs, workers, address, on_result, runs_dir=runs_dir)
         elif jobs:
             n = workers or backends.default_workers()
             extra = ("--backend ray" if backends.ray_available() else backends.RAY_HINT + " then --backend ray")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import uuid
+from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -18,6 +21,7 @@ try:
 except ImportError:  # the optional extra: pip install 'rl-lab[ray]'
     ray = None
 
+from probes.layout import RunsDirLayout
 from rl_lab.errors import LabError
 from rl_lab.sweep.stages import Job, one_line, run_trial, worker_init
 
@@ -95,31 +99,102 @@ def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> None:
 
 # --------------------------------------------------------------------------- ray
 def _ray_trial(job: Job) -> dict[str, Any]:
-    """A trial inside a Ray worker: one torch thread, then the ordinary pipeline."""
+    """A trial inside a Ray worker: one torch thread, then the ordinary pipeline.
+
+    When Ray retries the task (its worker died), the train stage finds the run cut short and
+    resumes it from its last checkpoint (``rl_lab.sweep.stages.stage_train``).
+    """
     worker_init(1)
     return run_trial(job)
 
 
-def run_ray(jobs: list[Job], workers: int | None, address: str | None, on_result: OnResult) -> None:
+def _write_marker(path: str, token: str) -> str:
+    """Inside a Ray task: write ``token`` to ``path`` (in the runs directory); return this node's name."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(token)
+    return socket.gethostname()
+
+
+def ray_address(address: str | None) -> str | None:
+    """The cluster to join: ``--address``, else ``RAY_ADDRESS`` (as ``ray.init`` reads it), else None
+    (start Ray on this machine). ``local`` starts a new local Ray even when ``RAY_ADDRESS`` is set."""
+    chosen = address or os.environ.get("RAY_ADDRESS") or None
+    return None if chosen == "local" else chosen
+
+
+def check_shared_runs_dir(runs_dir: Path | str) -> list[str]:
+    """Fail with one line unless every Ray node with CPUs sees ``runs_dir`` (Ray initialised).
+
+    One task pinned to each alive node writes a marker file in the runs directory; the driver
+    reads every marker back. A node whose marker does not arrive writes to a directory the
+    driver cannot see (not shared, or mounted elsewhere). Returns the nodes' host names.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    layout = RunsDirLayout(runs_dir)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and (n.get("Resources") or {}).get("CPU", 0) > 0]
+    writer = ray.remote(num_cpus=0, max_retries=0)(_write_marker)
+    tokens = {n["NodeID"]: uuid.uuid4().hex for n in nodes}
+    paths = {nid: layout.shared_marker(token) for nid, token in tokens.items()}
+    refs = {writer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False))
+            .remote(str(paths[nid].resolve()), tokens[nid]): nid for nid in tokens}
+    where = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
+    hosts: list[str] = []
+    missing: list[str] = []
+    try:
+        for ref, nid in refs.items():
+            try:
+                hosts.append(ray.get(ref, timeout=300))  # a cold worker on a loaded node is slow to start
+            except Exception as exc:  # the node could not write there at all
+                cause = getattr(exc, "cause", None)
+                missing.append(f"{where[nid]} ({one_line(cause if isinstance(cause, BaseException) else exc)})")
+                continue
+            try:
+                ok = paths[nid].read_text() == tokens[nid]
+            except OSError:
+                ok = False
+            if not ok:
+                missing.append(where[nid])
+    finally:
+        for path in paths.values():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # not a directory this host can write either
+                pass
+    if missing:
+        raise LabError(f"the runs directory {Path(runs_dir).resolve()} is not shared with Ray node(s) "
+                       f"{', '.join(missing)}: put it on storage every node mounts at the same path")
+    return hosts
+
+
+def run_ray(jobs: list[Job], workers: int | None, address: str | None, on_result: OnResult,
+            runs_dir: Path | str | None = None) -> None:
     """Run ``jobs`` as Ray tasks (one CPU each): a local Ray started here, or the cluster at ``address``.
 
-    ``workers`` caps the trials in flight (and the CPUs of a local Ray); with ``address`` and no
-    cap, every trial is submitted and the cluster schedules them. Ray retries a task whose worker
-    died once (``max_retries``); the runs directory must be on storage every node can reach.
+    ``address`` (else ``RAY_ADDRESS``; see :func:`ray_address`) joins a running cluster; without
+    either, Ray starts on this machine with ``workers`` CPUs. ``workers`` caps the trials in
+    flight; joining a cluster with no cap, every trial is submitted and the cluster schedules
+    them. Before the first trial, :func:`check_shared_runs_dir` proves that every node sees
+    ``runs_dir``. Ray retries a task whose worker died once (``max_retries``), and the retried
+    trial resumes its run from the last checkpoint.
     """
     if ray is None:
         raise LabError(f"--backend ray needs Ray, which is not installed: {RAY_HINT}")
+    address = ray_address(address)
     started_here = not ray.is_initialized()
     if started_here:
         try:
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
             else:
-                ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=True)
+                ray.init(address="local", num_cpus=workers or default_workers(), include_dashboard=False,
+                         log_to_driver=True)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
             raise LabError(f"cannot {where}: {one_line(exc)}") from None
     try:
+        if runs_dir is not None:
+            check_shared_runs_dir(runs_dir)
         task = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(_ray_trial)
         cap = workers if workers else len(jobs)
         queue = list(jobs)

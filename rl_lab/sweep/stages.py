@@ -85,11 +85,13 @@ def stage_train(job: Job, state: dict[str, Any]) -> dict[str, Any]:
         if run.status == "done" and int(run.info.get("steps_done") or 0) >= cfg.total_timesteps:
             _mark_sweep(run, job["sweep"], trial.condition)
             return {"cached": True, **_train_outputs(run)}
-        if run.status == "running":
+        if run.status == "running" and run.liveness == "alive":
             raise LabError(f"run {trial.name!r} is being trained by another process (pid {run.info.get('pid')})")
         if run.checkpoints():
             resume = trial.name
         else:  # cut short before its first checkpoint: nothing to continue from
+            with run.lock():  # held by its process if that still trains it (on another host, too)
+                pass
             shutil.rmtree(path)
     elif path.exists():
         shutil.rmtree(path)  # a directory without run.json is not a run (a crash inside create)

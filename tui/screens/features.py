@@ -6,6 +6,13 @@ The statistics are the ones ``probes.features`` writes next to the SAE
 its top-activating steps and their neighbours included, so switching latents is a dictionary
 look-up (a cache of rendered panels, filled from ``FeatureStore.latent``) and two redraws of
 fixed-size panels: no file is read and no worker is started per switch.
+
+Beside them, the SAE's ``metrics.json`` (read in the same worker) gives what only the run's
+network can: ``views`` written by ``rl-lab sae`` (``rl_lab.sae_splice.feature_views``) — each
+latent's logit effect on the actions, the per-step reconstruction error against L0, which
+labels are environment variables, and for a decision transformer the attention of the state
+token over its context at several return-to-go targets — and the held-out metrics
+(``loss_recovered`` and the live return). Tabs: ``1`` latent, ``2`` SAE, ``3`` attention.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Header, Select, Static
+from textual.widgets import Header, Select, Static, TabbedContent, TabPane
 
 from probes.layout import SAELayout
-from tui.charts import fmt_num, sparkline
+from tui.charts import column_chart, fmt_num, scatter_lines, shade
+from tui.data import read_sae_metrics
 from tui.messages import FeaturesLoaded
 from tui.screens.base import RunScreen
 from tui.widgets.panel import TextPanel
@@ -50,41 +58,86 @@ def _strength(score: dict[str, Any]) -> float:
     return 0.0 if auc is None else abs(auc - 0.5) * 2
 
 
-def latent_summary(info: dict[str, Any]) -> Text:
-    """Density, activation range, label associations, histogram and top steps of one latent.
+ENV_SOURCE = "environment"
+"""``derived_from`` of the labels that are the environment's own variables (its latents)."""
+
+
+def _heldout(score: dict[str, Any]) -> dict[str, Any]:
+    """The held-out version of a label score (``pearson_test`` / ``auroc_test``) when there is one."""
+    if score.get("kind") == "continuous" and "pearson_test" in score:
+        return {"kind": "continuous", "pearson": score.get("pearson_test")}
+    if score.get("kind") == "discrete" and "auroc_test" in score:
+        return {"kind": "discrete", "auroc": score.get("auroc_test"), "class": score.get("class_train")}
+    return score
+
+
+def _heldout_suffix(score: dict[str, Any]) -> str:
+    """`` (held-out +0.84)`` when the score has a held-out value."""
+    held = _heldout(score)
+    if held is score:
+        return ""
+    v = held.get("pearson") if held.get("kind") == "continuous" else held.get("auroc")
+    return " (held-out " + ("—" if v is None else (f"{v:+.2f}" if held.get("kind") == "continuous" else f"{v:.2f}")) + ")"
+
+
+def logit_effect_text(views: dict[str, Any], index: int, n: int = 3) -> str | None:
+    """``up +0.31  left +0.12 · down −0.25``: the largest positive and negative action-logit
+    changes of latent ``index``'s decoder direction (None when not computed)."""
+    effects = views.get("logit_effects")
+    if not effects or index >= len(effects):
+        return None
+    row = effects[index]
+    names = views.get("action_names") or [f"a{i}" for i in range(len(row))]
+    order = sorted(range(len(row)), key=lambda j: -row[j])
+    up = [f"{names[j]} {row[j]:+.2f}" for j in order[:n] if row[j] > 0]
+    down = [f"{names[j]} {row[j]:+.2f}" for j in reversed(order[-n:]) if row[j] < 0]
+    return "  ".join(up) + ("  ·  " if up and down else "") + "  ".join(down)
+
+
+def latent_summary(info: dict[str, Any], views: dict[str, Any] | None = None) -> Text:
+    """Density, activation range, held-out label and env-variable associations, the activation
+    histogram, the decoder direction's effect on the actions and the top steps of one latent.
 
     Args:
         info: ``FeatureStore.latent(i)``.
+        views: the SAE's ``metrics.json`` ``views`` (``rl_lab.sae_splice.feature_views``), or None.
     """
+    views = views or {}
     text = Text(f"latent {info['index']}", style="bold")
     text.append(f"   density {fmt_num(info['density'])}   max {fmt_num(info['max_activation'])}"
                 f"   mean when firing {fmt_num(info['mean_activation'])}\n")
     labels = info.get("labels") or {}
-    if labels:
-        ranked = sorted(labels.items(), key=lambda kv: -_strength(kv[1]))[:4]
-        text.append("labels ", style="dim")
-        text.append("   ".join(label_score_text(k, v) for k, v in ranked))
+    sources = views.get("label_sources") or {}
+    env_vars = {k: v for k, v in labels.items() if sources.get(k) == ENV_SOURCE}
+    others = {k: v for k, v in labels.items() if k not in env_vars}
+    for title, group in (("env variables", env_vars), ("labels", others)):
+        if group:  # ranked by the held-out association; all rows first, held-out in brackets
+            ranked = sorted(group.items(), key=lambda kv: -_strength(_heldout(kv[1])))[:2]
+            text.append(f"{title} ", style="dim")
+            text.append("   ".join(label_score_text(k, v) + _heldout_suffix(v) for k, v in ranked))
+            text.append("\n")
+    effect = logit_effect_text(views, int(info["index"]))
+    if effect is not None:
+        text.append("logit effect ", style="dim")
+        text.append(effect or "none")
         text.append("\n")
     hist = info.get("histogram") or {}
     counts = hist.get("counts") or []
     if any(counts):
         edges = hist.get("edges") or []
-        text.append("histogram ", style="dim")
-        text.append(sparkline([math.log1p(c) for c in counts], 40), style="green")
-        if edges:
-            text.append(f"  (0 … {fmt_num(edges[-1])}, log counts; silent on {hist.get('zero', 0)} rows)", style="dim")
-        text.append("\n")
+        span = f", 0 … {fmt_num(edges[-1])}" if edges else ""
+        text.append(f"histogram (log counts{span}; silent on {hist.get('zero', 0)})\n", style="dim")
+        for line in column_chart([math.log1p(c) for c in counts], 40, 3):
+            text.append("  " + line + "\n", style="green")
     else:
         text.append("never fires on the analysed file\n", style="italic")
-    top = info.get("top") or []
-    if top:
-        text.append("top steps ", style="dim")
-        text.append(", ".join(f"{s['row']} ({fmt_num(s['activation'])})" for s in top[:8]))
     return text
 
 
-def top_step_text(info: dict[str, Any], pos: int) -> str:
-    """The text views of top step ``pos`` of a latent and of its stored neighbours (same episode)."""
+def top_step_text(info: dict[str, Any], pos: int, width: int = 84) -> str:
+    """The env's picture of top step ``pos`` of a latent beside its stored neighbours (same
+    episode), as recorded (``/steps/text``: the env's text render); side by side when they fit
+    in ``width`` columns, else in rows of as many as fit."""
     top = info.get("top") or []
     if not top:
         return "This latent never fires on the analysed file, so it has no top-activating steps."
@@ -92,12 +145,89 @@ def top_step_text(info: dict[str, Any], pos: int) -> str:
     lines = [f"top step {pos % len(top) + 1}/{len(top)}: row {step['row']} · episode {step['episode']} · "
              f"t {step['t']} · activation {fmt_num(step['activation'])}   ([ ] for the others)"]
     context = step.get("context") or [{"offset": 0, "row": step["row"], "text": step.get("text", "")}]
+    columns = []
     for ctx in context:
         marker = "▶" if ctx["offset"] == 0 else " "
-        lines.append(f"{marker} row {ctx['row']} · t {step['t'] + ctx['offset']}")
-        body = ctx.get("text") or "(no text view recorded)"
-        lines.extend("  " + line for line in body.splitlines())
+        body = (ctx.get("text") or "(no text view recorded)").splitlines()
+        columns.append([f"{marker} row {ctx['row']} · t {step['t'] + ctx['offset']}"] + ["  " + b for b in body])
+    col_w = max(len(line) for col in columns for line in col) + 2
+    per_row = max(1, width // col_w)
+    for lo in range(0, len(columns), per_row):
+        group = columns[lo:lo + per_row]
+        height = max(len(c) for c in group)
+        for i in range(height):
+            lines.append("".join((c[i] if i < len(c) else "").ljust(col_w) for c in group).rstrip())
     return "\n".join(lines)
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    return "—" if not isinstance(v, (int, float)) else format(v, fmt)
+
+
+def sae_text(metrics: dict[str, Any], width: int = 60) -> Text:
+    """The SAE's held-out metrics (``loss_recovered`` and the live return included) and the
+    per-step reconstruction error against L0 (``views.recon``) as a scatter plot."""
+    if not metrics:
+        return Text("This SAE has no metrics.json.", style="italic")
+    text = Text(f"{metrics.get('architecture', '?')} SAE on {metrics.get('hook_name', '?')}: "
+                f"{metrics.get('d_sae', '?')} latents, {metrics.get('test_rows', '?')} held-out steps\n", style="bold")
+    text.append(f"L0 {_num(metrics.get('l0'), '.2f')}   explained variance {_num(metrics.get('explained_variance'), '.4f')}   "
+                f"MSE {_num(metrics.get('mse'), '.4g')}\ndead {_num(metrics.get('dead_fraction'), '.1%')}   "
+                f"dense {_num(metrics.get('dense_fraction'), '.1%')}\n")
+    if metrics.get("loss_clean") is not None:
+        text.append(f"action loss: clean {_num(metrics['loss_clean'], '.4f')}  spliced {_num(metrics.get('loss_spliced'), '.4f')}  "
+                    f"zero-ablated {_num(metrics.get('loss_zero_ablated'), '.4f')}  mean-ablated "
+                    f"{_num(metrics.get('loss_mean_ablated'), '.4f')}\n")
+        text.append(f"loss recovered {_num(metrics.get('loss_recovered'))} (zero ablation)   "
+                    f"{_num(metrics.get('loss_recovered_mean_ablation'))} (mean ablation)\n", style="bold")
+    if metrics.get("return_clean") is not None:
+        text.append(f"live return: clean {_num(metrics['return_clean'])}  spliced {_num(metrics.get('return_spliced'))}  "
+                    f"mean-ablated {_num(metrics.get('return_mean_ablated'))}; recovered "
+                    f"{_num(metrics.get('return_recovered'), '.2f')}\n")
+    recon = (metrics.get("views") or {}).get("recon") or {}
+    if recon.get("l0"):
+        text.append(f"\nreconstruction error (MSE) against L0, one dot per held-out step ({len(recon['l0'])}):\n",
+                    style="dim")
+        for line in scatter_lines(recon["l0"], recon["mse"], width, 10, x_label="L0", y_label="MSE"):
+            text.append(line + "\n")
+        if len(set(recon["l0"])) == 1:
+            text.append(f"every step has L0 {recon['l0'][0]}: a TopK SAE keeps k latents (fewer only where "
+                        "pre-activations are negative), so the spread is in the error alone\n", style="dim")
+    else:
+        text.append("\nno per-step reconstruction data: train the SAE with `rl-lab sae RUN --hook NAME`\n", style="italic")
+    return text
+
+
+def attention_text(views: dict[str, Any], step: int = 0) -> Text:
+    """For held-out step ``step`` of ``views.attention``: each head's attention from the state
+    token over the context tokens (R, s, a; one cell each, darker = more), one row per
+    return-to-go target, and the share of attention on the return-to-go tokens."""
+    att = views.get("attention")
+    if not att or not att.get("steps"):
+        return Text("Attention patterns are shown for decision-transformer (dt/bc) runs, from `rl-lab sae RUN "
+                    "--hook NAME` on such a run; this network has none.", style="italic")
+    steps = att["steps"]
+    st = steps[step % len(steps)]
+    tokens = att["tokens"]
+    kinds = "".join(t[0] for t in tokens)
+    targets = att["targets"]
+    text = Text(f"step {step % len(steps) + 1}/{len(steps)} (n for the next): row {st['row']} · episode "
+                f"{st['episode']} · t {st['t']}; the state token's attention over the context\n", style="bold")
+    text.append("tokens " + " " * 8 + kinds + "   (R return-to-go, s state, a action; the current step last)\n", style="dim")
+    for layer in range(att["layers"]):
+        for head in range(att["heads"]):
+            text.append(f"L{layer}H{head}\n", style="bold")
+            for j, target in enumerate(targets):
+                row = st["patterns"][j][layer][head]
+                top = max(row) or 1.0
+                on_r = sum(v for v, k in zip(row, kinds) if k == "R")
+                name = "target " + (f"{target:+.2f}" if target is not None else "—")
+                mark = "*" if target is not None and abs(target - att.get("record_target", float("nan"))) < 1e-6 else " "
+                text.append(f"  {name:<12}{mark}" + "".join(shade(v, top) for v in row))
+                best = max(range(len(row)), key=lambda i: row[i])
+                text.append(f"  max {tokens[best]} {row[best]:.2f}" + (f", on R {on_r:.2f}" if "R" in kinds else "") + "\n")
+    text.append("* the recording's target", style="dim")
+    return text
 
 
 def load_store(sae_dir: Path) -> tuple["FeatureStore | None", str | None]:
@@ -123,6 +253,10 @@ class FeaturesScreen(RunScreen):
         Binding("a", "sort_label", "Sort by label", id="features.label"),
         Binding("right_square_bracket", "top(1)", "Next top step", id="features.next"),
         Binding("left_square_bracket", "top(-1)", "Prev top step", show=False),
+        Binding("1", "tab('tab-latent')", "Latent tab", show=False),
+        Binding("2", "tab('tab-sae')", "SAE tab", show=False),
+        Binding("3", "tab('tab-attention')", "Attention tab", show=False),
+        Binding("n", "attention_step", "Next attention step", show=False),
     ]
 
     def __init__(self, run_name: str, sae_name: str | None = None) -> None:
@@ -139,6 +273,9 @@ class FeaturesScreen(RunScreen):
         self._infos: dict[int, dict[str, Any]] = {}
         self._summaries: dict[int, Text] = {}
         self._steps: dict[tuple[int, int], str] = {}
+        self.metrics: dict[str, Any] = {}
+        self._loaded_metrics: dict[str, Any] = {}
+        self.attention_step = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -146,9 +283,15 @@ class FeaturesScreen(RunScreen):
         yield Static("Reading SAE features…", id="features-info")
         with Horizontal(id="features-body"):
             yield FastTable(id="latents", cursor_type="row")
-            with Vertical(id="latent-side"):
-                yield TextPanel(id="latent-summary")
-                yield TextPanel(id="latent-steps")
+            with TabbedContent(id="latent-side", initial="tab-latent"):
+                with TabPane("1 latent", id="tab-latent"):
+                    with Vertical():
+                        yield TextPanel(id="latent-summary")
+                        yield TextPanel(id="latent-steps")
+                with TabPane("2 SAE", id="tab-sae"):
+                    yield TextPanel(id="sae-panel")
+                with TabPane("3 attention", id="tab-attention"):
+                    yield TextPanel(id="attention-panel")
         yield LabFooter()
 
     def on_mount(self) -> None:
@@ -176,11 +319,16 @@ class FeaturesScreen(RunScreen):
         """Open the feature statistics of SAE ``sae`` in a worker."""
         self.sae_name = sae
         store, error = load_store(self.run_layout.sae_dir(sae))
+        self._loaded_metrics = read_sae_metrics(self.run_layout.sae_dir(sae))[0]  # read before the message
         self.post_message(FeaturesLoaded(store, error))
 
     def on_features_loaded(self, message: FeaturesLoaded) -> None:
         message.stop()
         self.store, self.error = message.store, message.error
+        self.metrics = self._loaded_metrics
+        self.attention_step = 0
+        self.query_one("#sae-panel", TextPanel).text = sae_text(self.metrics)
+        self.query_one("#attention-panel", TextPanel).text = attention_text(self.views, 0)
         self._infos.clear()
         self._summaries.clear()
         self._steps.clear()
@@ -190,7 +338,7 @@ class FeaturesScreen(RunScreen):
             info.update(Text(message.error or "no feature statistics", style="bold red" if "cannot" in (message.error or "") else "italic"))
             self.query_one("#latents", FastTable).clear(columns=True)
             self.order = []
-            for panel in self.query(TextPanel):
+            for panel in self.query("#latent-summary, #latent-steps").results(TextPanel):
                 panel.text = ""
             return
         store = self.store
@@ -254,7 +402,7 @@ class FeaturesScreen(RunScreen):
         self.current = index
         summary = self._summaries.get(index)
         if summary is None:
-            summary = self._summaries[index] = latent_summary(self.latent_info(index))
+            summary = self._summaries[index] = latent_summary(self.latent_info(index), self.views)
         key = (index, self.top_pos)
         steps = self._steps.get(key)
         if steps is None:
@@ -262,7 +410,21 @@ class FeaturesScreen(RunScreen):
         self.query_one("#latent-summary", TextPanel).text = summary
         self.query_one("#latent-steps", TextPanel).text = steps
 
+    @property
+    def views(self) -> dict[str, Any]:
+        """``views`` of the SAE's metrics.json (empty when ``rl-lab sae`` did not write them)."""
+        views = self.metrics.get("views")
+        return views if isinstance(views, dict) else {}
+
     # ------------------------------------------------------------------ actions
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#latent-side", TabbedContent).active = tab
+
+    def action_attention_step(self) -> None:
+        self.attention_step += 1
+        self.query_one("#attention-panel", TextPanel).text = attention_text(self.views, self.attention_step)
+        self.action_tab("tab-attention")
 
     def action_sort_density(self) -> None:
         if self.sort_label is None:
