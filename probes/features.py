@@ -12,7 +12,8 @@ held-out split was added, over the training and the held-out episodes (``*_train
 episodes and reported on the held-out ones (``best_latents``); a maximum over thousands of
 latents on the rows it was chosen on is not a finding.
 
-Script: ``python -m probes.features SAE_DIR FILE.h5``.
+Script: ``python -m probes.features SAE_DIR FILE.h5`` computes them; ``python -m probes.features SAE_DIR
+--show I --best LABEL`` describes latents from them (``describe``).
 """
 
 from __future__ import annotations
@@ -210,30 +211,104 @@ def _f(x: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def describe(store: FeatureStore, i: int, top: int = 3, labels: int = 4) -> str:
+    """A text description of latent ``i``: how often and how strongly it fires, the labels it
+    tracks on held-out episodes (or all rows, for older files), and its ``top`` top-activating
+    steps with their stored renders and the neighbouring steps' renders."""
+    d = store.latent(i)
+    lines = [f"latent {i}: fires on {d['density']:.1%} of steps, max {d['max_activation']:.3g}, "
+             f"mean {d['mean_activation']:.3g}"]
+    held = store.has_heldout
+    scored = []
+    for name, e in d["labels"].items():
+        v = e.get("pearson_test" if held else "pearson") if e["kind"] == "continuous" else e.get("auroc_test" if held else "auroc")
+        if v is None:
+            continue
+        strength = abs(v) if e["kind"] == "continuous" else abs(v - 0.5) * 2
+        what = f"r {v:+.2f}" if e["kind"] == "continuous" else f"AUROC {v:.2f} for {e.get('class_train', e['class'])}"
+        scored.append((strength, f"{name} ({what})"))
+    scored.sort(key=lambda x: -x[0])
+    where = "held-out episodes" if held else "all rows"
+    lines.append(f"  tracks ({where}): " + (", ".join(t for _, t in scored[:labels]) or "no label"))
+    for rank, step in enumerate(d["top"][:top], 1):
+        lines.append(f"  top {rank}: activation {step['activation']:.3g}, episode {step['episode']}, t {step['t']}")
+        ctx = step["context"] or [{"offset": 0, "text": step["text"]}]
+        for c in ctx:
+            if not c["text"]:
+                continue
+            mark = "this step" if c["offset"] == 0 else f"step {c['offset']:+d}"
+            lines.append(f"    [{mark}]")
+            lines.extend("      " + ln for ln in c["text"].splitlines())
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ScriptParser(prog="python -m probes.features", description="Per-latent statistics of a trained SAE over an activation file.")
+    parser = ScriptParser(prog="python -m probes.features",
+                          description="Per-latent statistics of a trained SAE over an activation file; "
+                                      "with --show/--best, describe latents from them.")
     parser.add_argument("sae_dir", type=Path, help="directory written by probes.sae")
-    parser.add_argument("file", type=Path, help="activation file (.h5)")
+    parser.add_argument("file", type=Path, nargs="?",
+                        help="activation file (.h5); optional with --show/--best when the statistics exist")
     parser.add_argument("--top", type=int, default=10, help="top-activating steps kept per latent (default 10)")
     parser.add_argument("--context", type=int, default=2, help="neighbouring steps kept each side (default 2)")
     parser.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="fraction of episodes held out (default 0.25)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episode split (default 0)")
+    parser.add_argument("--show", type=int, action="append", default=[], metavar="LATENT",
+                        help="describe this latent: density, held-out label associations, top steps as "
+                             "rendered (repeatable)")
+    parser.add_argument("--best", action="append", default=[], metavar="LABEL",
+                        help="describe the latent most associated with LABEL, chosen on the training "
+                             "episodes (repeatable)")
+    parser.add_argument("--show-top", type=int, default=3, help="top steps printed per described latent (default 3)")
     args = parser.parse_args(argv)
     if not 0.0 < args.test_fraction < 1.0:
         print("probes.features: error: --test-fraction must be in (0, 1)", file=sys.stderr)
         return 2
-    from probes.sae.features import (
-        compute_features,  # the writer needs torch; the reader does not
-    )
+    if args.show_top < 1:
+        print("probes.features: error: --show-top must be at least 1", file=sys.stderr)
+        return 2
+    describing = bool(args.show or args.best)
+    if args.file is None:
+        if not describing:
+            print("probes.features: error: an activation file is needed to compute the statistics", file=sys.stderr)
+            return 2
+        try:
+            store = FeatureStore(args.sae_dir)
+        except ProbeError as exc:
+            print(f"probes.features: error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        from probes.sae.features import (
+            compute_features,  # the writer needs torch; the reader does not
+        )
 
+        try:
+            out = compute_features(args.sae_dir, args.file, n_top=args.top, context=args.context, bins=args.bins,
+                                   test_fraction=args.test_fraction, seed=args.seed)
+            store = FeatureStore(out)
+        except ProbeError as exc:
+            print(f"probes.features: error: {exc}", file=sys.stderr)
+            return 2
+        _summary(store, out)
     try:
-        out = compute_features(args.sae_dir, args.file, n_top=args.top, context=args.context, bins=args.bins,
-                               test_fraction=args.test_fraction, seed=args.seed)
-        store = FeatureStore(out)
+        chosen = [(i, "") for i in args.show]
+        for label in args.best:
+            b = store.best_latents(label, 1)[0]
+            chosen.append((b["latent"], f"the latent most associated with {label} on training episodes"))
+        texts = [(describe(store, i, top=args.show_top), why) for i, why in chosen]
     except ProbeError as exc:
         print(f"probes.features: error: {exc}", file=sys.stderr)
         return 2
+    for text, why in texts:
+        print()
+        if why:
+            print(f"# {why}")
+        print(text)
+    return 0
+
+
+def _summary(store: FeatureStore, out: Path) -> None:
     alive = int((store.arrays["density"] > 0).sum())
     print(f"features of {store.d_sae} latents ({alive} fire) written to {out}")
     if store.has_heldout:
@@ -248,7 +323,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in store.labels:
             best = store.sorted_by("association", name)[:3]
             print(f"  {name}: top latents {', '.join(str(int(i)) for i in best)}")
-    return 0
 
 
 def _fmt(v: float | None) -> str:

@@ -126,6 +126,26 @@ def test_script(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
+def test_script_describes_latents(tmp_path: Path) -> None:
+    """--best fear picks latent 0 (it reads the direction carrying fear) and prints its top steps'
+    renders; --show works from the stored statistics without the file; bad latents are one line."""
+    path, sae_dir = make_case(tmp_path)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "probes.features", *a], capture_output=True, text=True)
+    ok = run(str(sae_dir), str(path), "--best", "fear", "--show-top", "2")
+    assert ok.returncode == 0, ok.stderr
+    block = ok.stdout.split("# the latent most associated with fear")[1]
+    assert block.splitlines()[1].startswith("latent 0:")
+    assert "fear (r +" in block and block.count("  top ") == 2
+    store = FeatureStore(sae_dir)
+    best_row = store.latent(0)["top"][0]["row"]
+    assert f"row {best_row}" in block  # the top step's own render
+    again = run(str(sae_dir), "--show", "1")
+    assert again.returncode == 0 and again.stdout.lstrip().startswith("latent 1:")
+    for bad in (["--show", "99"], ["--best", "nolabel"], []):
+        out = run(str(sae_dir), *bad)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (bad, out.stderr)
+
+
 def test_heldout_associations_match_direct_computation(tmp_path: Path) -> None:
     """Train / held-out associations are those of the rows of probes.splits' episode split."""
     from probes.splits import split_episodes
