@@ -23,8 +23,8 @@
 # per source checkpoint: at 20 the DT overfits in ~200 steps, barely follows its return target and the
 # "best source policy" is the luckiest of eleven 20-episode means; docs/results.md), EVAL_EPISODES
 # (20 per return target for the DT's eval.json), EPISODES (30 recorded, environment seeds from
-# 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers). On a 2-core machine one seed takes ~35 min (the transformer PPO ~10 of them, at
-# ~250 env steps/s): run seeds as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final
+# 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers). On a 2-core machine one
+# seed takes ~35 min (the transformer PPO ~10 of them, at ~250 env steps/s): run seeds as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final
 # invocation with every seed (all stages done) prints the comparison. Finished stages are skipped
 # on a rerun. docs/results.md has the table this produced and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
