@@ -19,14 +19,15 @@
 #   bash examples/fair-comparison.sh [RUNS_DIR]          # default: runs/fair-comparison
 #
 # Budget (environment knobs): SEEDS ("0 1 2 3 4"), RL_STEPS (150000 environment steps for each RL
-# agent), DT_STEPS (4000 gradient steps at most, early stopping on held-out loss), TRAJ_EPISODES (100
-# per source checkpoint: at 20 the DT overfits in ~200 steps, barely follows its return target and the
-# "best source policy" is the luckiest of eleven 20-episode means; docs/results.md), EVAL_EPISODES
-# (20 per return target for the DT's eval.json), EPISODES (30 recorded, environment seeds from
-# 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers). On a 2-core machine one
-# seed takes ~35 min (the transformer PPO ~10 of them, at ~250 env steps/s): run seeds as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final
-# invocation with every seed (all stages done) prints the comparison. Finished stages are skipped
-# on a rerun. docs/results.md has the table this produced and the budget's limits.
+# agent), DT_STEPS (4000 gradient steps at most, early stopping on held-out loss), TRAJ_EPISODES
+# (100 per source checkpoint: at 20 the DT overfits in ~200 steps, barely follows its return target
+# and the "best source policy" is the luckiest of eleven 20-episode means; docs/results.md),
+# EVAL_EPISODES (20 per return target for the DT's eval.json), EPISODES (30 recorded, environment
+# seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers). On a 2-core
+# machine one seed takes ~35 min (the transformer PPO ~10 of them, at ~250 env steps/s): run seeds
+# as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final invocation with every seed (all
+# stages done) prints the comparison. Finished stages are skipped on a rerun. docs/results.md has
+# the table this produced and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
