@@ -3,7 +3,7 @@
 # its checkpoints' trajectories, recorded on fresh episodes, and an SAE is trained inside it on
 # blocks.0.hook_resid_post, judged on held-out episodes (L0, explained variance, MSE, dead/dense
 # fractions, action-loss recovered with the SAE spliced in, return recovered in live episodes).
-# The closing section prints, for three latents, their top-activating steps as grids.
+# The closing section describes three latents from their top-activating steps (rendered grids).
 #
 #   bash examples/minigrid-dt-sae.sh [RUNS_DIR]        # default: runs/minigrid
 #
@@ -33,4 +33,6 @@ recorded dk-dt || rl-lab record dk-dt --episodes "$EPISODES" --seed 1000 --runs-
 sae="$RUNS/dk-dt/saes/$HOOK-topk-$WIDTH"
 [ -f "$sae/metrics.json" ] || rl-lab sae dk-dt --hook "$HOOK" --width "$WIDTH" --k "$K" --epochs 200 \
   --live-episodes 20 --runs-dir "$RUNS"
-python -m probes.features "$sae" --best key_held --best door_open --best goal_visible
+# three latents, each chosen as the one most associated with an environment latent on the training
+# episodes (its held-out association is the number to read), described from its top steps
+python -m probes.features "$sae" --best distance_to_door --best key_visible --best reward

@@ -214,7 +214,7 @@ def _f(x: Any) -> float | None:
 def describe(store: FeatureStore, i: int, top: int = 3, labels: int = 4) -> str:
     """A text description of latent ``i``: how often and how strongly it fires, the labels it
     tracks on held-out episodes (or all rows, for older files), and its ``top`` top-activating
-    steps with their stored renders and the neighbouring steps' renders."""
+    steps (one per episode first) with their stored renders and the neighbouring steps' renders."""
     d = store.latent(i)
     lines = [f"latent {i}: fires on {d['density']:.1%} of steps, max {d['max_activation']:.3g}, "
              f"mean {d['mean_activation']:.3g}"]
@@ -230,8 +230,12 @@ def describe(store: FeatureStore, i: int, top: int = 3, labels: int = 4) -> str:
     scored.sort(key=lambda x: -x[0])
     where = "held-out episodes" if held else "all rows"
     lines.append(f"  tracks ({where}): " + (", ".join(t for _, t in scored[:labels]) or "no label"))
-    for rank, step in enumerate(d["top"][:top], 1):
-        lines.append(f"  top {rank}: activation {step['activation']:.3g}, episode {step['episode']}, t {step['t']}")
+    # one step per episode first: ten top steps from one stuck episode say less than three episodes
+    seen: set[int] = set()
+    first = [st for st in d["top"] if not (st["episode"] in seen or seen.add(st["episode"]))]
+    steps = (first + [st for st in d["top"] if st not in first])[:top]
+    for rank, step in enumerate(steps, 1):
+        lines.append(f"  top step {rank}: activation {step['activation']:.3g}, episode {step['episode']}, t {step['t']}")
         ctx = step["context"] or [{"offset": 0, "text": step["text"]}]
         for c in ctx:
             if not c["text"]:

@@ -135,7 +135,7 @@ def test_script_describes_latents(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     block = ok.stdout.split("# the latent most associated with fear")[1]
     assert block.splitlines()[1].startswith("latent 0:")
-    assert "fear (r +" in block and block.count("  top ") == 2
+    assert "fear (r +" in block and block.count("  top step ") == 2
     store = FeatureStore(sae_dir)
     best_row = store.latent(0)["top"][0]["row"]
     assert f"row {best_row}" in block  # the top step's own render
