@@ -174,8 +174,8 @@ class RunLayout:
 
     @property
     def tensorboard_dir(self) -> Path:
-        """``tensorboard/``: TensorBoard event files (SB3's logger, DT/BC training);
-        ``tensorboard --logdir RUNS_DIR`` shows every run."""
+        """``tensorboard/``: TensorBoard event files (SB3's logger, DT/BC training; SAE training in
+        ``tensorboard/saes/<name>/``); ``tensorboard --logdir RUNS_DIR`` shows every run."""
         return self.path / TENSORBOARD
 
     # named files inside the folders
@@ -204,6 +204,10 @@ class RunLayout:
     def sae_dir(self, name: str) -> Path:
         """``saes/<name>/``: one trained SAE."""
         return self.saes_dir / safe_component(name, "SAE name")
+
+    def sae_tensorboard_dir(self, name: str) -> Path:
+        """``tensorboard/saes/<name>/``: the TensorBoard event files of SAE ``saes/<name>/``'s training."""
+        return self.tensorboard_dir / SAES / safe_component(name, "SAE name")
 
     def steer_path(self, stem: str) -> Path:
         """``steer/<stem>.json``: one intervention experiment."""
@@ -344,3 +348,13 @@ def sae_output_dir(h5: Path | str, name: str) -> Path:
     if run is not None:
         return run.sae_dir(name)
     return h5.resolve().parent / f"{h5.stem}.saes" / safe_component(name, "SAE name")
+
+
+def sae_tensorboard_dir(h5: Path | str, name: str) -> Path:
+    """Where SAE ``name``'s training events go: ``RUN/tensorboard/saes/<name>/`` for a run's
+    recording (beside the run's other events), else ``<stem>.tensorboard/saes/<name>/`` beside the file."""
+    h5 = Path(h5)
+    run = run_of_file(h5)
+    if run is not None:
+        return run.sae_tensorboard_dir(name)
+    return h5.resolve().parent / f"{h5.stem}.{TENSORBOARD}" / SAES / safe_component(name, "SAE name")

@@ -11,6 +11,11 @@ and ``new_history()`` (``rl_lab.policies.TransformerActorCriticPolicy``), the ad
 instead of its module discovery, and feeds the policy the history vector of the last K steps,
 built from the raw observations the recorder passes.
 
+Devices: ``load_sb3(run, checkpoint, device)`` loads the network on ``device`` (``cpu`` or
+``cuda:N``, ``rl_lab.devices.resolve_device``); the adapters move each observation to the
+network's device (``SB3Adapter.device``), build random twins and LSTM states there, and hand
+activations, values and actions back as CPU numpy arrays.
+
 The recurrent agent's LSTM states are hooks too: ``lstm_actor.hidden`` and ``lstm_actor.cell``
 (and ``lstm_critic.hidden``, ``lstm_critic.cell`` for the critic's own LSTM), each [T, hidden]:
 the LSTM's hidden and cell state after reading the observation of step t, i.e. the memory the
@@ -107,6 +112,11 @@ class SB3Adapter:
         self._capture = False
         for name, module in self.modules.items():
             module.register_forward_hook(self._make_hook(name))
+
+    @property
+    def device(self) -> str:
+        """The device the network runs on (``cpu``, ``cuda:0``, ...)."""
+        return str(self.policy.device)
 
     def _make_hook(self, name: str) -> Callable[..., None]:
         def hook(module: Any, inputs: Any, output: Any) -> None:
@@ -236,7 +246,7 @@ class SB3Adapter:
         kwargs = dict(self.model.policy_kwargs)
         twin_policy = self.model.policy_class(
             self.model.observation_space, self.model.action_space, lambda _: 0.0, **kwargs
-        )
+        ).to(self.policy.device)
         return SB3Adapter(self.model, policy=twin_policy, deterministic=self.deterministic)
 
 
@@ -274,8 +284,10 @@ class RecurrentAdapter(SB3Adapter):
 
     def zero_state(self, batch: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The state at an episode's start for ``batch`` parallel episodes."""
-        return {name: (torch.zeros(lstm.num_layers, batch, lstm.hidden_size),
-                       torch.zeros(lstm.num_layers, batch, lstm.hidden_size)) for name, lstm in self.lstms.items()}
+        device = self.policy.device
+        return {name: (torch.zeros(lstm.num_layers, batch, lstm.hidden_size, device=device),
+                       torch.zeros(lstm.num_layers, batch, lstm.hidden_size, device=device))
+                for name, lstm in self.lstms.items()}
 
     def step(self, obs_t: torch.Tensor, state: dict[str, tuple[torch.Tensor, torch.Tensor]],
              critic: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
@@ -387,7 +399,7 @@ class RecurrentAdapter(SB3Adapter):
         kwargs = dict(self.model.policy_kwargs)
         twin_policy = self.model.policy_class(
             self.model.observation_space, self.model.action_space, lambda _: 0.0, **kwargs
-        )
+        ).to(self.policy.device)
         return RecurrentAdapter(self.model, policy=twin_policy, deterministic=self.deterministic)
 
 
@@ -398,12 +410,15 @@ def make_adapter(model: Any, deterministic: bool = False) -> SB3Adapter:
     return SB3Adapter(model, deterministic=deterministic)
 
 
-def load_sb3(run: Run, checkpoint: Path) -> Any:
-    """The SB3 model of ``checkpoint``, loaded on the CPU with the run's algorithm."""
+def load_sb3(run: Run, checkpoint: Path, device: str = "cpu") -> Any:
+    """The SB3 model of ``checkpoint``, loaded with the run's algorithm on ``device``.
+
+    ``device`` is a resolved device (``cpu`` or ``cuda:N``: ``rl_lab.devices.resolve_device``).
+    """
     algo = run.info.get("algo", "ppo")
     check_checkpoint(run, checkpoint)  # never unpickle a file from elsewhere without --trust
     try:
-        return algo_class(algo).load(checkpoint, device="cpu")
+        return algo_class(algo).load(checkpoint, device=device)
     except LabError:
         raise
     except Exception as exc:

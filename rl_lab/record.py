@@ -26,6 +26,7 @@ BC) is recorded one environment at a time (``can_batch``; the file's ``vectorise
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,11 +55,21 @@ from rl_lab.runs import Run, RunStore, check_checkpoint, checkpoint_step, is_no_
 from rl_lab.train import ProgressFn, make_env
 
 
-def load_adapter(run: Run, checkpoint: Path, deterministic: bool = False) -> PolicyAdapter:
-    """The adapter for a run's checkpoint, whatever trained it."""
+def load_adapter(run: Run, checkpoint: Path, deterministic: bool = False, device: str = "cpu") -> PolicyAdapter:
+    """The adapter for a run's checkpoint, whatever trained it, its network on ``device``.
+
+    ``device``: a resolved device (``rl_lab.devices.resolve_device``); a dt/bc run's transformer
+    and its source critic go there too. The adapter's ``device`` (``adapter_device``) says where
+    the network ran.
+    """
     if run.info.get("algo") in DT_ALGOS:
-        return load_dt_adapter(run, checkpoint, deterministic=deterministic)
-    return make_adapter(load_sb3(run, checkpoint), deterministic=deterministic)
+        return load_dt_adapter(run, checkpoint, deterministic=deterministic, device=device)
+    return make_adapter(load_sb3(run, checkpoint, device=device), deterministic=deterministic)
+
+
+def adapter_device(adapter: Any) -> str:
+    """The device ``adapter``'s network runs on (``cpu`` for an adapter that does not say)."""
+    return str(getattr(adapter, "device", "cpu"))
 
 
 # --------------------------------------------------------------------------- labels: whose V, which scale
@@ -80,8 +91,9 @@ class ReferenceCritic:
     adapter: PolicyAdapter | None = None
 
 
-def load_reference_critic(name: str, run: Run, runs_dir: Path | str | None = None) -> ReferenceCritic:
-    """The reference critic named ``name`` for recordings of ``run`` (validated, loaded once)."""
+def load_reference_critic(name: str, run: Run, runs_dir: Path | str | None = None,
+                          device: str = "cpu") -> ReferenceCritic:
+    """The reference critic named ``name`` for recordings of ``run`` (validated, loaded once on ``device``)."""
     store = RunStore(runs_dir)
     ref = run if name == run.name else store.get(name)
     algo = ref.info.get("algo")
@@ -102,7 +114,7 @@ def load_reference_critic(name: str, run: Run, runs_dir: Path | str | None = Non
                        f"{ref_cfg.get('env_kwargs') or {}}, run {run.name!r} with {cfg.get('env_kwargs') or {}}; "
                        "a reference critic must see the same observations")
     ckpt = ref.latest_checkpoint()
-    return ReferenceCritic(ref.name, Path(ckpt).stem, load_adapter(ref, Path(ckpt), deterministic=True))
+    return ReferenceCritic(ref.name, Path(ckpt).stem, load_adapter(ref, Path(ckpt), deterministic=True, device=device))
 
 
 def calibration_seeds(seed: int, episodes: int, n: int) -> list[int]:
@@ -181,43 +193,56 @@ def rollouts(env_list: list[Any], adapter: PolicyAdapter, seeds: list[int], rend
         yield from _sequential(env_list[0], adapter, seeds, renders)
         return
     n = min(len(env_list), len(seeds))
-    playing: dict[int, Episode] = {}  # slot -> the episode its environment plays
-    current: dict[int, tuple[Any, dict]] = {}  # slot -> (observation, info) before the next action
+    # Per-slot state in lists (slot -> ...): this loop runs once per step of all environments, so
+    # its bookkeeping is kept to a few list operations per environment.
+    playing: list[Episode | None] = [None] * n  # the episode each environment plays
+    current: list[Any] = [None] * n  # its observation before the next action
+    starts = [True] * n
     finished: dict[int, Episode] = {}
     next_seed = next_out = 0
-    starts = [True] * n
+    renderers = [env.render for env in env_list[:n]]
+    steppers = [env.step for env in env_list[:n]]
 
     def start(slot: int) -> None:
         nonlocal next_seed
         obs, info = env_list[slot].reset(seed=seeds[next_seed])
-        playing[slot], current[slot] = Episode(next_seed), (obs, info)
+        ep = playing[slot] = Episode(next_seed)
+        ep.latents.append(info.get("latents", {}))
+        current[slot] = obs
         next_seed += 1
         starts[slot] = True
 
     for slot in range(n):
         start(slot)
+    slots = list(range(n))  # the environments still playing, in slot order
     while next_out < len(seeds):
-        slots = sorted(playing)
-        for slot in slots:
-            ep, (obs, info) = playing[slot], current[slot]
+        batch = [current[slot] for slot in slots]
+        for slot, obs in zip(slots, batch):
+            ep = playing[slot]
             if renders:
-                ep.texts.append(env_list[slot].render())
-            ep.latents.append(info.get("latents", {}))
+                ep.texts.append(renderers[slot]())
             ep.obs.append(obs)
-        actions = adapter.act_batch(np.stack([current[s][0] for s in slots]), slots, [starts[s] for s in slots])
+        actions = adapter.act_batch(np.stack(batch), slots, [starts[s] for s in slots])
+        ended = False
         for slot, action in zip(slots, actions):
             starts[slot] = False
             ep = playing[slot]
             ep.actions.append(action)
-            obs, reward, terminated, truncated, info = env_list[slot].step(action)
+            obs, reward, terminated, truncated, info = steppers[slot](action)
             ep.rewards.append(reward)
-            current[slot] = (obs, info)
             if terminated or truncated:
                 ep.final_obs, ep.terminated = obs, bool(terminated)
                 finished[ep.index] = ep
-                del playing[slot], current[slot]
+                playing[slot] = current[slot] = None
                 if next_seed < len(seeds):
                     start(slot)
+                else:
+                    ended = True
+            else:
+                current[slot] = obs
+                ep.latents.append(info.get("latents", {}))
+        if ended:
+            slots = [slot for slot in slots if playing[slot] is not None]
         while next_out in finished:
             yield finished.pop(next_out)
             next_out += 1
@@ -283,6 +308,7 @@ def record(
     reference: ReferenceCritic | None = None,
     calibration_episodes: int = CALIBRATION_EPISODES,
     n_envs: int = 1,
+    device: str = "cpu",
 ) -> Path:
     """Record ``episodes`` episodes of ``checkpoint`` into ``RUN/activations/<ckpt>.h5``.
 
@@ -327,6 +353,10 @@ def record(
         differ (one draw per batch). A network that cannot act in a batch (``can_batch``: the
         decision transformer, BC) is recorded sequentially and the file's ``vectorised_fallback``
         attribute says why.
+    device:
+        Where the network loaded here (and its random twins) runs: ``cpu`` or ``cuda:N``
+        (``rl_lab.devices.resolve_device``); observations go to it, activations come back as CPU
+        arrays. The file's ``device`` attribute names the device the recorded network ran on.
     """
     if episodes <= 0:
         raise LabError("--episodes must be positive")
@@ -349,7 +379,7 @@ def record(
     torch.set_num_threads(1)
     try:
         _record(run, checkpoint, episodes, seed, deterministic, tmp, random_baseline, adapter,
-                progress, max_steps, flush_rows, reference, calib_seeds, n_envs)
+                progress, max_steps, flush_rows, reference, calib_seeds, n_envs, device)
         os.replace(tmp, out)
     except BaseException as exc:
         if replacing or not tmp.exists():
@@ -384,9 +414,9 @@ their mean, so one lucky initialisation does not decide a verdict. Twin i is ini
 def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic: bool, out: Path,
             random_baseline: bool, adapter: PolicyAdapter | None, progress: ProgressFn | None,
             max_steps: int | None, flush_rows: int, reference: ReferenceCritic | None = None,
-            calib_seeds: list[int] | None = None, n_envs: int = 1) -> Path:
+            calib_seeds: list[int] | None = None, n_envs: int = 1, device: str = "cpu") -> Path:
     if adapter is None:
-        adapter = load_adapter(run, Path(checkpoint), deterministic=deterministic)
+        adapter = load_adapter(run, Path(checkpoint), deterministic=deterministic, device=device)
     twins = [adapter.random_twin(seed + 10_007 + 7_919 * i) for i in range(RANDOM_TWINS)] if random_baseline else []
     torch.manual_seed(seed)  # after the twin's initialisation: the rollout's sampling depends on seed only
     cfg = run.info.get("config", {})
@@ -433,6 +463,7 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
         "deterministic": deterministic,
         "hooks": adapter.hooks,
         "n_envs": n_envs,  # environments stepped together (rollouts); 1: sequential
+        "device": adapter_device(adapter),  # where the recorded network ran (--device)
         "reference_critic": critic_run,
         "reference_critic_checkpoint": critic_ckpt,
         **scale.attrs(),
@@ -511,8 +542,8 @@ def _block_rows(block: list[Episode], adapter: PolicyAdapter, twins: list[Any], 
         labels.update(fwds[i].extra_labels)
         labels["action"] = act_arr.reshape(T, -1)[:, 0].astype(np.int64) if act_arr.dtype.kind in "iu" \
             else act_arr.reshape(T, -1)[:, 0]
-        for key in spec:
-            labels[latent_label_name(key)] = np.asarray([lat.get(key, np.nan) for lat in ep.latents])
+        for key, column in _latent_columns(ep.latents, list(spec)).items():
+            labels[latent_label_name(key)] = column
         done = np.zeros(T, dtype=bool)
         done[-1] = True
         steps: dict[str, Any] = {
@@ -541,6 +572,18 @@ def _block_rows(block: list[Episode], adapter: PolicyAdapter, twins: list[Any], 
     return steps, labels, acts, twin_acts or None, inputs or None
 
 
+def _latent_columns(latents: list[dict], keys: list[str]) -> dict[str, np.ndarray]:
+    """Each latent's values over an episode's steps, NaN at a step whose info lacks it."""
+    if not keys:
+        return {}
+    try:
+        rows = list(map(itemgetter(*keys), latents))  # one C-level lookup per step
+        columns = zip(*rows) if len(keys) > 1 else [rows]
+    except KeyError:
+        columns = [[lat.get(key, np.nan) for lat in latents] for key in keys]
+    return {key: np.asarray(column) for key, column in zip(keys, columns)}
+
+
 def _close(env_list: list[Any]) -> None:
     for env in env_list:
         env.close()
@@ -558,18 +601,21 @@ def record_run(
     reference_critic: str | None = None,
     calibration_episodes: int = CALIBRATION_EPISODES,
     n_envs: int = 1,
+    device: str = "cpu",
 ) -> list[Path]:
     """Record one or several checkpoints of a run (``checkpoint``: latest, all, a step, a file).
 
     ``reference_critic``: the run whose critic gives every value-derived label (default: the run's
     own; a dt/bc run's source run). ``n_envs``: environments stepped together (``record``).
+    ``device``: where the networks run (``record``; resolve ``--device`` first with
+    ``rl_lab.devices.resolve_device``).
     """
     run = RunStore(runs_dir).get(run_name)
     paths = []
     ckpts = resolve_checkpoints(run, checkpoint)
     if calibration_episodes <= 0:
         raise LabError("--calibration-episodes must be positive")
-    reference = load_reference_critic(reference_critic, run, runs_dir) if reference_critic else None
+    reference = load_reference_critic(reference_critic, run, runs_dir, device=device) if reference_critic else None
     for ckpt in ckpts:
         target = run.activation_path(ckpt.stem)
         if checkpoint == "all" and target.exists() and not overwrite:
@@ -579,7 +625,7 @@ def record_run(
         try:
             paths.append(record(run, ckpt, episodes=episodes, seed=seed, deterministic=deterministic,
                                 overwrite=overwrite, progress=progress, reference=reference,
-                                calibration_episodes=calibration_episodes, n_envs=n_envs))
+                                calibration_episodes=calibration_episodes, n_envs=n_envs, device=device))
         finally:
             close()
     return paths

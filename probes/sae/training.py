@@ -7,6 +7,11 @@ distance to it is ``d_in``; after it, the scale is folded into the biases so the
 raw activations. ``evaluate`` streams held-out rows once and returns the metrics of
 ``docs/sae.md``. ``train_sae_on_file`` is the file-level entry point (``python -m probes.sae``,
 ``rl-lab sae`` and the sweep's sae stage all end there).
+
+File-level training also writes TensorBoard events (``TrainingEvents``): the loss parts, the
+learning rate and the dead fraction every ``EVENT_EVERY`` steps (``train/...``) and the held-out
+metrics once (``eval/...``), into ``probes.layout.sae_tensorboard_dir`` (``RUN/tensorboard/saes/<name>/``),
+built in a hidden folder and renamed into place with the SAE.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from tqdm import tqdm
 
 from probes.activations import ActivationFile
 from probes.errors import ProbeError
-from probes.layout import TMP_MARK, SAELayout, safe_component
+from probes.layout import TMP_MARK, SAELayout, safe_component, sae_tensorboard_dir
 from probes.sae.config import (
     DEFAULT_ARCH,
     BindingConfig,
@@ -44,6 +49,37 @@ from probes.sae.model import LIVE_NOTE_PREFIX, SparseAutoencoder, make_sae, repl
 
 DENSE_THRESHOLD = 0.1
 """A latent is *dense* if it fires on more than this fraction of held-out rows."""
+
+EVENT_EVERY = 10
+"""Optimisation steps between two ``train/...`` TensorBoard points (and the last step)."""
+
+EVAL_EVENTS = ("l0", "explained_variance", "mse", "shrinkage", "dead_fraction", "dense_fraction")
+"""The held-out metrics written as ``eval/<metric>`` events at the last step."""
+
+
+class TrainingEvents:
+    """TensorBoard event files of one SAE's training, in ``folder`` (append-only files).
+
+    ``torch.utils.tensorboard`` is imported here, when a writer is made, so that importing the
+    trainer costs nothing more.
+    """
+
+    def __init__(self, folder: Path | str) -> None:
+        import tensorboard  # noqa: F401  torch.utils.tensorboard writes through it: a declared dependency
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = Path(folder)
+        self.writer = SummaryWriter(log_dir=str(self.folder))
+
+    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+        """Write ``prefix/<name>`` = value at ``step`` for every finite value."""
+        for name, value in values.items():
+            value = float(value)
+            if math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Source(Protocol):
@@ -170,8 +206,13 @@ def fit_many(
     progress: bool = True,
     desc: str = "SAE",
     callback: Callable[[int], bool | None] | None = None,
+    events: list[TrainingEvents | None] | None = None,
 ) -> list[FitResult]:
     """Train several SAEs in lockstep on one stream of batches (``fit`` is the case of one).
+
+    ``events[i]``, when given, receives SAE i's ``train/<loss part>``, ``train/loss``,
+    ``train/lr`` and ``train/dead_fraction`` every ``EVENT_EVERY`` steps and at the last step
+    (x axis: optimisation steps taken).
 
     ``source`` gives rows keyed by hook (``H5Source`` with a list of hooks, ``Keyed``): every
     batch is read once and each SAE takes its ``cfg.hook_name``'s rows, so SAEs on several hooks
@@ -195,6 +236,9 @@ def fit_many(
         device = torch.device(cfg.device)
         sae.to(device)
         scale = _init_from_data(sae, sample[cfg.hook_name].to(device))
+        prepare = getattr(sae, "prepare_fit", None)  # a staged start (the binding SAE's registration)
+        if prepare is not None:
+            prepare(source, scale, progress)
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s, c=cfg: _lr_factor(s, total, c.lr_warmup_fraction, c.lr_decay_fraction)
@@ -214,6 +258,7 @@ def fit_many(
             xb = batch[cfg.hook_name].to(st["device"]) * st["scale"]  # [B, d_in]
             dead = st["since_fired"] > cfg.dead_window if st["use_dead"] else None  # type: ignore[attr-defined]
             loss, st["parts"], fired = sae.training_loss(xb, dead, step / total)
+            st["loss"] = loss.detach()
             st["opt"].zero_grad(set_to_none=True)
             loss.backward()
             sae.remove_parallel_grad()
@@ -224,6 +269,10 @@ def fit_many(
             st["since_fired"][fired > 0] = 0
         samples += len(xb)
         steps_done = step + 1
+        if events is not None and (steps_done % EVENT_EVERY == 0 or steps_done == total):
+            for sae, st, ev in zip(saes, states, events):
+                if ev is not None:
+                    _step_events(ev, sae.cfg, st, steps_done)
         if progress and (step % 20 == 0 or step == total - 1):
             bar.set_postfix({k: f"{float(v):.4g}" for k, v in states[0]["parts"].items()}, refresh=False)
             bar.update(step + 1 - bar.n)
@@ -242,6 +291,17 @@ def fit_many(
         final = {k: float(v) for k, v in st["parts"].items()}
         results.append(FitResult(steps_done, samples, time.perf_counter() - t0, final, dead_end))
     return results
+
+
+def _step_events(events: TrainingEvents, cfg: SAEConfig, state: dict[str, Any], step: int) -> None:
+    """One ``train/...`` point of an SAE's training (``fit_many``)."""
+    values = {name: float(v) for name, v in state["parts"].items()}
+    values["loss"] = float(state["loss"])
+    values["lr"] = float(state["sched"].get_last_lr()[0])
+    window = getattr(cfg, "dead_window", None)
+    if window is not None:
+        values["dead_fraction"] = float((state["since_fired"] > window).float().mean())
+    events.scalars("train", values, step)
 
 
 @torch.no_grad()
@@ -321,12 +381,15 @@ def train_many_on_file(
     out_dirs: list[Path | str],
     progress: bool = True,
     extra_metrics: Mapping[str, Any] | None = None,
+    event_dirs: list[Path | str] | None = None,
 ) -> list[dict[str, Any]]:
     """``train_on_file`` for several configs (hooks, widths, k) in one pass over the file.
 
     The file is split by episode once; training reads each block of the training rows once for
     every hook (``H5Source`` with a list of hooks, ``fit_many``) and evaluation reads the held-out
     rows once (``evaluate_many``). SAE i is saved to ``out_dirs[i]``; returns their metrics.
+    With ``event_dirs``, SAE i's training and held-out metrics are also written as TensorBoard
+    events into ``event_dirs[i]`` (``TrainingEvents``).
     """
     hooks = list(dict.fromkeys(cfg.hook_name for cfg in cfgs))
     with ActivationFile(path) as af:
@@ -337,15 +400,23 @@ def train_many_on_file(
     train_mask, test_mask, notes = split_rows(episodes, cfgs[0].test_fraction, cfgs[0].seed)
     train_src = H5Source(path, hooks, train_mask)
     test_src = H5Source(path, hooks, test_mask)
+    events: list[TrainingEvents | None] = []
     try:
         saes = []
         for cfg in cfgs:
             torch.manual_seed(cfg.seed)  # each SAE starts as it would alone
             saes.append(make_sae(cfg))
+        events = [TrainingEvents(d) for d in event_dirs] if event_dirs is not None else [None] * len(cfgs)
         desc = f"SAE {hooks[0]}" if len(cfgs) == 1 else f"{len(cfgs)} SAEs"
-        results = fit_many(saes, train_src, progress=progress, desc=desc)
+        results = fit_many(saes, train_src, progress=progress, desc=desc, events=events)
         all_metrics = evaluate_many(saes, test_src)
+        for ev, result, metrics in zip(events, results, all_metrics):
+            if ev is not None:
+                ev.scalars("eval", {k: metrics[k] for k in EVAL_EVENTS}, result.steps)
     finally:
+        for ev in events:
+            if ev is not None:
+                ev.close()
         train_src.close()
         test_src.close()
     for sae, cfg, result, metrics, out_dir in zip(saes, cfgs, results, all_metrics, out_dirs):
@@ -478,8 +549,10 @@ def train_saes_on_file(
     plus ``-k<k>`` when several k are swept); ``out_dir`` only names a single SAE. Every option
     is checked and every output folder refused (unless ``overwrite``) before training starts.
     Training and evaluation read each block of the file once for all the SAEs
-    (``train_many_on_file``); features are computed per SAE afterwards. Returns their metrics,
-    each with ``out_dir``, in grid order (hook, then width, then k).
+    (``train_many_on_file``); features are computed per SAE afterwards. Training also writes
+    TensorBoard events into ``probes.layout.sae_tensorboard_dir(path, <SAE folder name>)``, built in
+    a hidden folder and renamed into place with the SAE (a replaced SAE's events are replaced too).
+    Returns their metrics, each with ``out_dir``, in grid order (hook, then width, then k).
     """
     if steps is not None and epochs is not None:
         raise ProbeError("give either steps or epochs, not both")
@@ -532,22 +605,29 @@ def train_saes_on_file(
         raise ProbeError("two SAEs of this grid would share an output folder")
     for out in outs:
         check_output_dir(out, overwrite)
-    tmps = []
-    for out in outs:
+    # TensorBoard events beside the run's others, one folder per SAE (named as its folder)
+    event_dirs = [sae_tensorboard_dir(path, out.name) for out in outs]
+    tmps, event_tmps = [], []
+    for out, ev in zip(outs, event_dirs):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmps.append(tmp)
+        ev_tmp = ev.with_name(f".{ev.name}{TMP_MARK}{os.getpid()}")
+        shutil.rmtree(ev_tmp, ignore_errors=True)
+        event_tmps.append(ev_tmp)
     try:
-        all_metrics = train_many_on_file(path, cfgs, tmps, progress=progress, extra_metrics=extra_metrics)
+        all_metrics = train_many_on_file(path, cfgs, tmps, progress=progress, extra_metrics=extra_metrics,
+                                         event_dirs=event_tmps)
         for tmp in tmps:
             if features:
                 compute_features(tmp, path, progress=progress)
-        for tmp, out, metrics in zip(tmps, outs, all_metrics):
+        for tmp, out, ev_tmp, ev, metrics in zip(tmps, outs, event_tmps, event_dirs, all_metrics):
             replace_dir(tmp, out)
+            replace_dir(ev_tmp, ev)  # a replaced SAE's old events go with it
             metrics["out_dir"] = str(out)
     except BaseException:
-        for tmp in tmps:
+        for tmp in tmps + event_tmps:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return all_metrics

@@ -7,6 +7,7 @@ import json
 import sys
 
 from rl_lab.cli.options import (
+    add_device,
     add_runs_dir,
     finite_float,
     nonnegative_int,
@@ -37,16 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activations", default=None,
                         help="activation file giving each reading's natural spread (default: the latest)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    add_device(parser)
     add_runs_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from rl_lab.devices import resolve_device
     from rl_lab.steer.world import InterveneConfig, format_intervention, intervene
     from rl_lab.train import tqdm_progress
 
+    args.device = resolve_device(args.device)  # before anything is created
     trust_checkpoint_arg(args)
     cfg = InterveneConfig(do=args.do, value=args.value, at_step=args.at_step, episodes=args.episodes,
-                          seed=args.seed, checkpoint=args.checkpoint, activations=args.activations)
+                          seed=args.seed, checkpoint=args.checkpoint, activations=args.activations,
+                          device=args.device)
     progress, close = tqdm_progress("intervene episodes")
     try:
         doc = intervene(args.run, cfg, runs_dir(args), progress=progress)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rl_lab.cli.options import add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
+from rl_lab.cli.options import add_device, add_runs_dir, positive_int, runs_dir, seed, trust_checkpoint_arg
 
 HELP = "record a trained policy's activations and emotion labels to RUN/activations/<checkpoint>.h5"
 
@@ -33,14 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-episodes", type=positive_int, default=None, metavar="N",
                         help="episodes rolled out first (seeds disjoint from the recorded ones, not stored) whose "
                              "value mean and std standardise hope and fear (default: 5)")
+    add_device(parser)
     add_runs_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from rl_lab.devices import resolve_device
     from rl_lab.labels import CALIBRATION_EPISODES
     from rl_lab.record import DEFAULT_N_ENVS, record_run
     from rl_lab.train import tqdm_progress
 
+    args.device = resolve_device(args.device)  # before anything is created
     trust_checkpoint_arg(args)
 
     paths = record_run(
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         deterministic=args.deterministic, overwrite=args.overwrite, progress_factory=tqdm_progress,
         reference_critic=args.reference_critic,
         calibration_episodes=args.calibration_episodes or CALIBRATION_EPISODES,
-        n_envs=args.n_envs or DEFAULT_N_ENVS,
+        n_envs=args.n_envs or DEFAULT_N_ENVS, device=args.device,
     )
     for path in paths:
         print(path)

@@ -8,7 +8,15 @@ import math
 import re
 import sys
 
-from rl_lab.cli.options import add_runs_dir, nonnegative_int, positive_int, runs_dir, seed, trust_checkpoint_arg
+from rl_lab.cli.options import (
+    add_device,
+    add_runs_dir,
+    nonnegative_int,
+    positive_int,
+    runs_dir,
+    seed,
+    trust_checkpoint_arg,
+)
 from rl_lab.runs import json_default
 
 HELP = "steer a run's agent along a probe/SAE/mean-difference direction and measure behaviour against random directions"
@@ -58,13 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activations", default=None,
                         help="activation file for the units and diff directions (default: the latest)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    add_device(parser)
     add_runs_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from rl_lab.devices import resolve_device
     from rl_lab.steer import SteerConfig, format_table, steer
     from rl_lab.train import tqdm_progress
 
+    args.device = resolve_device(args.device)  # before anything is created
     trust_checkpoint_arg(args)
     if args.mode in ("erase", "leace") and args.scales is not None and not all(0.0 <= s <= 1.0 for s in args.scales):
         from rl_lab.errors import LabError
@@ -74,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = SteerConfig(direction=args.direction, mode=args.mode, scales=args.scales, episodes=args.episodes,
                       controls=args.controls, seed=args.seed, expect=args.expect,
                       deterministic=args.deterministic, checkpoint=args.checkpoint,
-                      activations=args.activations)
+                      activations=args.activations, device=args.device)
     progress, close = tqdm_progress("steer episodes")
     try:
         doc = steer(args.run, cfg, runs_dir(args), progress=progress)

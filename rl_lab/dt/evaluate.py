@@ -78,9 +78,10 @@ class DTActor:
         # The action slot of the current step is a placeholder: a_t's token comes after s_t.
         acts = self.actions[lo:] + [0]
         win = episode_windows(np.stack(self.obs[lo:]), np.asarray(acts), np.asarray(self.rtg_used[lo:]), K, t0=lo)
-        last = {k: torch.as_tensor(v[-1:]) for k, v in win.items()}
+        device = next(self.model.parameters()).device
+        last = {k: torch.as_tensor(v[-1:], device=device) for k, v in win.items()}
         with torch.no_grad():
-            logits = self.model(last["states"], last["actions"], last["rtg"], last["timesteps"], last["mask"])[0, -1]
+            logits = self.model(last["states"], last["actions"], last["rtg"], last["timesteps"], last["mask"])[0, -1].cpu()
         if self.deterministic:
             action = int(logits.argmax())
         else:

@@ -81,6 +81,11 @@ class DTAdapter:
         self._actor = DTActor(model, self.target_return, deterministic=deterministic)
         self._observed = False
 
+    @property
+    def device(self) -> str:
+        """The device the transformer runs on (``rl_lab.record.adapter_device``)."""
+        return str(next(self.model.parameters()).device)
+
     def reset(self) -> None:
         self._actor.reset()
 
@@ -120,22 +125,23 @@ class DTAdapter:
         state_pos = self.model.state_positions()  # [K]
         last = int(state_pos[-1])
         wanted = set(self.hooks)
+        device = next(self.model.parameters()).device
         parts: dict[str, list[np.ndarray]] = {h: [] for h in self.hooks}
         logits_parts = []
         with torch.no_grad():
             for lo in range(0, T, self.batch):
-                chunk = {k: torch.as_tensor(v[lo:lo + self.batch]) for k, v in win.items()}
+                chunk = {k: torch.as_tensor(v[lo:lo + self.batch], device=device) for k, v in win.items()}
                 logits, cache = self.model.run_with_cache(
                     chunk["states"], chunk["actions"], chunk["rtg"], chunk["timesteps"], chunk["mask"],
                     names_filter=lambda name: name in wanted)
-                logits_parts.append(logits[:, -1])  # [b, A]: the prediction at step t
+                logits_parts.append(logits[:, -1].cpu())  # [b, A]: the prediction at step t
                 for hook in self.hooks:
                     act = cache[hook]
                     if hook.endswith("hook_pattern"):
                         row = act[:, :, last, :]  # [b, n_heads, n_ctx]: the state token's attention
-                        parts[hook].append(row.reshape(row.shape[0], -1).numpy())
+                        parts[hook].append(row.reshape(row.shape[0], -1).cpu().numpy())
                     else:
-                        parts[hook].append(act[:, last, :].numpy())  # [b, d]
+                        parts[hook].append(act[:, last, :].cpu().numpy())  # [b, d]
         acts = {h: np.concatenate(v).astype(np.float32) for h, v in parts.items()}
         logits = torch.cat(logits_parts)  # [T, A]
         logp = torch.log_softmax(logits, -1)
@@ -148,7 +154,7 @@ class DTAdapter:
 
     def random_twin(self, seed: int) -> "DTAdapter":
         twin_cfg = DTModelConfig.from_dict({**self.model.cfg.to_dict(), "seed": int(seed)})
-        twin = DTAdapter(DecisionTransformer(twin_cfg), self.critic, self.target_return, self.kind,
+        twin = DTAdapter(DecisionTransformer(twin_cfg).to(self.device), self.critic, self.target_return, self.kind,
                          deterministic=self.deterministic, batch=self.batch, critic_run=self.critic_run,
                          critic_checkpoint=self.critic_checkpoint)
         twin._actor = self._actor  # the twin replays the acting model's inputs
@@ -165,12 +171,13 @@ def record_target(run: Run) -> float:
     return float(target)
 
 
-def load_dt_adapter(run: Run, checkpoint: Path, deterministic: bool = False) -> DTAdapter:
-    """The recorder's adapter for a dt/bc run's checkpoint."""
-    model = load_model(run, Path(checkpoint))
+def load_dt_adapter(run: Run, checkpoint: Path, deterministic: bool = False, device: str = "cpu") -> DTAdapter:
+    """The recorder's adapter for a dt/bc run's checkpoint, the transformer and its source critic
+    on ``device`` (a resolved device, ``rl_lab.devices.resolve_device``)."""
+    model = load_model(run, Path(checkpoint)).to(device)
     source = source_run(run)
     ckpt = source.latest_checkpoint()
-    critic = SB3Adapter(load_sb3(source, ckpt), deterministic=True)
+    critic = SB3Adapter(load_sb3(source, ckpt, device=device), deterministic=True)
     return DTAdapter(model, critic, record_target(run), kind=str(run.info.get("algo")),
                      deterministic=deterministic, critic_run=source.name, critic_checkpoint=ckpt.stem)
 

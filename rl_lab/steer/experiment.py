@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl_lab.devices import resolve_device
 from rl_lab.errors import LabError
 from rl_lab.record import resolve_checkpoints
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
@@ -77,6 +78,9 @@ class SteerConfig:
     """Bootstrap resamples."""
     max_steps: int | None = None
     """Optional cap on each episode's length (the env's own limit applies anyway)."""
+    device: str = "cpu"
+    """Where the network (and an SAE direction's SAE) runs: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (``rl_lab.devices.resolve_device``); the document's ``device`` names the one used."""
 
     def resolved_scales(self) -> list[float]:
         scales = list(self.scales) if self.scales is not None else list(DEFAULT_SCALES.get(self.mode, []))
@@ -134,7 +138,22 @@ def build_edits(direction: Direction, mode: str, scales: list[float], controls: 
 
 def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = None,
           progress: ProgressFn | None = None, write: bool = True) -> dict[str, Any]:
-    """Run the experiment and return the result document (also written to ``RUN/steer/<time>.json``)."""
+    """Run the experiment and return the result document (also written to ``RUN/steer/<time>.json``).
+
+    The network runs on ``cfg.device`` with one torch CPU thread (the lab's default: its networks
+    are small and the environments want the other cores); the thread count is restored after.
+    """
+    device = resolve_device(cfg.device)  # before anything is created
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _steer(run_name, cfg, device, runs_dir, progress, write)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _steer(run_name: str | Path, cfg: SteerConfig, device: str, runs_dir: Path | str | None,
+           progress: ProgressFn | None, write: bool) -> dict[str, Any]:
     if cfg.mode not in MODES:
         raise LabError(f"unknown --mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
     if cfg.episodes < 2:
@@ -161,7 +180,8 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
         return make_policy_env({**run_cfg, "env_id": env_id, "env_kwargs": env_kwargs})
 
     torch.manual_seed(cfg.seed)
-    policy = load_policy(run, ckpt, direction.hook, sae=direction.sae, latent=direction.spec.latent)
+    sae = direction.sae.to(device) if direction.sae is not None else None  # SAE-latent edits run beside the network
+    policy = load_policy(run, ckpt, direction.hook, sae=sae, latent=direction.spec.latent, device=device)
     env = env_factory()
     try:
         obs0, _ = env.reset(seed=cfg.seed)
@@ -264,6 +284,7 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
         "n_controls": K,
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
+        "device": device,
         "config": asdict(cfg),
         "metrics": {n: eff["description"] for n, eff in effects.items()},
         "clean": {n: eff["clean"] for n, eff in effects.items()},

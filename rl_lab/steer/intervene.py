@@ -147,12 +147,22 @@ class SteeringHook:
     def remove(self) -> None:
         self._handle.remove()
 
+    def _to(self, device: torch.device) -> None:
+        """Move the edits to the network's device (once per ``set_edits``; a no-op on the CPU)."""
+        if self._U is None or self._U.device == device:
+            return
+        for name in ("_M", "_c", "_U", "_a", "_b", "_sae_rows", "positions"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+
     def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
         if not self.enabled or self._U is None:
             return None
+        self._to(output.device)
         if output.ndim == 3 and output.shape[-1] == self._U.shape[-1]:
             # A token sequence [B, P, d]: edit the chosen positions, each with its own coordinate.
-            pos = self.positions if self.positions is not None else torch.arange(output.shape[1])
+            pos = self.positions if self.positions is not None else torch.arange(output.shape[1], device=output.device)
             out = output.clone()
             out[:, pos, :] = self._edit(output[:, pos, :])
             return out

@@ -25,6 +25,10 @@ Hook names:
   at every position.
 - decision transformer / behaviour cloning: TransformerLens names (``blocks.0.hook_resid_post``);
   the edit is applied at every state token of the context window, where the recording reads it.
+
+Devices: a loader puts the network on ``device`` (``cpu`` or ``cuda:N``, resolved by
+``rl_lab.devices.resolve_device``); observations are moved to it, distributions stay there and
+every number handed back (KL, actions) is a CPU numpy array.
 """
 
 from __future__ import annotations
@@ -81,11 +85,12 @@ class DistributionMixin:
     def step_stats(self, clean: Any, steered: Any) -> tuple[np.ndarray | None, np.ndarray]:
         """Per row: KL(clean || steered) (None for DQN) and whether the most likely action changed."""
         if self.is_dqn:
-            return None, (clean.argmax(-1) != steered.argmax(-1)).numpy()
+            return None, (clean.argmax(-1) != steered.argmax(-1)).cpu().numpy()
         kl = torch.distributions.kl_divergence(clean, steered)
         if kl.ndim > 1:
             kl = kl.sum(-1)
-        return kl.double().numpy(), (self._mode(clean) != self._mode(steered)).reshape(len(kl), -1).any(-1).numpy()
+        changed = (self._mode(clean) != self._mode(steered)).reshape(len(kl), -1).any(-1)
+        return kl.double().cpu().numpy(), changed.cpu().numpy()
 
     def _mode(self, dist: Any) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.action_kind == "discrete" else dist.mean
@@ -96,16 +101,16 @@ class DistributionMixin:
         ``noise`` is [B] uniforms (discrete: inverts the CDF) or [B, action_dim] standard normals (Box).
         """
         if self.is_dqn:
-            return steered.argmax(-1).numpy()
+            return steered.argmax(-1).cpu().numpy()
         if self.action_kind == "discrete":
-            probs = steered.probs.double().numpy()  # [B, A]
+            probs = steered.probs.double().cpu().numpy()  # [B, A]
             if deterministic:
                 return probs.argmax(-1)
             cdf = np.cumsum(probs, axis=-1)
             cdf /= cdf[:, -1:]
             return np.minimum((cdf < noise[:, None]).sum(-1), probs.shape[1] - 1)
-        loc = steered.mean.double().numpy()
-        action = loc if deterministic else loc + steered.stddev.double().numpy() * noise.reshape(loc.shape)
+        loc = steered.mean.double().cpu().numpy()
+        action = loc if deterministic else loc + steered.stddev.double().cpu().numpy() * noise.reshape(loc.shape)
         return np.clip(action, self.action_space.low, self.action_space.high).astype(np.float32)
 
     def action_path_dim(self, obs: np.ndarray) -> int | None:
@@ -194,8 +199,9 @@ class DTPolicy(DistributionMixin):
     """
 
     def __init__(self, model: DecisionTransformer, hook: str, target_return: float, sae: Any = None,
-                 latent: int | None = None) -> None:
-        self.model = model.eval()
+                 latent: int | None = None, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         self.kind = "dt" if model.cfg.use_rtg else "bc"
         hook_dict = self.model.transformer.hook_dict
         if hook not in hook_dict:
@@ -226,7 +232,7 @@ class DTPolicy(DistributionMixin):
             win = episode_windows(states, acts, rtg, K, t0=int(self._t[r]) - n_hist)
             for k, v in win.items():
                 parts.setdefault(k, []).append(v[-1])
-        return {k: torch.as_tensor(np.stack(v)) for k, v in parts.items()}
+        return {k: torch.as_tensor(np.stack(v)).to(self.device) for k, v in parts.items()}
 
     def forward(self, rows: np.ndarray, obs: np.ndarray, steer: bool) -> Any:
         win = self._windows(np.asarray(rows), obs)
@@ -280,7 +286,7 @@ class RecurrentPolicy(DistributionMixin):
         self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, rows: np.ndarray, obs: np.ndarray, steer: bool) -> Any:
-        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.adapter.policy.device)
         state = {name: (h[:, idx], c[:, idx]) for name, (h, c) in self._state.items()}
         self.hook.enabled = steer
         try:
@@ -297,7 +303,7 @@ class RecurrentPolicy(DistributionMixin):
     def advance(self, rows: np.ndarray, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
         if self._pending is None:
             return
-        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.adapter.policy.device)
         for name, (h, c) in self._pending.items():
             self._state[name][0][:, idx] = h
             self._state[name][1][:, idx] = c
@@ -305,19 +311,23 @@ class RecurrentPolicy(DistributionMixin):
 
 
 # --------------------------------------------------------------------------- registry
-PolicyLoader = Callable[[Run, Path, str, Any, "int | None"], SteerablePolicy]
+PolicyLoader = Callable[[Run, Path, str, Any, "int | None", str], SteerablePolicy]
+"""``loader(run, checkpoint, hook, sae, latent, device)``: the network on ``device`` (``cpu``, ``cuda:N``)."""
 
 
-def _load_recurrent_policy(run: Run, checkpoint: Path, hook: str, sae: Any, latent: int | None) -> SteerablePolicy:
-    return RecurrentPolicy(load_sb3(run, checkpoint), hook, sae=sae, latent=latent)
+def _load_recurrent_policy(run: Run, checkpoint: Path, hook: str, sae: Any, latent: int | None,
+                           device: str) -> SteerablePolicy:
+    return RecurrentPolicy(load_sb3(run, checkpoint, device=device), hook, sae=sae, latent=latent)
 
 
-def _load_sb3_policy(run: Run, checkpoint: Path, hook: str, sae: Any, latent: int | None) -> SteerablePolicy:
-    return SB3Policy(load_sb3(run, checkpoint), hook, sae=sae, latent=latent)
+def _load_sb3_policy(run: Run, checkpoint: Path, hook: str, sae: Any, latent: int | None,
+                     device: str) -> SteerablePolicy:
+    return SB3Policy(load_sb3(run, checkpoint, device=device), hook, sae=sae, latent=latent)
 
 
-def _load_dt_policy(run: Run, checkpoint: Path, hook: str, sae: Any, latent: int | None) -> SteerablePolicy:
-    return DTPolicy(load_model(run, checkpoint), hook, record_target(run), sae=sae, latent=latent)
+def _load_dt_policy(run: Run, checkpoint: Path, hook: str, sae: Any, latent: int | None,
+                    device: str) -> SteerablePolicy:
+    return DTPolicy(load_model(run, checkpoint), hook, record_target(run), sae=sae, latent=latent, device=device)
 
 
 POLICY_LOADERS: dict[str, PolicyLoader] = {"dt": _load_dt_policy, "bc": _load_dt_policy,
@@ -325,7 +335,12 @@ POLICY_LOADERS: dict[str, PolicyLoader] = {"dt": _load_dt_policy, "bc": _load_dt
 """algo -> loader; algos not listed are SB3 models (``_load_sb3_policy``)."""
 
 
-def load_policy(run: Run, checkpoint: Path, hook: str, sae: Any = None, latent: int | None = None) -> SteerablePolicy:
-    """The steerable policy of ``run`` at ``checkpoint``, hooked at ``hook``."""
+def load_policy(run: Run, checkpoint: Path, hook: str, sae: Any = None, latent: int | None = None,
+                device: str = "cpu") -> SteerablePolicy:
+    """The steerable policy of ``run`` at ``checkpoint``, hooked at ``hook``, on ``device``.
+
+    ``device`` is a resolved device (``rl_lab.devices.resolve_device``); ``sae`` (for SAE-latent
+    edits) must be on it too.
+    """
     loader = POLICY_LOADERS.get(str(run.info.get("algo")), _load_sb3_policy)
-    return loader(run, checkpoint, hook, sae, latent)
+    return loader(run, checkpoint, hook, sae, latent, device)

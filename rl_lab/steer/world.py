@@ -31,8 +31,9 @@ import envs
 from probes.activations import ActivationFile
 from probes.layout import PROBE_WEIGHTS_SUFFIX
 from probes.sae.model import load_sae
+from rl_lab.devices import resolve_device
 from rl_lab.errors import LabError
-from rl_lab.record import load_adapter
+from rl_lab.record import adapter_device, load_adapter
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
 from rl_lab.steer.analysis import CI_LEVEL
 from rl_lab.steer.directions import hook_stats, latest_activation_file
@@ -62,6 +63,10 @@ class InterveneConfig:
     """Activation file for the natural spreads; default the run's latest."""
     n_boot: int = 2000
     """Bootstrap resamples over episodes."""
+    device: str = "cpu"
+    """Where the network runs: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``rl_lab.devices.resolve_device``);
+    activations come back to the CPU, where the probes and SAEs read them. The document's ``device``
+    names the one used."""
 
 
 def parse_do(text: str, value: float | None = None) -> tuple[str, float | None]:
@@ -182,7 +187,21 @@ def _summary(shifts: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
 
 def intervene(run_name: str | Path, cfg: InterveneConfig, runs_dir: Path | str | None = None,
               progress: ProgressFn | None = None, write: bool = True) -> dict[str, Any]:
-    """Run the experiment; return the result document (also written to ``RUN/steer/intervene-<time>.json``)."""
+    """Run the experiment; return the result document (also written to ``RUN/steer/intervene-<time>.json``).
+
+    The network runs on ``cfg.device`` with one torch CPU thread (restored after).
+    """
+    device = resolve_device(cfg.device)  # before anything is created
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _intervene(run_name, cfg, device, runs_dir, progress, write)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _intervene(run_name: str | Path, cfg: InterveneConfig, device: str, runs_dir: Path | str | None,
+               progress: ProgressFn | None, write: bool) -> dict[str, Any]:
     target, value = parse_do(cfg.do, cfg.value)
     if cfg.at_step < 0:
         raise LabError("--at-step must be 0 or more")
@@ -208,7 +227,7 @@ def intervene(run_name: str | Path, cfg: InterveneConfig, runs_dir: Path | str |
             raise LabError(f"no activation file {act_path}")
         ckpt = checkpoint_for(run, act_path, cfg.checkpoint)
         torch.manual_seed(cfg.seed)
-        adapter = load_adapter(run, ckpt)
+        adapter = load_adapter(run, ckpt, device=device)
         probes, weights = probe_readings(run, act_path)
         saes = []
         for sae_dir in run.sae_dirs():
@@ -310,6 +329,7 @@ def intervene(run_name: str | Path, cfg: InterveneConfig, runs_dir: Path | str |
         "episodes": cfg.episodes,
         "n_used": n,
         "seed": cfg.seed,
+        "device": adapter_device(adapter),
         "activations": str(act_path),
         "probe_weights": weights,
         "config": asdict(cfg),
