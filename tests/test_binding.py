@@ -21,6 +21,7 @@ from probes.sae.binding import (
     explained_variance,
     n_parameters,
     planted_binding,
+    register_slots,
     slot_recovery,
     topk_width_for_parameters,
 )
@@ -160,7 +161,7 @@ def test_binding_sae_keeps_planted_structure_that_topk_cannot_fit_as_well() -> N
     # the TopK SAE of equal parameter count 56: it cannot give every planted direction a row.
     data = planted_binding(12_000, 16, 32, slots=2, active=3, seed=0)
     train, test = data.x[:10_000], data.x[10_000:]
-    cfg = make_config("binding", d_in=16, d_sae=64, k=6, slots=2, batch_size=256, steps=600)
+    cfg = make_config("binding", d_in=16, d_sae=64, k=6, slots=2, batch_size=256, steps=600, init="random")
     sae = _truth_initialised(data, cfg)
     fit(sae, TensorSource(train), progress=False)
     assert slot_recovery(sae, data.directions) >= 0.9  # still the planted pairs, through one map
@@ -174,12 +175,40 @@ def test_binding_sae_keeps_planted_structure_that_topk_cannot_fit_as_well() -> N
     assert recovery(topk.W_dec, data.directions) < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="gradient training from a random start does not find the planted maps R "
-                                       "(a point-set registration problem); see docs/sae.md")
+def test_registration_pairs_planted_atoms() -> None:
+    # the planted directions, shuffled and slightly perturbed: register_slots must find which
+    # atom is which feature in which slot, and the map between the slots
+    data = planted_binding(10, 16, 32, slots=2, seed=3)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(64)
+    atoms = data.directions[perm] + 0.01 * rng.standard_normal((64, 16))
+    reg = register_slots(atoms, 2)
+    truth = perm[reg.order]  # planted row of each registered atom
+    forward = truth[0] < 32
+    assert forward.all() or (~forward).all()  # one slot each (which is slot 0 is arbitrary)
+    assert (np.abs(truth[1] - truth[0]) == 32).all()  # every feature paired with its partner
+    assert reg.inliers == 1.0 and reg.fit > 0.99
+    r = data.maps[0] if forward.all() else data.maps[0].T
+    assert np.abs(reg.maps[0] - r).max() < 0.05
+
+
+@pytest.mark.xfail(strict=True, reason="the staged start (TopK stage, refinement, registration) lifts slot recovery "
+                                       "from 0.0 to 0.41 on seed 0 at 600 steps, short of 0.9; see docs/sae.md")
 def test_binding_sae_finds_planted_structure_from_scratch() -> None:
+    # the default start (init="registered": TopK stage, refinement, registration) finds the planted
+    # pairs; from a random start, gradient descent does not (slot recovery 0 on this data)
     data = planted_binding(12_000, 16, 32, slots=2, active=3, seed=0)
-    sae, _ = train_in_memory(data.x, make_config("binding", d_in=16, d_sae=64, k=6, slots=2, batch_size=256, steps=600))
+    train, test = data.x[:10_000], data.x[10_000:]
+    cfg = make_config("binding", d_in=16, d_sae=64, k=6, slots=2, batch_size=256, steps=600)
+    assert cfg.init == "registered"
+    sae, _ = train_in_memory(train, cfg)
     assert slot_recovery(sae, data.directions) >= 0.9
+    topk, _ = train_in_memory(train, make_config("topk", d_in=16, d_sae=topk_width_for_parameters(n_parameters(sae), 16),
+                                                 k=6, batch_size=256, steps=600))
+    assert explained_variance(sae, test) > explained_variance(topk, test)
+    rand, _ = train_in_memory(train, make_config("binding", d_in=16, d_sae=64, k=6, slots=2, batch_size=256,
+                                                 steps=600, init="random"))
+    assert slot_recovery(rand, data.directions) < 0.5
 
 
 def _planted_file(path: Path, n: int = 4000, episodes: int = 10) -> None:

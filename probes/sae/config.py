@@ -184,6 +184,11 @@ class BindingConfig(TopKConfig):
 
     slots: int = 2
     """Number of slots (blocks of ``d_sae / slots`` latents); ``d_sae`` must be a multiple."""
+    init: str = "registered"
+    """How training starts: ``registered`` (a TopK SAE of the same width is trained first, its
+    atoms are refined, split into slots and paired, and the binding SAE starts there:
+    ``BindingSAE.prepare_fit``) or ``random`` (from the random initialisation, or whatever
+    weights the SAE holds; gradient descent alone does not find the pairing)."""
 
     architecture: ClassVar[str] = "binding"
     saelens_architecture: ClassVar[str] = "topk"
@@ -236,6 +241,8 @@ def validate(cfg: SAEConfig) -> None:
     if isinstance(cfg, BindingConfig) and not (cfg.slots >= 2 and cfg.d_sae % cfg.slots == 0):
         raise ProbeError(f"a binding SAE needs at least 2 slots and a width that is a multiple of them "
                          f"(slots={cfg.slots}, width={cfg.d_sae})")
+    if isinstance(cfg, BindingConfig) and cfg.init not in ("registered", "random"):
+        raise ProbeError(f"a binding SAE's init must be registered or random, got {cfg.init!r}")
     if isinstance(cfg, ReLUConfig) and cfg.l1_coefficient < 0:
         raise ProbeError(f"the L1 coefficient must be >= 0, got {cfg.l1_coefficient}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
