@@ -21,6 +21,12 @@ AGENTS = {"ppo-mlp": "PPO-MLP", "ppo-tf": "PPO-transformer", "rppo": "recurrent 
 WORLD = {"threat": "up", "fear": "up", "prev_td_error": "down"}
 
 
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st, ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
 def agent_of(run: str) -> str:
     return AGENTS.get(run.rsplit("-s", 1)[0], run)
 
@@ -37,7 +43,7 @@ def steering_rows(folder: Path) -> list[str]:
         confirmed += bool(e["confirmed"])
         slope = "n/a" if e["slope"] is None else f"{e['slope']:+.3g} [{e['ci'][0]:+.3g}, {e['ci'][1]:+.3g}]"
         rank = ("n/a" if e.get("control_percentile") is None
-                else f"{e['control_percentile']:.0f}th (p = {e['control_p_value']:.2f})")
+                else f"{ordinal(round(e['control_percentile']))} (p = {e['control_p_value']:.2f})")
         direction = doc["direction"]["spec"] if isinstance(doc["direction"], dict) else doc["direction"]
         rows.append(f"| {label} up → {e['metric']} {e['predicted']} | {agent_of(run)} | `{direction}` | "
                     f"{slope} | {rank} | {'**yes**' if e['confirmed'] else 'no'} |")
