@@ -192,8 +192,6 @@ def test_registration_pairs_planted_atoms() -> None:
     assert np.abs(reg.maps[0] - r).max() < 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="the staged start (TopK stage, refinement, registration) lifts slot recovery "
-                                       "from 0.0 to 0.41 on seed 0 at 600 steps, short of 0.9; see docs/sae.md")
 def test_binding_sae_finds_planted_structure_from_scratch() -> None:
     # the default start (init="registered": TopK stage, refinement, registration) finds the planted
     # pairs; from a random start, gradient descent does not (slot recovery 0 on this data)
