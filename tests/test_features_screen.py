@@ -113,3 +113,38 @@ async def test_after_the_demo_the_features_screen_lists_latents(tmp_path: Path) 
         screen = await _open_features(app, pilot, run.name)
         assert len(screen.order) > 0
         assert "top step 1/" in str(screen.query_one("#latent-steps", TextPanel).render())
+
+
+async def test_features_screen_shows_a_binding_saes_slots(ppo_with_sae: tuple[Path, str, Path]) -> None:
+    """A binding SAE's latents are listed with their slot and feature, and a latent's summary
+    names the same feature's latents in the other slots (probes.sae.binding's layout)."""
+    from probes.sae.training import train_sae_on_file
+    from rl_lab.cli.demo import DEMO_SAE_HOOK
+    from tui.app import LabApp
+    from tui.widgets.panel import TextPanel
+
+    runs, name, _ = ppo_with_sae
+    (h5,) = sorted((runs / name / "activations").glob("*.h5"))
+    metrics = train_sae_on_file(h5, DEMO_SAE_HOOK, arch="binding", width=32, k=4, slots=2, steps=30, seed=0,
+                                overwrite=True, progress=False)
+    sae_name = Path(metrics["out_dir"]).name
+    app = LabApp(runs)
+    async with app.run_test(size=(120, 44)) as pilot:
+        from tui.screens.features import FeaturesScreen
+
+        app.open_features(name, sae_name)
+        screen = app.screen
+        for _ in range(300):
+            await pilot.pause(0.05)
+            screen = app.screen
+            if isinstance(screen, FeaturesScreen) and (screen.order or screen.error):
+                break
+        assert isinstance(screen, FeaturesScreen) and screen.sae_name == sae_name
+        assert screen.slots == 2
+        table = screen.query_one("#latents")
+        assert "slot·feature" in [str(c.label) for c in table.columns.values()]
+        first = screen.order[0]
+        summary = str(screen.query_one("#latent-summary", TextPanel).render())
+        slot, feature = divmod(first, 16)
+        other = (1 - slot) * 16 + feature
+        assert f"slot {slot} of 2, feature {feature}" in summary and f"{other} (slot {1 - slot})" in summary

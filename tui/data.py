@@ -643,3 +643,16 @@ def read_sae_metrics(sae_dir: Path) -> tuple[dict[str, Any], str | None]:
     if error is not None or not isinstance(data, dict):
         return {}, error or "metrics.json is not an object"
     return data, None
+
+
+def read_sae_slots(sae_dir: Path) -> int:
+    """Slots of a binding SAE (``cfg.json``'s ``slots``, ``lab_architecture`` "binding"), else 1.
+    Latent ``j * (d_sae / slots) + i`` is feature ``i`` in slot ``j`` (``probes.sae.binding``)."""
+    from probes.layout import SAELayout
+
+    data, error = read_json_quiet(SAELayout(sae_dir).cfg_path)
+    if error is not None or not isinstance(data, dict) or data.get("lab_architecture") != "binding":
+        return 1
+    slots = data.get("slots")
+    return slots if isinstance(slots, int) and slots > 1 else 1
+

@@ -30,7 +30,7 @@ from textual.widgets import Header, Select, Static, TabbedContent, TabPane
 
 from probes.layout import SAELayout
 from tui.charts import column_chart, fmt_num, scatter_lines, shade
-from tui.data import read_sae_metrics
+from tui.data import read_sae_metrics, read_sae_slots
 from tui.messages import FeaturesLoaded
 from tui.screens.base import RunScreen
 from tui.widgets.panel import TextPanel
@@ -94,18 +94,33 @@ def logit_effect_text(views: dict[str, Any], index: int, n: int = 3) -> str | No
     return "  ".join(up) + ("  ·  " if up and down else "") + "  ".join(down)
 
 
-def latent_summary(info: dict[str, Any], views: dict[str, Any] | None = None) -> Text:
+def slot_text(index: int, d_sae: int, slots: int) -> str:
+    """Where latent ``index`` of a binding SAE sits: its slot, its feature and the same feature's
+    latents in the other slots (``probes.sae.binding``: latent ``j * m + i`` is feature ``i`` of
+    slot ``j``, ``m = d_sae / slots``)."""
+    m = d_sae // slots
+    slot, feature = divmod(int(index), m)
+    partners = ", ".join(f"{j * m + feature} (slot {j})" for j in range(slots) if j != slot)
+    return f"slot {slot} of {slots}, feature {feature}; the same feature in the other slots: {partners}"
+
+
+def latent_summary(info: dict[str, Any], views: dict[str, Any] | None = None, slots: int = 1,
+                   d_sae: int = 0) -> Text:
     """Density, activation range, held-out label and env-variable associations, the activation
     histogram, the decoder direction's effect on the actions and the top steps of one latent.
 
     Args:
         info: ``FeatureStore.latent(i)``.
         views: the SAE's ``metrics.json`` ``views`` (``rl_lab.sae_splice.feature_views``), or None.
+        slots, d_sae: a binding SAE's slots and width (``slots`` 1: any other SAE).
     """
     views = views or {}
     text = Text(f"latent {info['index']}", style="bold")
     text.append(f"   density {fmt_num(info['density'])}   max {fmt_num(info['max_activation'])}"
                 f"   mean when firing {fmt_num(info['mean_activation'])}\n")
+    if slots > 1 and d_sae:
+        text.append("binding ", style="dim")
+        text.append(slot_text(int(info["index"]), d_sae, slots) + "\n")
     labels = info.get("labels") or {}
     sources = views.get("label_sources") or {}
     env_vars = {k: v for k, v in labels.items() if sources.get(k) == ENV_SOURCE}
@@ -275,6 +290,8 @@ class FeaturesScreen(RunScreen):
         self._steps: dict[tuple[int, int], str] = {}
         self.metrics: dict[str, Any] = {}
         self._loaded_metrics: dict[str, Any] = {}
+        self.slots = 1
+        self._loaded_slots = 1
         self.attention_step = 0
 
     def compose(self) -> ComposeResult:
@@ -320,12 +337,14 @@ class FeaturesScreen(RunScreen):
         self.sae_name = sae
         store, error = load_store(self.run_layout.sae_dir(sae))
         self._loaded_metrics = read_sae_metrics(self.run_layout.sae_dir(sae))[0]  # read before the message
+        self._loaded_slots = read_sae_slots(self.run_layout.sae_dir(sae))
         self.post_message(FeaturesLoaded(store, error))
 
     def on_features_loaded(self, message: FeaturesLoaded) -> None:
         message.stop()
         self.store, self.error = message.store, message.error
         self.metrics = self._loaded_metrics
+        self.slots = self._loaded_slots
         self.attention_step = 0
         self.query_one("#sae-panel", TextPanel).text = sae_text(self.metrics)
         self.query_one("#attention-panel", TextPanel).text = attention_text(self.views, 0)
@@ -344,7 +363,8 @@ class FeaturesScreen(RunScreen):
         store = self.store
         alive = int((store.arrays["density"] > 0).sum())
         labels = ", ".join(f"{n} ({m['kind'][:4]})" for n, m in store.labels.items()) or "none"
-        info.update(f"{self.sae_name}: {store.d_sae} latents ({alive} fire) · hook {store.index.get('hook_name', '?')} · "
+        binding = f" · binding SAE, {self.slots} slots of {store.d_sae // self.slots}" if self.slots > 1 else ""
+        info.update(f"{self.sae_name}: {store.d_sae} latents ({alive} fire){binding} · hook {store.index.get('hook_name', '?')} · "
                     f"{store.index.get('n_rows', '?')} rows · labels: {labels}")
         self.sort_label, self.sort_desc = None, True
         self._fill_table()
@@ -357,6 +377,9 @@ class FeaturesScreen(RunScreen):
         table.clear(columns=True)
         table.add_column("latent", key="index")
         table.add_column("density", key="density")
+        m = store.d_sae // self.slots
+        if self.slots > 1:
+            table.add_column("slot·feature", key="slot")
         label = self.sort_label
         density = store.arrays["density"]
         shown = None
@@ -371,6 +394,8 @@ class FeaturesScreen(RunScreen):
         rows = []
         for i in self.order:
             row = [str(i), fmt_num(float(density[i]))]
+            if self.slots > 1:
+                row.append(f"{i // m}·{i % m}")
             if shown is not None:
                 v = float(shown[i])
                 row.append("—" if v != v else f"{v:+.3f}")
@@ -402,7 +427,8 @@ class FeaturesScreen(RunScreen):
         self.current = index
         summary = self._summaries.get(index)
         if summary is None:
-            summary = self._summaries[index] = latent_summary(self.latent_info(index), self.views)
+            summary = self._summaries[index] = latent_summary(self.latent_info(index), self.views, self.slots,
+                                                              self.store.d_sae)
         key = (index, self.top_pos)
         steps = self._steps.get(key)
         if steps is None:
