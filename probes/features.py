@@ -206,6 +206,33 @@ class FeatureStore:
         return order
 
 
+def label_score_text(name: str, score: dict[str, Any]) -> str:
+    """``fear r +0.53`` or ``threat AUROC 0.91 (1)`` for one entry of ``FeatureStore.label_scores``."""
+    if score.get("kind") == "continuous":
+        r = score.get("pearson")
+        return f"{name} r " + ("—" if r is None else f"{r:+.2f}")
+    auc = score.get("auroc")
+    return f"{name} AUROC " + ("—" if auc is None else f"{auc:.2f}") + f" ({score.get('class')})"
+
+
+def score_strength(score: dict[str, Any]) -> float:
+    """How strongly a label score departs from chance: |r|, or |AUROC - 0.5| * 2."""
+    if score.get("kind") == "continuous":
+        return abs(score.get("pearson") or 0.0)
+    auc = score.get("auroc")
+    return 0.0 if auc is None else abs(auc - 0.5) * 2
+
+
+def heldout_score(score: dict[str, Any]) -> dict[str, Any]:
+    """The held-out version of a label score (``pearson_test`` / ``auroc_test``, with the class
+    chosen on the training episodes) when there is one, else ``score`` itself."""
+    if score.get("kind") == "continuous" and "pearson_test" in score:
+        return {"kind": "continuous", "pearson": score.get("pearson_test")}
+    if score.get("kind") == "discrete" and "auroc_test" in score:
+        return {"kind": "discrete", "auroc": score.get("auroc_test"), "class": score.get("class_train")}
+    return score
+
+
 def _f(x: Any) -> float | None:
     v = float(x)
     return v if np.isfinite(v) else None
@@ -218,17 +245,16 @@ def describe(store: FeatureStore, i: int, top: int = 3, labels: int = 4) -> str:
     d = store.latent(i)
     lines = [f"latent {i}: fires on {d['density']:.1%} of steps, max {d['max_activation']:.3g}, "
              f"mean {d['mean_activation']:.3g}"]
-    held = store.has_heldout
     scored = []
     for name, e in d["labels"].items():
-        v = e.get("pearson_test" if held else "pearson") if e["kind"] == "continuous" else e.get("auroc_test" if held else "auroc")
+        h = heldout_score(e)  # all rows in files without the held-out split
+        v = h.get("pearson") if h["kind"] == "continuous" else h.get("auroc")
         if v is None:
             continue
-        strength = abs(v) if e["kind"] == "continuous" else abs(v - 0.5) * 2
-        what = f"r {v:+.2f}" if e["kind"] == "continuous" else f"AUROC {v:.2f} for {e.get('class_train', e['class'])}"
-        scored.append((strength, f"{name} ({what})"))
+        what = f"r {v:+.2f}" if h["kind"] == "continuous" else f"AUROC {v:.2f} for {h.get('class')}"
+        scored.append((score_strength(h), f"{name} ({what})"))
     scored.sort(key=lambda x: -x[0])
-    where = "held-out episodes" if held else "all rows"
+    where = "held-out episodes" if store.has_heldout else "all rows"
     lines.append(f"  tracks ({where}): " + (", ".join(t for _, t in scored[:labels]) or "no label"))
     # one step per episode first: ten top steps from one stuck episode say less than three episodes
     seen: set[int] = set()

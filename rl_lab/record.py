@@ -39,6 +39,7 @@ from probes.activations import ActivationWriter
 from probes.layout import TMP_MARK
 from rl_lab.adapters import EpisodeForward, PolicyAdapter, load_sb3, make_adapter
 from rl_lab.config import DT_ALGOS
+from rl_lab.devices import one_torch_thread
 from rl_lab.dt.record import load_dt_adapter
 from rl_lab.errors import LabError
 from rl_lab.labels import (
@@ -373,13 +374,10 @@ def record(
     # leaves the previous recording as it was (probe results of a replaced one read as stale).
     tmp = out.with_name(f"{out.name}{TMP_MARK}{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    # One sample at a time: a second intra-op thread only adds synchronisation (measured 10x slower
-    # on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        _record(run, checkpoint, episodes, seed, deterministic, tmp, random_baseline, adapter,
-                progress, max_steps, flush_rows, reference, calib_seeds, n_envs, device)
+        with one_torch_thread():
+            _record(run, checkpoint, episodes, seed, deterministic, tmp, random_baseline, adapter,
+                    progress, max_steps, flush_rows, reference, calib_seeds, n_envs, device)
         os.replace(tmp, out)
     except BaseException as exc:
         if replacing or not tmp.exists():
@@ -391,8 +389,6 @@ def record(
                            + ("the previous recording is unchanged" if replacing else "nothing complete was written")
                            ) from None
         raise
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

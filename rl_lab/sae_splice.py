@@ -27,6 +27,7 @@ from probes.activations import ActivationFile
 from probes.sae.model import load_sae, read_metrics
 from rl_lab.adapters import RecurrentAdapter, load_sb3, make_adapter
 from rl_lab.config import SB3_ALGOS
+from rl_lab.devices import one_torch_thread
 from rl_lab.errors import LabError
 from rl_lab.runs import Run
 from rl_lab.train import make_policy_env
@@ -90,41 +91,39 @@ def splice_metrics(
                 memory["state"] = new
             return adapter.distribution(latent).distribution
         return _distribution(policy, adapter.is_dqn, obs_t)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    results: dict[str, dict[str, list[float]]] = {}
-    try:
-        conditions = ("clean", "spliced", "mean_ablated")
-        for ci, condition in enumerate(conditions):
-            returns, kls = [], []
-            for ep in range(episodes):
-                rng = np.random.default_rng([seed, ep])
-                obs, _ = env.reset(seed=seed + ep)
-                memory["state"] = None
-                done, ret, ep_kl = False, 0.0, []
-                while not done:
-                    with torch.no_grad():
-                        obs_t = policy.obs_to_tensor(obs)[0]
-                        mode["value"] = "clean"
-                        clean = distribution(obs_t, commit=False)
-                        mode["value"] = condition
-                        dist = distribution(obs_t, commit=True)
-                        mode["value"] = "clean"
-                    action = _sample(dist, adapter.is_dqn, rng)
-                    if not adapter.is_dqn:
-                        ep_kl.append(float(torch.distributions.kl_divergence(clean, dist).sum()))
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    ret += float(reward)
-                    done = terminated or truncated
-                returns.append(ret)
-                kls.append(float(np.mean(ep_kl)) if ep_kl else 0.0)
-                if progress is not None:
-                    progress(ci * episodes + ep + 1, len(conditions) * episodes)
-            results[condition] = {"return": returns, "kl": kls}
-    finally:
-        handle.remove()
-        env.close()
-        torch.set_num_threads(threads)
+    with one_torch_thread():
+        results: dict[str, dict[str, list[float]]] = {}
+        try:
+            conditions = ("clean", "spliced", "mean_ablated")
+            for ci, condition in enumerate(conditions):
+                returns, kls = [], []
+                for ep in range(episodes):
+                    rng = np.random.default_rng([seed, ep])
+                    obs, _ = env.reset(seed=seed + ep)
+                    memory["state"] = None
+                    done, ret, ep_kl = False, 0.0, []
+                    while not done:
+                        with torch.no_grad():
+                            obs_t = policy.obs_to_tensor(obs)[0]
+                            mode["value"] = "clean"
+                            clean = distribution(obs_t, commit=False)
+                            mode["value"] = condition
+                            dist = distribution(obs_t, commit=True)
+                            mode["value"] = "clean"
+                        action = _sample(dist, adapter.is_dqn, rng)
+                        if not adapter.is_dqn:
+                            ep_kl.append(float(torch.distributions.kl_divergence(clean, dist).sum()))
+                        obs, reward, terminated, truncated, _ = env.step(action)
+                        ret += float(reward)
+                        done = terminated or truncated
+                    returns.append(ret)
+                    kls.append(float(np.mean(ep_kl)) if ep_kl else 0.0)
+                    if progress is not None:
+                        progress(ci * episodes + ep + 1, len(conditions) * episodes)
+                results[condition] = {"return": returns, "kl": kls}
+        finally:
+            handle.remove()
+            env.close()
 
     r = {c: np.asarray(v["return"]) for c, v in results.items()}
     out: dict[str, Any] = {

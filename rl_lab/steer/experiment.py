@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_lab.devices import resolve_device
+from rl_lab.devices import one_torch_thread, resolve_device
 from rl_lab.errors import LabError
 from rl_lab.record import resolve_checkpoints
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
@@ -144,12 +144,8 @@ def steer(run_name: str | Path, cfg: SteerConfig, runs_dir: Path | str | None = 
     are small and the environments want the other cores); the thread count is restored after.
     """
     device = resolve_device(cfg.device)  # before anything is created
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _steer(run_name, cfg, device, runs_dir, progress, write)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _steer(run_name: str | Path, cfg: SteerConfig, device: str, runs_dir: Path | str | None,

@@ -31,7 +31,7 @@ import envs
 from probes.activations import ActivationFile
 from probes.layout import PROBE_WEIGHTS_SUFFIX
 from probes.sae.model import load_sae
-from rl_lab.devices import resolve_device
+from rl_lab.devices import one_torch_thread, resolve_device
 from rl_lab.errors import LabError
 from rl_lab.record import adapter_device, load_adapter
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
@@ -192,12 +192,8 @@ def intervene(run_name: str | Path, cfg: InterveneConfig, runs_dir: Path | str |
     The network runs on ``cfg.device`` with one torch CPU thread (restored after).
     """
     device = resolve_device(cfg.device)  # before anything is created
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _intervene(run_name, cfg, device, runs_dir, progress, write)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _intervene(run_name: str | Path, cfg: InterveneConfig, device: str, runs_dir: Path | str | None,

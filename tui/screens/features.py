@@ -41,39 +41,15 @@ if TYPE_CHECKING:
     from probes.features import FeatureStore
 
 
-def label_score_text(name: str, score: dict[str, Any]) -> str:
-    """``fear r +0.53`` or ``threat AUROC 0.91 (1)`` for one entry of ``FeatureStore.label_scores``."""
-    if score.get("kind") == "continuous":
-        r = score.get("pearson")
-        return f"{name} r " + ("—" if r is None else f"{r:+.2f}")
-    auc = score.get("auroc")
-    return f"{name} AUROC " + ("—" if auc is None else f"{auc:.2f}") + f" ({score.get('class')})"
-
-
-def _strength(score: dict[str, Any]) -> float:
-    """How strongly a label score departs from chance: |r|, or |AUROC - 0.5| * 2."""
-    if score.get("kind") == "continuous":
-        return abs(score.get("pearson") or 0.0)
-    auc = score.get("auroc")
-    return 0.0 if auc is None else abs(auc - 0.5) * 2
-
-
 ENV_SOURCE = "environment"
 """``derived_from`` of the labels that are the environment's own variables (its latents)."""
 
 
-def _heldout(score: dict[str, Any]) -> dict[str, Any]:
-    """The held-out version of a label score (``pearson_test`` / ``auroc_test``) when there is one."""
-    if score.get("kind") == "continuous" and "pearson_test" in score:
-        return {"kind": "continuous", "pearson": score.get("pearson_test")}
-    if score.get("kind") == "discrete" and "auroc_test" in score:
-        return {"kind": "discrete", "auroc": score.get("auroc_test"), "class": score.get("class_train")}
-    return score
-
-
 def _heldout_suffix(score: dict[str, Any]) -> str:
     """`` (held-out +0.84)`` when the score has a held-out value."""
-    held = _heldout(score)
+    from probes.features import heldout_score  # loaded with the store (numpy): not at start-up
+
+    held = heldout_score(score)
     if held is score:
         return ""
     v = held.get("pearson") if held.get("kind") == "continuous" else held.get("auroc")
@@ -114,6 +90,8 @@ def latent_summary(info: dict[str, Any], views: dict[str, Any] | None = None, sl
         views: the SAE's ``metrics.json`` ``views`` (``rl_lab.sae_splice.feature_views``), or None.
         slots, d_sae: a binding SAE's slots and width (``slots`` 1: any other SAE).
     """
+    from probes.features import heldout_score, label_score_text, score_strength  # loaded with the store
+
     views = views or {}
     text = Text(f"latent {info['index']}", style="bold")
     text.append(f"   density {fmt_num(info['density'])}   max {fmt_num(info['max_activation'])}"
@@ -127,7 +105,7 @@ def latent_summary(info: dict[str, Any], views: dict[str, Any] | None = None, sl
     others = {k: v for k, v in labels.items() if k not in env_vars}
     for title, group in (("env variables", env_vars), ("labels", others)):
         if group:  # ranked by the held-out association; all rows first, held-out in brackets
-            ranked = sorted(group.items(), key=lambda kv: -_strength(_heldout(kv[1])))[:2]
+            ranked = sorted(group.items(), key=lambda kv: -score_strength(heldout_score(kv[1])))[:2]
             text.append(f"{title} ", style="dim")
             text.append("   ".join(label_score_text(k, v) + _heldout_suffix(v) for k, v in ranked))
             text.append("\n")
