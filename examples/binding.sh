@@ -30,6 +30,12 @@ mkdir -p "$RESULTS"
 done_run() { [ -f "$RUNS/$1/run.json" ] && grep -q '"status": "done"' "$RUNS/$1/run.json"; }
 recording() { compgen -G "$RUNS/$1/activations/*.h5" | sort | tail -n 1; }
 save() { local out="$1"; shift; "$@" > "$out.tmp" && mv "$out.tmp" "$out"; }  # a killed stage leaves no result
+policy_opts() {  # the transformer takes the fair comparison's settings (SB3's MLP ones make it unstable)
+  case "$1" in
+    mlp) ;;
+    transformer) echo "--separate-critic --lr 1e-4 --epochs 4" ;;
+  esac
+}
 sae_hook() {  # the last hidden layer of the actor: where the choice of object must be made
   case "$1" in
     mlp) echo "mlp_extractor.policy_net.3" ;;
@@ -44,7 +50,7 @@ for mode in $MODES; do
     for s in $SEEDS; do
       name="binding-$mode-$policy-s$s"
       done_run "$name" || rl-lab train --env lab/Binding-v0 --env-kwargs "{\"obs_mode\": \"$mode\"}" --algo ppo \
-        --policy "$policy" --steps "$STEPS" --seed "$s" --name "$name" --runs-dir "$RUNS"
+        --policy "$policy" $(policy_opts "$policy") --steps "$STEPS" --seed "$s" --name "$name" --runs-dir "$RUNS"
       [ -n "$(recording "$name")" ] || rl-lab record "$name" --episodes "$EPISODES" --seed "$s" --runs-dir "$RUNS"
       h5="$(recording "$name")"
       [ -f "$RESULTS/$name.probes.json" ] || save "$RESULTS/$name.probes.json" python -m probes.binding "$h5" --json
