@@ -10,8 +10,11 @@
 #   bash examples/binding.sh [RUNS_DIR]          # default: runs/binding
 #
 # Knobs (environment): SEEDS ("0 1 2"), STEPS (PPO environment steps, 300000), EPISODES (recorded,
-# 200), MODES ("objects grid"), POLICIES ("mlp transformer"), SAE_STEPS (binding/TopK SAE steps,
-# empty = the default budget). Results (one JSON per run and analysis) go to RESULTS
+# 200), MODES ("objects grid"), POLICIES ("mlp transformer"), TRANSFORMER_STEPS (the transformer's
+# environment steps: it solves the task sooner and runs ~10x slower; default STEPS), SAE_STEPS
+# (binding/TopK SAE steps, empty = the default budget), SAE_SEEDS (seeds whose runs get the SAE
+# comparison, the slowest stage; default SEEDS), STEER_EPISODES (40) and STEER_CONTROLS (20) for
+# steering the target-cell direction at the SAE's layer (python -m rl_lab.steer.binding). Results (one JSON per run and analysis) go to RESULTS
 # (default: RUNS_DIR.results/). Finished stages are skipped on a rerun.
 # Smoke run (proves the pipeline, not a measurement):
 #   SEEDS=0 STEPS=2048 EPISODES=12 SAE_STEPS=20 bash examples/binding.sh /tmp/binding-smoke
@@ -24,7 +27,11 @@ STEPS="${STEPS:-300000}"
 EPISODES="${EPISODES:-200}"
 MODES="${MODES:-objects grid}"
 POLICIES="${POLICIES:-mlp transformer}"
+TRANSFORMER_STEPS="${TRANSFORMER_STEPS:-$STEPS}"
 SAE_STEPS="${SAE_STEPS:-}"
+SAE_SEEDS="${SAE_SEEDS:-$SEEDS}"
+STEER_EPISODES="${STEER_EPISODES:-40}"
+STEER_CONTROLS="${STEER_CONTROLS:-20}"
 mkdir -p "$RESULTS"
 
 done_run() { [ -f "$RUNS/$1/run.json" ] && grep -q '"status": "done"' "$RUNS/$1/run.json"; }
@@ -49,12 +56,17 @@ for mode in $MODES; do
   for policy in $POLICIES; do
     for s in $SEEDS; do
       name="binding-$mode-$policy-s$s"
+      steps="$STEPS"
+      [ "$policy" = transformer ] && steps="$TRANSFORMER_STEPS"
       done_run "$name" || rl-lab train --env lab/Binding-v0 --env-kwargs "{\"obs_mode\": \"$mode\"}" --algo ppo \
-        --policy "$policy" $(policy_opts "$policy") --steps "$STEPS" --seed "$s" --name "$name" --runs-dir "$RUNS"
+        --policy "$policy" $(policy_opts "$policy") --steps "$steps" --seed "$s" --name "$name" --runs-dir "$RUNS"
       [ -n "$(recording "$name")" ] || rl-lab record "$name" --episodes "$EPISODES" --seed "$s" --runs-dir "$RUNS"
       h5="$(recording "$name")"
       [ -f "$RESULTS/$name.probes.json" ] || save "$RESULTS/$name.probes.json" python -m probes.binding "$h5" --json
       hook="$(sae_hook "$policy")"
+      [ -f "$RESULTS/$name.steer.json" ] || save "$RESULTS/$name.steer.json" python -m rl_lab.steer.binding "$name" \
+        --hook "$hook" --episodes "$STEER_EPISODES" --controls "$STEER_CONTROLS" --seed "$s" --runs-dir "$RUNS" --json
+      case " $SAE_SEEDS " in *" $s "*) ;; *) continue ;; esac
       [ -f "$RESULTS/$name.sae.json" ] || save "$RESULTS/$name.sae.json" rl-lab sae "$h5" --hook "$hook" \
         --arch binding --slots 2 "${steps_opt[@]}" --live-episodes 0 --overwrite --json
       [ -f "$RESULTS/$name.sae-compare.json" ] || save "$RESULTS/$name.sae-compare.json" python -m probes.sae.binding \
@@ -83,6 +95,12 @@ for path in sorted(results.glob("*.probes.json")):
         t = res["conjunctions"]["target"]
         print(f"{path.name[:-len('.probes.json')]:<40} {layer:<32} bound: {', '.join(res['bound']) or 'none':<40} "
               f"target probe {t['probe']:.3f} vs bag {max(t['bag_and'], t['bag_and_fit']):.3f}")
+print("\n== steering the target-cell direction (pooled over the four corners; largest scale) ==")
+for path in sorted(results.glob("*.steer.json")):
+    v = json.loads(path.read_text())["verdict"]
+    print(f"{path.name[:-len('.steer.json')]:<40} steered object {v['steered']:.1%} "
+          f"[{v['steered_ci'][0]:.1%}, {v['steered_ci'][1]:.1%}] clean {v['clean_steered']:.1%} "
+          f"best control {v['controls_max']:.1%} p {v['control_p_value']:.3f}; moves to it: {'yes' if v['moves_to_steered_object'] else 'no'}")
 print("\n== binding SAE vs TopK at equal parameters (held-out) ==")
 for path in sorted(results.glob("*.sae-compare.json")):
     doc = json.loads(path.read_text())

@@ -255,7 +255,8 @@ def refine_dictionary(x: np.ndarray, atoms: np.ndarray, k: int = 8, iters: int =
                 unused[np.argmin((z ** 2).sum(axis=0))] = True
             if unused.any():
                 resid = np.linalg.norm(x - z @ d, axis=1)
-                new[unused] = x[np.argsort(-resid, kind="stable")[: int(unused.sum())]]
+                worst = np.argsort(-resid, kind="stable")  # fewer rows than restarts: they cycle
+                new[unused] = x[np.resize(worst, int(unused.sum()))]
         d = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
     return d
 
