@@ -157,15 +157,13 @@ class ActivationWriter:
         )
 
     def _append(self, group: str, name: str, value: np.ndarray, meta: Mapping[str, Any] | None = None) -> None:
-        if value.dtype == np.float64:
-            value = value.astype(np.float32)
         if value.dtype.kind == "b":
             dtype: Any = np.bool_
         elif value.dtype.kind in "iu":
-            value = value.astype(np.int64)
+            value = value.astype(np.int64, copy=False)
             dtype = np.int64
         else:
-            value = value.astype(np.float32)
+            value = value.astype(np.float32, copy=False)
             dtype = np.float32
         ds = self._dataset(group, name, value, dtype)
         if meta is not None and "kind" not in ds.attrs:
