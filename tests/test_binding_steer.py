@@ -207,3 +207,36 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+
+async def test_tui_draws_a_binding_steering_result(binding_run: tuple[Path, str], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from textual.widgets import Static
+
+    from tui.app import LabApp
+    from tui.screens.steer import SteerScreen, binding_curve
+    from tui.widgets.chart import BandChart
+
+    runs_dir, name = binding_run
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    code = main([name, "--hook", HOOK, "--runs-dir", str(copy), "--episodes", "3", "--controls", "2",
+                 "--scales", "0,6", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    app = LabApp(copy, poll_interval=0.5)
+    async with app.run_test(size=(140, 50)) as pilot:
+        app.push_screen(SteerScreen(name, doc["path"]))
+        await pilot.pause()
+        screen = app.screen
+        chart = screen.query_one("#steer-chart", BandChart)
+        xs, ys, lo, hi = binding_curve(doc, doc["pooled"])
+        assert xs == [0.0, 6.0] and ys[0] == 0.0 and chart.mean == ys
+        assert all(a <= y <= b for a, y, b in zip(lo, ys, hi))
+        text = str(screen.query_one("#steer-numbers", Static).render())
+        assert "pooled over the corners" in text and "steered object" in text and "not a steering result" not in text
+        await pilot.press("m")  # the first corner's view
+        assert screen.metric == f"corner {doc['corners'][0]['name']}"
+        assert chart.mean == binding_curve(doc, doc["corners"][0])[1]

@@ -4,7 +4,9 @@ For the chosen metric the chart draws the direction's effect (its mean minus the
 at every scale, over the band the random control directions span at each scale (their range of
 effects); below it, the per-scale numbers, the control percentile and the prediction's verdict.
 ``m`` cycles through the metrics. An intervention result (``rl-lab intervene``) in the same folder
-is shown as its text summary.
+is shown as its text summary. A binding steering result (``python -m rl_lab.steer.binding``) draws
+the rate of reaching the steered object against the controls' band, pooled over the four corners
+and (``m``) corner by corner, with the reach rates per object below.
 """
 
 from __future__ import annotations
@@ -83,6 +85,50 @@ def intervention_text(doc: dict[str, Any], top: int = 20) -> Text:
     return text
 
 
+BINDING_KIND = "binding_steer"
+"""The ``kind`` of a ``python -m rl_lab.steer.binding`` document."""
+
+
+def binding_views(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The binding document's views: ``("pooled", ...)`` then one per corner."""
+    views = [("pooled over the corners", doc["pooled"])]
+    views += [(f"corner {c.get('name', c.get('corner'))}", c) for c in doc.get("corners", [])]
+    return views
+
+
+def binding_curve(doc: dict[str, Any], view: dict[str, Any]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """``(scales, steered-object rate minus clean, control band low, high)`` of one view."""
+    clean = view["clean"]["steered"]
+    xs, ys, lo, hi = [], [], [], []
+    for r in sorted(view["results"], key=lambda r: r["scale"]):
+        band = [m - clean for m in r["controls"].get("steered_means") or []] or [r["steered"] - clean]
+        xs.append(float(r["scale"]))
+        ys.append(r["steered"] - clean)
+        lo.append(min(band + [ys[-1]]))
+        hi.append(max(band + [ys[-1]]))
+    return xs, ys, lo, hi
+
+
+def binding_text(doc: dict[str, Any], name: str, view: dict[str, Any]) -> Text:
+    """Per scale: the steered-object rate with its CI against the controls, and where episodes ended."""
+    text = Text()
+    clean = view["clean"]
+    text.append(f"{name}", style="bold")
+    text.append(f"  clean: steered object {clean['steered']:.1%}; by role "
+                + ", ".join(f"{k} {v:.0%}" for k, v in clean["role_rates"].items()) + "\n")
+    for r in sorted(view["results"], key=lambda r: r["scale"]):
+        lo, hi = r["steered_ci"]
+        mark = " *" if r.get("beats_every_control") and r.get("ci_excludes_clean") else ""
+        text.append(f"  scale {r['scale']:>4g}: steered object {r['steered']:.1%} [{lo:.1%}, {hi:.1%}]{mark}  "
+                    f"controls mean {r['controls']['mean']:.1%}, max {r['controls']['max']:.1%} "
+                    f"(p = {r['control_p_value']:.3g})   ended: "
+                    + ", ".join(f"{k} {v:.0%}" for k, v in r["rates"].items()) + "\n")
+    verdict = doc.get("verdict") or {}
+    if verdict.get("sentence"):
+        text.append(verdict["sentence"], style="bold green" if verdict.get("moves_to_steered_object") else "bold red")
+    return text
+
+
 class SteerScreen(RunScreen):
     """One steering result: its dose-response curve with the control band, metric by metric."""
 
@@ -98,6 +144,7 @@ class SteerScreen(RunScreen):
         self.doc: dict[str, Any] = {}
         self.metrics: list[str] = []
         self.metric = ""
+        self.views: list[tuple[str, dict[str, Any]]] = []  # a binding result's views (pooled, corners)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -118,6 +165,17 @@ class SteerScreen(RunScreen):
             info.update(intervention_text(self.doc))
             self.query_one("#steer-chart", BandChart).display = False
             return
+        if self.doc.get("kind") == BINDING_KIND and "pooled" in self.doc:
+            d = self.doc
+            probe = d.get("probe") or {}
+            info.update(Text(f"target-cell directions at {d.get('hook')} (probe held-out accuracy "
+                             f"{probe.get('held_out_accuracy', float('nan')):.3f}); {d.get('episodes')} episodes, "
+                             f"{d.get('n_controls')} controls per corner\nscale: {d.get('scale_unit', '')}"))
+            self.views = binding_views(d)
+            self.metrics = [name for name, _ in self.views]
+            self.metric = self.metrics[0]
+            self.show()
+            return
         if "effects" not in self.doc:
             info.update(Text(f"{self.path.name} is not a steering result", style="red"))
             return
@@ -129,6 +187,14 @@ class SteerScreen(RunScreen):
         self.show()
 
     def show(self) -> None:
+        if self.views:
+            view = dict(self.views)[self.metric]
+            xs, ys, lo, hi = binding_curve(self.doc, view)
+            self.query_one("#steer-chart", BandChart).set_data(
+                xs, ys, lo, hi, title=f"{self.metric}: steered-object rate minus clean vs scale "
+                                      "(curve: the direction; band: the controls' range)")
+            self.query_one("#steer-numbers", Static).update(binding_text(self.doc, self.metric, view))
+            return
         xs, ys, lo, hi = dose_response(self.doc, self.metric)
         self.query_one("#steer-chart", BandChart).set_data(
             xs, ys, lo, hi, title=f"{self.metric}: effect vs scale (curve: the direction; band: the controls' range)")
