@@ -26,7 +26,10 @@
 # seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers). On a 2-core
 # machine one seed takes ~35 min (the transformer PPO ~10 of them, at ~250 env steps/s): run seeds
 # as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final invocation with every seed (all
-# stages done) prints the comparison. Finished stages are skipped on a rerun. docs/results.md has
+# stages done) prints the comparison. Finished stages are skipped on a rerun, and an RL agent whose
+# training was cut (a killed process, the end of a session) resumes from its last checkpoint: a
+# budget where the agents are competent (RL_STEPS=1600000, ~15 core-hours for five seeds) can be
+# run over several sittings. docs/results.md has
 # the table this produced and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
@@ -46,10 +49,16 @@ CKPT_EVERY=$(( RL_STEPS / 10 > 0 ? RL_STEPS / 10 : 1 ))
 done_run() { [ -f "$RUNS/$1/run.json" ] && grep -q '"status": "done"' "$RUNS/$1/run.json"; }
 recorded() { compgen -G "$RUNS/$1/activations/*.h5" > /dev/null; }
 probed() { compgen -G "$RUNS/$1/probes/*.json" > /dev/null; }
-train_rl() {  # NAME ARGS...: an RL agent at the shared budget
-  local name="$1"; shift
-  done_run "$name" || rl-lab train "$@" --steps "$RL_STEPS" --checkpoint-every "$CKPT_EVERY" \
-    --context "$CONTEXT" --seed "$s" --name "$name" --runs-dir "$RUNS"
+train_rl() {  # NAME ARGS...: an RL agent at the shared budget; an unfinished run (killed, or cut by the
+  local name="$1"; shift  # end of a session) continues from its last checkpoint
+  if done_run "$name"; then return; fi
+  if compgen -G "$RUNS/$name/checkpoints/*.zip" > /dev/null; then
+    rl-lab train --resume "$name" --runs-dir "$RUNS"
+  else
+    rm -rf "${RUNS:?}/$name"  # started but no checkpoint yet: nothing to keep
+    rl-lab train "$@" --steps "$RL_STEPS" --checkpoint-every "$CKPT_EVERY" \
+      --context "$CONTEXT" --seed "$s" --name "$name" --runs-dir "$RUNS"
+  fi
 }
 
 names=()
