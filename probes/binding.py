@@ -17,8 +17,10 @@ conjunctions: target, colour lure, shape lure, foil) this fits, for every layer:
   them span whatever the layer holds, conjunctions included.
 
 A conjunction is **bound** at a layer when its probe beats the best bag probe on held-out
-episodes: the held-out accuracy difference (conjunction probe minus the better bag probe) has
-a 95% episode-bootstrap interval above 0. A layer that only holds a bag of features gives bag
+episodes: the held-out accuracy difference (conjunction probe minus the better bag probe) is
+above 0 by an episode bootstrap (one-sided p-value), after Holm's correction over every
+(layer, role) test of the file (``p_holm < 0.05``; ``bound_uncorrected`` keeps the uncorrected
+reading: the 95% interval above 0). A layer that only holds a bag of features gives bag
 readings from which the conjunction follows as well as from the layer itself; a bound layer
 holds the conjunction where its bag readings do not.
 
@@ -50,6 +52,7 @@ from probes.errors import ProbeError
 from probes.logistic import logistic_cv, predict_proba
 from probes.scripts import ScriptParser
 from probes.splits import bootstrap_counts, percentile_ci, split_episodes
+from probes.stats import holm
 
 ROLES = ("target", "colour_lure", "shape_lure", "foil")
 """The four objects of a Binding scene, by their relation to the goal."""
@@ -61,7 +64,9 @@ ALPHAS = np.logspace(-2, 4, 7)
 """Ridge penalties tried for the single-feature probes (on standardised activations)."""
 CS = (0.03, 0.3, 3.0)
 """Inverse penalties tried for the logistic probes (on standardised features)."""
-N_BOOTSTRAP = 2000
+N_BOOTSTRAP = 10_000
+SIGNIFICANCE = 0.05
+"""Family-wise error rate of the file's tests (Holm)."""
 """Episode bootstrap draws for the interval of the accuracy difference."""
 
 
@@ -243,14 +248,18 @@ def _logistic_correct(feats: np.ndarray, codes: np.ndarray, train: np.ndarray, t
     return out
 
 
-def difference_interval(diff: np.ndarray, episode_index: np.ndarray, n_episodes: int, seed: int) -> list[float]:
-    """95% episode-bootstrap interval of the mean of per-row ``diff`` (rows grouped by episode)."""
+def difference_test(diff: np.ndarray, episode_index: np.ndarray, n_episodes: int, seed: int
+                    ) -> tuple[list[float], float]:
+    """Episode bootstrap of the mean of per-row ``diff`` (rows grouped by episode): its 95%
+    interval and the one-sided p-value of "the mean is above 0", ``(1 + #draws <= 0) / (B + 1)``."""
     sums = np.bincount(episode_index, weights=diff, minlength=n_episodes)
     counts = np.bincount(episode_index, minlength=n_episodes).astype(np.float64)
     draws = bootstrap_counts(n_episodes, N_BOOTSTRAP, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (draws @ sums) / (draws @ counts)
-    return percentile_ci(means)
+    means = means[np.isfinite(means)]
+    p = float((1 + np.count_nonzero(means <= 0)) / (len(means) + 1))
+    return percentile_ci(means), p
 
 
 def probe_layer(x: np.ndarray, scenes: Scenes, train: np.ndarray, test: np.ndarray, groups: np.ndarray,
@@ -280,7 +289,7 @@ def probe_layer(x: np.ndarray, scenes: Scenes, train: np.ndarray, test: np.ndarr
         bags = {"bag_and": bag_and, "bag_and_fit": bag_fit[i]}
         best = max(bags, key=lambda name: float(bags[name].mean()))
         diff = conj[i].astype(np.float64) - bags[best].astype(np.float64)
-        ci = difference_interval(diff, test_episode_index, n_test_episodes, seed)
+        ci, p = difference_test(diff, test_episode_index, n_test_episodes, seed)
         counts = np.bincount(codes[test, i], minlength=n_cells)
         out["conjunctions"][role] = {
             "probe": float(conj[i].mean()),
@@ -290,10 +299,24 @@ def probe_layer(x: np.ndarray, scenes: Scenes, train: np.ndarray, test: np.ndarr
             "chance": float(counts.max() / counts.sum()),
             "difference": float(diff.mean()),
             "difference_ci": ci,
-            "bound": bool(ci[0] > 0),
+            "p_value": p,
+            "bound_uncorrected": bool(ci[0] > 0),
         }
-    out["bound"] = [r for r in ROLES if out["conjunctions"][r]["bound"]]
     return out
+
+
+def correct_for_many_tests(layers: dict[str, dict[str, Any]]) -> int:
+    """Holm's correction over every (layer, role) test of a file: each test's ``p_holm`` and
+    ``bound`` (``p_holm < SIGNIFICANCE``), each layer's ``bound`` roles. Returns the number of tests."""
+    tests = [(layer, role) for layer, res in layers.items() for role in res["conjunctions"]]
+    adjusted = holm([layers[layer]["conjunctions"][role]["p_value"] for layer, role in tests])
+    for (layer, role), p_holm in zip(tests, adjusted):
+        c = layers[layer]["conjunctions"][role]
+        c["p_holm"] = p_holm
+        c["bound"] = bool(p_holm < SIGNIFICANCE)
+    for res in layers.values():
+        res["bound"] = [r for r in ROLES if res["conjunctions"][r]["bound"]]
+    return len(tests)
 
 
 def probe_file(path: Path | str, hooks: Sequence[str] | None = None, *, test_fraction: float = 0.25,
@@ -342,18 +365,25 @@ def probe_file(path: Path | str, hooks: Sequence[str] | None = None, *, test_fra
             layer = probe_layer(x, scenes, train, test, group, split.n_folds, test_ep_index, n_test_eps, seed)
             result["layers"][src] = layer
             if progress:
-                print(f"{src}: bound {', '.join(layer['bound']) or 'none'}", file=sys.stderr)
+                raw = [r for r in ROLES if layer["conjunctions"][r]["bound_uncorrected"]]
+                print(f"{src}: above the bag before correction: {', '.join(raw) or 'none'}", file=sys.stderr)
+        result["n_tests"] = correct_for_many_tests(result["layers"])
+        result["correction"] = "holm"
     return result
 
 
 def format_table(result: dict[str, Any]) -> str:
     """One line per layer and role: probe vs bag accuracy, the interval and the verdict."""
-    lines = [f"{'layer':<34} {'role':<12} {'probe':>6} {'bag_and':>7} {'and_fit':>7}  {'diff [95% CI]':<24} verdict"]
+    lines = [f"{'layer':<34} {'role':<12} {'probe':>6} {'bag_and':>7} {'and_fit':>7}  {'diff [95% CI]':<24} "
+             f"{'p':>7} {'p_holm':>7} verdict"]
     for layer, res in result["layers"].items():
         for role, c in res["conjunctions"].items():
             lo, hi = c["difference_ci"]
             lines.append(f"{layer:<34} {role:<12} {c['probe']:>6.3f} {c['bag_and']:>7.3f} {c['bag_and_fit']:>7.3f}  "
-                         f"{c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]{'':<3} {'bound' if c['bound'] else 'bag'}")
+                         f"{c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]{'':<3} {c['p_value']:>7.4f} {c['p_holm']:>7.4f} "
+                         f"{'bound' if c['bound'] else 'bag'}")
+    lines.append(f"bound = the conjunction probe beats the best bag probe, p_holm < {SIGNIFICANCE} "
+                 f"(Holm over the file's {result.get('n_tests', 0)} tests)")
     return "\n".join(lines)
 
 

@@ -61,6 +61,7 @@ from probes.results import (
 )
 from probes.ridge import RidgeStats, fit_ridge_all, fit_ridge_nested, r2_from_sums
 from probes.scripts import ScriptParser
+from probes.stats import holm
 from probes.splits import (
     OuterFolds,
     bootstrap_counts,
@@ -694,19 +695,6 @@ def paired_difference(main: np.ndarray, base: np.ndarray, difference: float, lev
     else:
         p = min(1.0, math.erfc(difference / se / math.sqrt(2.0)))  # = 2 * Phi(-d / se)
     return {"difference": difference, "ci": ci, "p": p}
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
-    p = np.asarray(p_values, dtype=np.float64)
-    m = len(p)
-    if m == 0:
-        return []
-    order = np.argsort(p, kind="stable")
-    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adj
-    return out.tolist()
 
 
 # ---------------------------------------------------------------------------- the sweep

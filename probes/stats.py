@@ -7,13 +7,14 @@ is too narrow (it cannot see beyond the values it has), and ``1.96`` is the norm
 too narrow below ~30 values (``t_{0.975, 4} = 2.78``). Every interval across seeds in the lab
 (``rl_lab.compare``, ``rl_lab.sweep.stats``, ``rl_lab.dt.evaluate``) comes from ``t_interval``.
 Intervals over the episodes of ONE recording are a different question (episode bootstrap,
-``probes.splits``).
+``probes.splits``). Many tests at once are corrected by Holm's step-down rule (``holm``), wherever
+the lab reports a family of tests (comparisons, probe significance, the binding test).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy.stats import t as student_t
@@ -68,3 +69,16 @@ def paired_t(differences: Iterable[float | None], confidence: float = CONFIDENCE
     else:
         p = float(ttest_1samp(x, 0.0).pvalue)
     return {"mean": mean, "low": low, "high": high, "p": p, "n": int(x.size)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out.tolist()

@@ -44,9 +44,9 @@ import numpy as np
 from probes.activations import stale_reason
 from probes.errors import ProbeError
 from probes.layout import RunsDirLayout
-from probes.linear import best_hook, holm, probe_file
+from probes.linear import best_hook, probe_file
 from probes.results import ProbeRecord, ProbeResults, read_probe_results
-from probes.stats import paired_t, t_interval
+from probes.stats import holm, paired_t, t_interval
 from rl_lab.errors import LabError
 from rl_lab.labels import default_derived_from, is_readout
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from probes.activations import ActivationWriter
-from probes.linear import best_hook, control_column, episode_permutation, holm, probe_file, summarise
+from probes.linear import best_hook, control_column, episode_permutation, probe_file, summarise
+from probes.stats import holm
 
 D = 8
 

@@ -361,7 +361,8 @@ def explain_comparison(full: dict, acting: dict) -> list[str]:
 def compare_to_random(doc: dict) -> list[str]:
     """Sentences: for each emotion-like label, does training make it more decodable than the
     random-weights twin (same architecture, same observations)?"""
-    from probes.linear import RANDOM_WEIGHTS, SIGNIFICANCE, holm
+    from probes.linear import RANDOM_WEIGHTS, SIGNIFICANCE
+    from probes.stats import holm
     from rl_lab.compare import record_derived_from
     from rl_lab.labels import is_readout
 
