@@ -14,7 +14,9 @@
 # environment steps: it solves the task sooner and runs ~10x slower; default STEPS), SAE_STEPS
 # (binding/TopK SAE steps, empty = the default budget), SAE_SEEDS (seeds whose runs get the SAE
 # comparison, the slowest stage; default SEEDS), STEER_EPISODES (40) and STEER_CONTROLS (20) for
-# steering the target-cell direction at the SAE's layer (python -m rl_lab.steer.binding). Results (one JSON per run and analysis) go to RESULTS
+# steering the target-cell direction at the SAE's layer (python -m rl_lab.steer.binding), at scales
+# (s.d. of the projection) STEER_SCALES_MLP ("0,2,4,8") and STEER_SCALES_TRANSFORMER ("0,8,16,32,64":
+# the transformer's residual stream moves nothing below ~16 s.d., the direction nor its controls). Results (one JSON per run and analysis) go to RESULTS
 # (default: RUNS_DIR.results/). Finished stages are skipped on a rerun.
 # Smoke run (proves the pipeline, not a measurement):
 #   SEEDS=0 STEPS=2048 EPISODES=12 SAE_STEPS=20 bash examples/binding.sh /tmp/binding-smoke
@@ -32,6 +34,8 @@ SAE_STEPS="${SAE_STEPS:-}"
 SAE_SEEDS="${SAE_SEEDS:-$SEEDS}"
 STEER_EPISODES="${STEER_EPISODES:-40}"
 STEER_CONTROLS="${STEER_CONTROLS:-20}"
+STEER_SCALES_MLP="${STEER_SCALES_MLP:-0,2,4,8}"
+STEER_SCALES_TRANSFORMER="${STEER_SCALES_TRANSFORMER:-0,8,16,32,64}"
 mkdir -p "$RESULTS"
 
 done_run() { [ -f "$RUNS/$1/run.json" ] && grep -q '"status": "done"' "$RUNS/$1/run.json"; }
@@ -56,8 +60,8 @@ for mode in $MODES; do
   for policy in $POLICIES; do
     for s in $SEEDS; do
       name="binding-$mode-$policy-s$s"
-      steps="$STEPS"
-      [ "$policy" = transformer ] && steps="$TRANSFORMER_STEPS"
+      steps="$STEPS"; scales="$STEER_SCALES_MLP"
+      if [ "$policy" = transformer ]; then steps="$TRANSFORMER_STEPS"; scales="$STEER_SCALES_TRANSFORMER"; fi
       done_run "$name" || rl-lab train --env lab/Binding-v0 --env-kwargs "{\"obs_mode\": \"$mode\"}" --algo ppo \
         --policy "$policy" $(policy_opts "$policy") --steps "$steps" --seed "$s" --name "$name" --runs-dir "$RUNS"
       [ -n "$(recording "$name")" ] || rl-lab record "$name" --episodes "$EPISODES" --seed "$s" --runs-dir "$RUNS"
@@ -65,7 +69,7 @@ for mode in $MODES; do
       [ -f "$RESULTS/$name.probes.json" ] || save "$RESULTS/$name.probes.json" python -m probes.binding "$h5" --json
       hook="$(sae_hook "$policy")"
       [ -f "$RESULTS/$name.steer.json" ] || save "$RESULTS/$name.steer.json" python -m rl_lab.steer.binding "$name" \
-        --hook "$hook" --episodes "$STEER_EPISODES" --controls "$STEER_CONTROLS" --seed "$s" --runs-dir "$RUNS" --json
+        --hook "$hook" --episodes "$STEER_EPISODES" --controls "$STEER_CONTROLS" --scales "$scales" --seed "$s" --runs-dir "$RUNS" --json
       case " $SAE_SEEDS " in *" $s "*) ;; *) continue ;; esac
       [ -f "$RESULTS/$name.sae.json" ] || save "$RESULTS/$name.sae.json" rl-lab sae "$h5" --hook "$hook" \
         --arch binding --slots 2 "${steps_opt[@]}" --live-episodes 0 --overwrite --json
