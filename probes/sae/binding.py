@@ -245,7 +245,10 @@ def refine_dictionary(x: np.ndarray, atoms: np.ndarray, k: int = 8, iters: int =
     floor = None
     for it in range(iters):
         z, floor = _matching_pursuit(x, d, k, floor)
-        new = np.linalg.lstsq(z, x, rcond=None)[0]  # [a, d]
+        # the least-squares decoder from the normal equations ([a, a]: the codes are sparse and
+        # n >> a, so this is the same solution as lstsq on [n, a] at a fraction of the cost; an
+        # atom no row uses has a zero row and column and gets the min-norm 0)
+        new = np.linalg.lstsq(z.T @ z, z.T @ x, rcond=None)[0]  # [a, d]
         norm = np.linalg.norm(new, axis=1)
         unused = (norm < 1e-8) | ~(z > 0).any(axis=0)
         if not replace:
