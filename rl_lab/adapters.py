@@ -211,7 +211,7 @@ class SB3Adapter:
         of a small network. The same numbers: the batched file equals the sequential one."""
         policy = self.policy
         with torch.no_grad():
-            obs_t = torch.as_tensor(obs, device=policy.device)
+            obs_t, _ = policy.obs_to_tensor(obs)
             features = policy.extract_features(obs_t, policy.pi_features_extractor)
             logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
             probs = torch.softmax(logits - logits.logsumexp(dim=-1, keepdim=True), dim=-1)
