@@ -65,9 +65,9 @@ ALPHAS = np.logspace(-2, 4, 7)
 CS = (0.03, 0.3, 3.0)
 """Inverse penalties tried for the logistic probes (on standardised features)."""
 N_BOOTSTRAP = 10_000
+"""Episode bootstrap draws for the interval and p-value of the accuracy difference."""
 SIGNIFICANCE = 0.05
 """Family-wise error rate of the file's tests (Holm)."""
-"""Episode bootstrap draws for the interval of the accuracy difference."""
 
 
 @dataclass
