@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 from rl_lab.runs import default_runs_dir
@@ -109,3 +110,12 @@ def trust_checkpoint_arg(args: argparse.Namespace) -> None:
     which = getattr(args, "checkpoint", None)
     if getattr(args, "trust", False) and which and Path(which).is_file():
         trust_checkpoint(which)
+
+
+NEGATIVE_NUMBERS = re.compile(r"^-\d[\d.,eE+-]*$|^-\.\d[\d.,eE+-]*$")
+"""What argparse should read as a value, not an option: ``-4``, ``-4,-2,0``, ``-.5``."""
+
+
+def accept_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Let an option take comma-separated numbers that start with a minus (``--scales -4,-2,0``)."""
+    parser._negative_number_matcher = NEGATIVE_NUMBERS  # type: ignore[attr-defined]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 
 from rl_lab.cli.options import (
+    accept_negative_numbers,
     add_device,
     add_runs_dir,
     nonnegative_int,
@@ -21,8 +21,6 @@ from rl_lab.runs import json_default
 
 HELP = "steer a run's agent along a probe/SAE/mean-difference direction and measure behaviour against random directions"
 
-# Let "--scales -4,-2,0,2,4" read as a value, not as an unknown option.
-_NEGATIVE_VALUE = re.compile(r"^-\d[\d.,eE+-]*$|^-\.\d[\d.,eE+-]*$")
 
 
 def _scales(text: str) -> list[float]:
@@ -38,7 +36,7 @@ def _scales(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]
+    accept_negative_numbers(parser)  # "--scales -4,-2,0,2,4" is a value, not an unknown option
     parser.add_argument("run", metavar="RUN", help="run name (or path to a run directory)")
     parser.add_argument("--direction", required=True,
                         help="probe:LABEL@HOOK (latest probe weights), sae:SAE_NAME/LATENT (decoder row) "

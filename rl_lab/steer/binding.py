@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -349,19 +348,9 @@ def _steer_binding(run_name: str | Path, cfg: BindingSteerConfig, runs_dir: Path
     layouts = episode_layouts(env_factory, cfg.seed, E, probe.cells)
     torch.manual_seed(cfg.seed)
     policy = load_policy(run, ckpt, hook, device="cpu")
-    env = env_factory()
-    try:
-        obs0, _ = env.reset(seed=cfg.seed)
-    finally:
-        env.close()
     d = stats.dim
-    notes: list[str] = []
-    seen = policy.action_path_dim(np.asarray(obs0))  # type: ignore[attr-defined]
-    if seen is None:
-        notes.append(f"{hook} is not on the action path: choosing an action never runs it, so no edit there "
-                     "can change behaviour")
-    elif seen != d:
-        raise LabError(f"hook {hook!r} outputs {seen} values but the recording has {d}")
+    note = policy.action_path_note(env_factory, cfg.seed, hook, d)  # type: ignore[attr-defined]
+    notes: list[str] = [note] if note else []
     if K < DEFAULT_CONTROLS:
         notes.append(f"only {K} random controls: a control percentile from fewer than {DEFAULT_CONTROLS} is "
                      f"coarse (the smallest p-value possible is 1/{K + 1})")
@@ -598,7 +587,6 @@ def _pct(v: float | None) -> str:
 
 # --------------------------------------------------------------------------- script
 PROG = "python -m rl_lab.steer.binding"
-_NEGATIVE_VALUE = re.compile(r"^-\d[\d.,eE+-]*$|^-\.\d[\d.,eE+-]*$")
 
 
 def _scales_arg(text: str) -> list[float]:
@@ -614,12 +602,12 @@ def _scales_arg(text: str) -> list[float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rl_lab.cli import USER_ERRORS, error_line
-    from rl_lab.cli.options import nonnegative_int, positive_int, seed
+    from rl_lab.cli.options import accept_negative_numbers, nonnegative_int, positive_int, seed
     from rl_lab.train import tqdm_progress
 
     parser = ScriptParser(prog=PROG, description="Steer a Binding-v0 agent along the target-cell probe "
                                                  "direction of each corner; reach rates per object vs random controls.")
-    parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]
+    accept_negative_numbers(parser)  # "--scales -2,4" reaches _scales_arg, which refuses it in one line
     parser.add_argument("run", metavar="RUN", help="run name (or path to a run directory)")
     parser.add_argument("--hook", required=True, help="hook of the probe and the edit, e.g. mlp_extractor.policy_net.3")
     parser.add_argument("--runs-dir", type=Path, default=None, help="directory holding the runs "

@@ -178,23 +178,13 @@ def _steer(run_name: str | Path, cfg: SteerConfig, device: str, runs_dir: Path |
     torch.manual_seed(cfg.seed)
     sae = direction.sae.to(device) if direction.sae is not None else None  # SAE-latent edits run beside the network
     policy = load_policy(run, ckpt, direction.hook, sae=sae, latent=direction.spec.latent, device=device)
-    env = env_factory()
-    try:
-        obs0, _ = env.reset(seed=cfg.seed)
-    finally:
-        env.close()
     spec_b, events, _ = behaviour_kinds(env_factory, cfg.seed)
     names, _ = metric_names(spec_b, events, policy.has_distribution)
     if expect is not None and expect[0] not in names:
         raise LabError(f"--expect names unknown metric {expect[0]!r} (metrics: {', '.join(names)})")
     d = direction.vector.shape[0]
-    notes: list[str] = []
-    seen = policy.action_path_dim(np.asarray(obs0))  # type: ignore[attr-defined]
-    if seen is None:
-        notes.append(f"{direction.hook} is not on the action path: choosing an action never runs it, so no "
-                     "edit there can change behaviour (a sanity check, e.g. for a value-head hook)")
-    elif seen != d:
-        raise LabError(f"hook {direction.hook!r} outputs {seen} values but the direction has {d}")
+    note = policy.action_path_note(env_factory, cfg.seed, direction.hook, d)  # type: ignore[attr-defined]
+    notes: list[str] = [note] if note else []
     if cfg.controls < DEFAULT_CONTROLS:
         notes.append(f"only {cfg.controls} random controls: a control percentile from fewer than "
                      f"{DEFAULT_CONTROLS} is coarse (the smallest p-value possible is 1/{cfg.controls + 1})")

@@ -127,6 +127,23 @@ class DistributionMixin:
             handle.remove()
         return seen[0] if seen else None
 
+    def action_path_note(self, env_factory: Any, seed: int, hook: str, dim: int) -> str | None:
+        """Check that an edit at ``hook`` (``dim`` wide) can change the action, on the first
+        observation of ``env_factory()`` reset with ``seed``: None when it can; a note when acting
+        never runs the hook (a value-head hook: a sanity check); LabError when the widths differ."""
+        env = env_factory()
+        try:
+            obs0, _ = env.reset(seed=seed)
+        finally:
+            env.close()
+        seen = self.action_path_dim(np.asarray(obs0))
+        if seen is None:
+            return (f"{hook} is not on the action path: choosing an action never runs it, so no edit there can "
+                    "change behaviour (a sanity check, e.g. for a value-head hook)")
+        if seen != dim:
+            raise LabError(f"hook {hook!r} outputs {seen} values but the direction has {dim}")
+        return None
+
 
 class SB3Policy(DistributionMixin):
     """Clean and edited action distributions of an SB3 policy, with one steering hook.
