@@ -13,6 +13,11 @@ the two files hold identical ``/acts``, ``/labels`` and ``/steps``.
 
 ``--vectorised-only`` skips the overhead comparison (its keys are left out of the JSON line).
 ``vectorised_cpu_speedup`` is the same ratio in process CPU seconds, which a loaded machine disturbs less.
+``rollout_only_speedup`` is the ratio of the rollouts alone (acting and stepping the same episodes,
+nothing recorded): what the vectorised recorder would reach if recording cost nothing, so an upper
+bound on ``vectorised_speedup``. ``recording_cpu_us_per_row`` is what the vectorised recorder spends
+per row beyond its rollouts (the forward passes of the network, its twins and the reference critic,
+the labels, the HDF5 writes, the value calibration), a cost batching the environments cannot share.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import torch
 from probes.activations import ActivationFile
 from rl_lab.adapters import SB3Adapter, load_sb3
 from rl_lab.config import TrainConfig
-from rl_lab.record import record
+from rl_lab.record import _make_recording_env, record, rollouts
 from rl_lab.train import make_env, train
 
 
@@ -108,6 +113,19 @@ def main() -> None:
                    adapter=det_adapter, n_envs=n)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+    # The rollouts alone (acting and stepping, nothing recorded), in CPU seconds: the ratio the
+    # vectorised recorder would reach if recording cost nothing, an upper bound on its speedup.
+    roll_cpu: dict[int, list[float]] = {1: [], args.n_envs: []}
+    env_kwargs = run.info.get("config", {}).get("env_kwargs") or {}
+    renders = getattr(_make_recording_env("lab/Forage-v0", env_kwargs), "render_mode", None) == "ansi"
+    for _ in range(args.repeats):
+        for n in roll_cpu:
+            env_list = [_make_recording_env("lab/Forage-v0", env_kwargs) for _ in range(n)]
+            c0 = time.process_time()
+            rows = sum(len(ep.rewards) for ep in rollouts(env_list, det_adapter, list(range(args.vec_episodes)), renders))
+            roll_cpu[n].append(time.process_time() - c0)
+    seq_roll, vec_roll = (statistics.median(v) for v in roll_cpu.values())
+    seq_c, vec_c = statistics.median(seq_cpu), statistics.median(vec_cpu)
     same = identical(root / "det1-0.h5", root / f"det{args.n_envs}-0.h5")
     seq_s, vec_s = statistics.median(seq), statistics.median(vec)
     overhead: dict = {}
@@ -121,6 +139,9 @@ def main() -> None:
     print(f"deterministic    : {args.vec_episodes} episodes in {seq_s:.3f}s sequential, {vec_s:.3f}s with "
           f"{args.n_envs} envs ({args.vec_episodes / seq_s:.1f} vs {args.vec_episodes / vec_s:.1f} episodes/s); "
           f"files identical: {same}")
+    print(f"per row (CPU µs): acting+stepping {seq_roll / rows * 1e6:.1f} sequential, {vec_roll / rows * 1e6:.1f} "
+          f"vectorised; recording (forward passes, labels, HDF5, calibration) {(seq_c - seq_roll) / rows * 1e6:.1f} / "
+          f"{(vec_c - vec_roll) / rows * 1e6:.1f}; rollouts alone {seq_roll / vec_roll:.2f}x faster vectorised")
     print(json.dumps({
         "name": "record_overhead",
         **overhead,
@@ -129,6 +150,8 @@ def main() -> None:
         "vectorised_speedup": round(seq_s / vec_s, 3),
         "vectorised_cpu_speedup": round(statistics.median(seq_cpu) / statistics.median(vec_cpu), 3),
         "vectorised_identical": same,
+        "rollout_only_speedup": round(seq_roll / vec_roll, 3),
+        "recording_cpu_us_per_row": round((vec_c - vec_roll) / rows * 1e6, 1),
     }))
 
 
