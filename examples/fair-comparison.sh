@@ -23,14 +23,16 @@
 # (100 per source checkpoint: at 20 the DT overfits in ~200 steps, barely follows its return target
 # and the "best source policy" is the luckiest of eleven 20-episode means; docs/results.md),
 # EVAL_EPISODES (20 per return target for the DT's eval.json), EPISODES (30 recorded, environment
-# seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers). On a 2-core
-# machine one seed takes ~35 min (the transformer PPO ~10 of them, at ~250 env steps/s): run seeds
-# as parallel invocations (SEEDS="0 2 4", SEEDS="1 3"), then a final invocation with every seed (all
-# stages done) prints the comparison. Finished stages are skipped on a rerun, and an RL agent whose
-# training was cut (a killed process, the end of a session) resumes from its last checkpoint: a
-# budget where the agents are competent (RL_STEPS=1600000, ~15 core-hours for five seeds) can be
-# run over several sittings. docs/results.md has
-# the table this produced and the budget's limits.
+# seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers), JOBS (1:
+# how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
+# (the transformer PPO ~10 of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
+# training (each seed's recurrent PPO, PPO-transformer, and PPO-MLP followed by its DT and BC), the
+# longest first, two at a time; then every recording and probe, two at a time; then the comparison.
+# Finished stages are skipped on a rerun, and an RL agent whose training was cut (a killed process,
+# the end of a session) resumes from its last checkpoint: a budget where the agents are competent
+# (RL_STEPS=1600000: the PPO-transformer and recurrent PPO take ~2 h each per seed on one core, ~25
+# core-hours for five seeds) can be run over several sittings by rerunning the same command.
+# docs/results.md has the table this produced and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
@@ -49,8 +51,8 @@ CKPT_EVERY=$(( RL_STEPS / 10 > 0 ? RL_STEPS / 10 : 1 ))
 done_run() { [ -f "$RUNS/$1/run.json" ] && grep -q '"status": "done"' "$RUNS/$1/run.json"; }
 recorded() { compgen -G "$RUNS/$1/activations/*.h5" > /dev/null; }
 probed() { compgen -G "$RUNS/$1/probes/*.json" > /dev/null; }
-train_rl() {  # NAME ARGS...: an RL agent at the shared budget; an unfinished run (killed, or cut by the
-  local name="$1"; shift  # end of a session) continues from its last checkpoint
+train_rl() {  # SEED NAME ARGS...: an RL agent at the shared budget; an unfinished run (killed, or cut
+  local s="$1" name="$2"; shift 2  # by the end of a session) continues from its last checkpoint
   if done_run "$name"; then return; fi
   if compgen -G "$RUNS/$name/checkpoints/*.zip" > /dev/null; then
     rl-lab train --resume "$name" --runs-dir "$RUNS"
@@ -61,24 +63,46 @@ train_rl() {  # NAME ARGS...: an RL agent at the shared budget; an unfinished ru
   fi
 }
 
-names=()
-for s in $SEEDS; do
-  train_rl "ppo-mlp-s$s" --algo ppo
-  train_rl "ppo-tf-s$s" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4
-  train_rl "rppo-s$s" --algo recurrent-ppo
+train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its checkpoints' trajectories
+  local s="$1"
+  train_rl "$s" "ppo-mlp-s$s" --algo ppo
   for algo in dt bc; do
     done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
       --context "$CONTEXT" --episodes-per-policy "$TRAJ_EPISODES" --trajectories "ep$TRAJ_EPISODES" \
       --eval-episodes "$EVAL_EPISODES" \
       --name "$algo-s$s" --runs-dir "$RUNS"
   done
-  for run in "ppo-mlp-s$s" "ppo-tf-s$s" "rppo-s$s" "dt-s$s" "bc-s$s"; do
-    critic=(--reference-critic "ppo-mlp-s$s"); [ "$run" = "ppo-mlp-s$s" ] && critic=()
-    recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$((1000 + s))" "${critic[@]}" --runs-dir "$RUNS"
-    probed "$run" || rl-lab probe "$run" --labels "$LABELS" --seed "$s" --runs-dir "$RUNS" > /dev/null
-    names+=("$run")
-  done
+}
+train_tf() { train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4; }
+train_rppo() { train_rl "$1" "rppo-s$1" --algo recurrent-ppo; }
+record_probe() {  # SEED RUN: value-derived labels from the seed's PPO-MLP critic
+  local s="$1" run="$2" critic=()
+  [ "$run" = "ppo-mlp-s$s" ] || critic=(--reference-critic "ppo-mlp-s$s")
+  recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$((1000 + s))" "${critic[@]}" --runs-dir "$RUNS"
+  probed "$run" || rl-lab probe "$run" --labels "$LABELS" --seed "$s" --runs-dir "$RUNS" > /dev/null
+}
+agents() { echo "ppo-mlp-s$1 ppo-tf-s$1 rppo-s$1 dt-s$1 bc-s$1"; }
+
+if [ -n "${FAIR_JOB:-}" ]; then  # one stage, run by the JOBS>1 scheduler below: "FUNCTION ARGS..."
+  $FAIR_JOB  # word-split on purpose: a function name and its arguments
+  exit
+fi
+
+names=()
+for s in $SEEDS; do
+  for run in $(agents "$s"); do names+=("$run"); done
 done
+if [ "${JOBS:-1}" -gt 1 ]; then
+  run_jobs() { xargs -P "$JOBS" -I{} env FAIR_JOB={} bash "$0" "$RUNS"; }
+  { for s in $SEEDS; do echo "train_rppo $s"; echo "train_tf $s"; done
+    for s in $SEEDS; do echo "train_mlp_chain $s"; done; } | run_jobs
+  for s in $SEEDS; do for run in $(agents "$s"); do echo "record_probe $s $run"; done; done | run_jobs
+else
+  for s in $SEEDS; do
+    train_mlp_chain "$s"; train_tf "$s"; train_rppo "$s"
+    for run in $(agents "$s"); do record_probe "$s" "$run"; done
+  done
+fi
 
 echo "== every agent's best hook, grouped by agent (ppo, ppo-transformer, recurrent-ppo, dt, bc) =="
 rl-lab compare "${names[@]}" --group-by agent --runs-dir "$RUNS"
