@@ -63,6 +63,9 @@ class TrainConfig:
     then trained by the policy gradient alone) instead of sharing the actor's."""
     n_epochs: int | None = None
     """PPO: passes over each rollout; ``None`` keeps SB3's 10."""
+    target_kl: float | None = None
+    """PPO: stop a rollout's passes early once the approximate KL between the old and the updated
+    policy passes 1.5 × this (SB3's ``target_kl``); ``None``: no limit."""
     lstm_hidden: int = 64
     """Recurrent PPO: LSTM hidden size (one layer; separate actor and critic LSTMs)."""
     checkpoint_every: int = 10_000
@@ -111,6 +114,8 @@ class TrainConfig:
             raise LabError("--separate-critic is for --policy transformer (the MLP policy's critic is separate already)")
         if self.n_epochs is not None and self.algo not in ("ppo", "recurrent-ppo"):
             raise LabError(f"--epochs is for --algo ppo or recurrent-ppo, not {self.algo}")
+        if self.target_kl is not None and self.algo not in ("ppo", "recurrent-ppo"):
+            raise LabError(f"--target-kl is for --algo ppo or recurrent-ppo, not {self.algo}")
         if self.algo == "recurrent-ppo" and self.lstm_hidden < 1:
             raise LabError(f"the LSTM's hidden size must be positive, got {self.lstm_hidden}")
 
@@ -165,4 +170,6 @@ class TrainConfig:
             kwargs["batch_size"] = batch
             if self.n_epochs is not None:
                 kwargs["n_epochs"] = self.n_epochs
+            if self.target_kl is not None:
+                kwargs["target_kl"] = self.target_kl
         return kwargs

@@ -344,6 +344,8 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.n_epochs is not None and (isinstance(cfg.n_epochs, bool) or not isinstance(cfg.n_epochs, int)
                                      or cfg.n_epochs <= 0):
         raise LabError(f"--epochs must be a positive whole number, got {cfg.n_epochs!r}")
+    if cfg.target_kl is not None and finite("--target-kl", cfg.target_kl) <= 0:
+        raise LabError(f"--target-kl must be positive, got {cfg.target_kl}")
     if not cfg.net_arch or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in cfg.net_arch):
         raise LabError(f"the hidden layer sizes must be positive whole numbers, got {cfg.net_arch!r}")
     if cfg.save_replay_buffer and cfg.algo != "dqn":

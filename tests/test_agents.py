@@ -173,17 +173,17 @@ def test_transformer_probe_and_steer(agent_runs: Path) -> None:
 
 def test_separate_critic_trains_the_actor_trunk_by_the_policy_gradient_alone(tmp_path: Path) -> None:
     """--separate-critic: a second trunk of the same shape feeds the critic, recorded as critic.<hook>;
-    the value loss leaves the actor's trunk untouched, and --epochs reaches PPO."""
+    the value loss leaves the actor's trunk untouched, and --epochs and --target-kl reach PPO."""
     from rl_lab.adapters import load_sb3
     from rl_lab.record import record_run
     from rl_lab.train import train
 
     train(TrainConfig(env_id=ENV, algo="ppo", policy="transformer", separate_critic=True, n_epochs=2,
-                      total_timesteps=256, n_envs=2, context=3, d_model=16, checkpoint_every=256),
+                      target_kl=0.02, total_timesteps=256, n_envs=2, context=3, d_model=16, checkpoint_every=256),
           tmp_path, name="sep")
     run = _run(tmp_path, "sep")
     model = load_sb3(run, run.latest_checkpoint())
-    assert model.n_epochs == 2
+    assert model.n_epochs == 2 and model.target_kl == 0.02
     policy = model.policy
     cfg = DTModelConfig(obs_dim=11, n_actions=5, context=3, use_rtg=False, d_model=16)
     names = set(policy.hook_modules())
@@ -339,6 +339,8 @@ async def test_tui_shows_both_agents(agent_runs: Path) -> None:
     (["--algo", "ppo", "--separate-critic"], "--separate-critic is for --policy transformer"),
     (["--algo", "a2c", "--epochs", "3"], "--epochs is for --algo ppo or recurrent-ppo"),
     (["--algo", "ppo", "--epochs", "0"], "--epochs"),
+    (["--algo", "a2c", "--target-kl", "0.02"], "--target-kl is for --algo ppo or recurrent-ppo"),
+    (["--algo", "ppo", "--target-kl", "0"], "--target-kl"),
     (["--algo", "ppo", "--ent-coef", "-1"], "--ent-coef"),
 ])
 def test_bad_policy_options_exit_2(argv: list[str], message: str, tmp_path: Path, capsys) -> None:

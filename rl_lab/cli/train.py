@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(recorded as critic.<hook>) instead of sharing the actor's")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="PPO: passes over each rollout (default: SB3's 10)")
+    parser.add_argument("--target-kl", type=positive_float, default=None,
+                        help="PPO: end a rollout's passes early once the approximate KL of the update passes "
+                             "1.5 x this (SB3's target_kl; default: no limit)")
     parser.add_argument("--ent-coef", type=nonnegative_float, default=0.0,
                         help="PPO/A2C: entropy bonus (default: 0)")
     parser.add_argument("--lstm-hidden", type=positive_int, default=64,
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
         checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
-        separate_critic=args.separate_critic, n_epochs=args.epochs, ent_coef=args.ent_coef,
+        separate_critic=args.separate_critic, n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
         device=args.device, save_replay_buffer=args.save_replay_buffer,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")
