@@ -61,6 +61,9 @@ class TrainConfig:
     separate_critic: bool = False
     """Transformer policy: the critic reads its own trunk of the same shape (the actor's trunk is
     then trained by the policy gradient alone) instead of sharing the actor's."""
+    mlp_critic: bool = False
+    """Transformer policy: the critic is SB3's MLP (``net_arch``, Tanh) over the current step's
+    observation, PPO-MLP's critic, instead of a transformer trunk."""
     n_epochs: int | None = None
     """PPO: passes over each rollout; ``None`` keeps SB3's 10."""
     target_kl: float | None = None
@@ -112,6 +115,10 @@ class TrainConfig:
             raise LabError(f"--policy cnn is for --algo {' or '.join(TRANSFORMER_ALGOS)}, not {self.algo}")
         if self.separate_critic and self.policy != "transformer":
             raise LabError("--separate-critic is for --policy transformer (the MLP policy's critic is separate already)")
+        if self.mlp_critic and self.policy != "transformer":
+            raise LabError("--mlp-critic is for --policy transformer (the MLP policy's critic is an MLP already)")
+        if self.mlp_critic and self.separate_critic:
+            raise LabError("--mlp-critic and --separate-critic are two different critics: choose one")
         if self.n_epochs is not None and self.algo not in ("ppo", "recurrent-ppo"):
             raise LabError(f"--epochs is for --algo ppo or recurrent-ppo, not {self.algo}")
         if self.target_kl is not None and self.algo not in ("ppo", "recurrent-ppo"):
@@ -155,6 +162,8 @@ class TrainConfig:
             kwargs["policy_kwargs"] = {"context": self.context, "d_model": self.d_model,
                                        "n_layers": self.n_layers, "n_heads": self.n_heads,
                                        "separate_critic": self.separate_critic}
+            if self.mlp_critic:
+                kwargs["policy_kwargs"].update(mlp_critic=True, critic_arch=list(self.net_arch))
         if self.policy == "cnn":
             from rl_lab.policies import GridCNN  # torch: imported only when a CNN is built
 

@@ -8,8 +8,10 @@ attention) — read at the state token of the current step, after the model's fi
 by two linear heads: SB3's ``action_net`` (the actor) and ``value_net`` (the critic). By default
 actor and critic share the trunk; with ``separate_critic=True`` the critic reads a second
 transformer of the same shape (as SB3's MLP policy has separate actor and critic networks), so the
-actor's trunk is trained by the policy gradient alone. Either way the actor's trunk is BC's
-network: PPO-transformer and BC differ only in their training signal.
+actor's trunk is trained by the policy gradient alone; with ``mlp_critic=True`` the critic is
+instead SB3's MLP critic (``net_arch`` Tanh layers, as PPO-MLP's) over the current step's
+observation, recorded as ``critic.value_net.<i>``. Either way the actor's trunk is BC's network:
+PPO-transformer and BC differ only in their training signal.
 
 The K-step history SB3 must store in its rollout buffer is part of the observation:
 ``HistoryObservation`` wraps every training environment, and ``HistoryStack`` builds the same
@@ -226,6 +228,40 @@ class SeparateTrunks(nn.Module):
         return self.critic._forward(features)
 
 
+class MlpCriticTrunks(nn.Module):
+    """SB3's ``mlp_extractor`` slot: the BC transformer for the actor, and for the critic SB3's MLP
+    critic (Linear/Tanh layers of ``net_arch``) over the current step's observation only."""
+
+    def __init__(self, cfg: DTModelConfig, net_arch: list[int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.actor = TransformerTrunk(cfg)
+        layers: list[nn.Module] = []
+        width = cfg.obs_dim
+        for out in net_arch:
+            linear = nn.Linear(width, out)
+            nn.init.orthogonal_(linear.weight, gain=float(np.sqrt(2)))  # SB3's MLP extractor initialisation
+            nn.init.zeros_(linear.bias)
+            layers += [linear, nn.Tanh()]
+            width = out
+        self.value_net = nn.Sequential(*layers)
+        self.latent_dim_pi, self.latent_dim_vf = cfg.d_model, width
+
+    def _current(self, features: torch.Tensor) -> torch.Tensor:
+        """The current step's observation [B, obs_dim] out of history vectors [B, size] (slot K - 1)."""
+        n, K = self.cfg.obs_dim, self.cfg.context
+        return features[:, (K - 1) * n:K * n]
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor._forward(features), self.value_net(self._current(features))
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        return self.actor._forward(features)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.value_net(self._current(features))
+
+
 class TransformerActorCriticPolicy(ActorCriticPolicy):
     """An SB3 actor-critic policy on the BC transformer (see the module docstring).
 
@@ -241,11 +277,14 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
         K and the transformer's shape, as for BC (``d_mlp = 4 * d_model``).
     separate_critic:
         Give the critic its own trunk of the same shape instead of sharing the actor's.
+    mlp_critic, critic_arch:
+        Give the critic SB3's MLP (``critic_arch`` Tanh layers) over the current observation instead.
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
                  context: int = 10, d_model: int = 64, n_layers: int = 2, n_heads: int = 2,
-                 separate_critic: bool = False, **kwargs: Any) -> None:
+                 separate_critic: bool = False, mlp_critic: bool = False,
+                 critic_arch: list[int] | None = None, **kwargs: Any) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError(f"the transformer policy needs a Discrete action space, not {type(action_space).__name__}")
         size = int(np.prod(observation_space.shape))
@@ -253,6 +292,10 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
             raise ValueError(f"observation of length {size} is not a history vector of {context} steps")
         self.context = context
         self.separate_critic = bool(separate_critic)
+        if mlp_critic and separate_critic:
+            raise ValueError("mlp_critic and separate_critic are two different critics: choose one")
+        self.mlp_critic = bool(mlp_critic)
+        self.critic_arch = list(critic_arch or [64, 64])
         self.model_config = DTModelConfig(
             obs_dim=size // context - 3, n_actions=int(action_space.n), context=context, use_rtg=False,
             d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_mlp=4 * d_model,
@@ -268,7 +311,9 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
         nn.init.zeros_(self.value_net.bias)
 
     def _build_mlp_extractor(self) -> None:
-        if self.separate_critic:
+        if self.mlp_critic:
+            self.mlp_extractor = MlpCriticTrunks(self.model_config, self.critic_arch)
+        elif self.separate_critic:
             self.mlp_extractor = SeparateTrunks(self.model_config)
         else:
             self.mlp_extractor = TransformerTrunk(self.model_config)
@@ -277,13 +322,15 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
     def actor_trunk(self) -> TransformerTrunk:
         """The trunk the actor reads: the network BC's recordings compare with."""
         extractor = self.mlp_extractor
-        return extractor.actor if isinstance(extractor, SeparateTrunks) else extractor  # type: ignore[return-value]
+        return extractor.actor if isinstance(extractor, (SeparateTrunks, MlpCriticTrunks)) \
+            else extractor  # type: ignore[return-value]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(context=self.context, d_model=self.model_config.d_model,
                     n_layers=self.model_config.n_layers, n_heads=self.model_config.n_heads,
-                    separate_critic=self.separate_critic)
+                    separate_critic=self.separate_critic, mlp_critic=self.mlp_critic,
+                    critic_arch=self.critic_arch)
         return data
 
     # ------------------------------------------------------------------ what the recorder uses
@@ -293,10 +340,15 @@ class TransformerActorCriticPolicy(ActorCriticPolicy):
         views: dict[str, nn.Module] = dict(self.actor_trunk.views)
         if isinstance(self.mlp_extractor, SeparateTrunks):
             views.update({f"critic.{name}": view for name, view in self.mlp_extractor.critic.views.items()})
+        if isinstance(self.mlp_extractor, MlpCriticTrunks):
+            views.update({f"critic.value_net.{i}": m for i, m in enumerate(self.mlp_extractor.value_net)})
         return {**views, "action_net": self.action_net, "value_net": self.value_net}
 
     def linear_in(self) -> dict[str, list[str]]:
-        """Labels linear by construction in a hook: the value in the critic head's output."""
+        """Labels linear by construction in a hook: the value in the critic head's output (and, with
+        an MLP critic, in its last layer, which the head reads linearly)."""
+        if self.mlp_critic:
+            return {"value": [f"critic.value_net.{len(self.mlp_extractor.value_net) - 1}", "value_net"]}
         return {"value": ["value_net"]}
 
     def new_history(self) -> HistoryStack:

@@ -203,6 +203,42 @@ def test_separate_critic_trains_the_actor_trunk_by_the_policy_gradient_alone(tmp
         np.testing.assert_allclose(f["acts/value_net"][:, 0], f["labels/value"][:], rtol=1e-5, atol=1e-5)
 
 
+def test_mlp_critic_reads_the_current_observation_only(tmp_path: Path) -> None:
+    """--mlp-critic: the critic is PPO-MLP's 64-64 Tanh MLP over the current observation (earlier steps
+    of the history do not move the value), recorded as critic.value_net.<i>, linear_in names its last
+    layer; the value loss leaves the actor's transformer untouched."""
+    from rl_lab.adapters import load_sb3
+    from rl_lab.record import record_run
+    from rl_lab.train import train
+
+    train(TrainConfig(env_id=ENV, algo="ppo", policy="transformer", mlp_critic=True,
+                      total_timesteps=256, n_envs=2, context=3, d_model=16, checkpoint_every=256),
+          tmp_path, name="mlpc")
+    run = _run(tmp_path, "mlpc")
+    policy = load_sb3(run, run.latest_checkpoint()).policy
+    assert policy.mlp_critic and policy.linear_in() == {"value": ["critic.value_net.3", "value_net"]}
+    h = HistoryStack(11, 3)
+    h.reset(np.full(11, 0.1))
+    h.step(1, np.full(11, 0.9))
+    a = h.step(2, np.full(11, 0.5))
+    h2 = HistoryStack(11, 3)
+    b = h2.reset(np.full(11, 0.5))  # the same current observation after a different history
+    x = torch.as_tensor(np.stack([a, b]))
+    with torch.no_grad():
+        values = policy.predict_values(x)[:, 0]
+        logits = policy.action_net(policy.mlp_extractor.forward_actor(x))
+    assert torch.allclose(values[0], values[1]) and not torch.allclose(logits[0], logits[1])
+    policy.zero_grad()
+    policy.predict_values(x).sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in policy.actor_trunk.parameters())
+    record_run("mlpc", tmp_path, episodes=2, seed=0)
+    (path,) = sorted(run.activations_dir.glob("*.h5"))
+    with h5py.File(path) as f:
+        assert f["acts/critic.value_net.3"].shape[1] == 64 and "blocks.1.hook_resid_post" in f["acts"]
+        assert not any(k.startswith("critic.blocks") for k in f["acts"])
+        np.testing.assert_allclose(f["acts/value_net"][:, 0], f["labels/value"][:], rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- recurrent PPO
 def test_recurrent_run_records_lstm_states(agent_runs: Path) -> None:
     run = _run(agent_runs, "lstm")
@@ -337,6 +373,8 @@ async def test_tui_shows_both_agents(agent_runs: Path) -> None:
     (["--algo", "dqn", "--policy", "transformer"], "--policy transformer is for --algo ppo or a2c"),
     (["--algo", "ppo", "--policy", "transformer", "--d-model", "30", "--heads", "4"], "divisible"),
     (["--algo", "ppo", "--separate-critic"], "--separate-critic is for --policy transformer"),
+    (["--algo", "ppo", "--mlp-critic"], "--mlp-critic is for --policy transformer"),
+    (["--algo", "ppo", "--policy", "transformer", "--mlp-critic", "--separate-critic"], "choose one"),
     (["--algo", "a2c", "--epochs", "3"], "--epochs is for --algo ppo or recurrent-ppo"),
     (["--algo", "ppo", "--epochs", "0"], "--epochs"),
     (["--algo", "a2c", "--target-kl", "0.02"], "--target-kl is for --algo ppo or recurrent-ppo"),

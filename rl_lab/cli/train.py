@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--separate-critic", action="store_true",
                         help="--policy transformer: the critic reads its own trunk of the same shape "
                              "(recorded as critic.<hook>) instead of sharing the actor's")
+    parser.add_argument("--mlp-critic", action="store_true",
+                        help="--policy transformer: the critic is PPO-MLP's (a 64-64 Tanh MLP over the current "
+                             "observation, recorded as critic.value_net.<i>) instead of a transformer trunk")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="PPO: passes over each rollout (default: SB3's 10)")
     parser.add_argument("--target-kl", type=positive_float, default=None,
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
         checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
-        separate_critic=args.separate_critic, n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
+        separate_critic=args.separate_critic, mlp_critic=args.mlp_critic, n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
         device=args.device, save_replay_buffer=args.save_replay_buffer,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")

@@ -58,7 +58,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "steps": "int", "n_envs": "int", "gamma": "float", "learning_rate": "float?", "ent_coef": "float",
     "n_steps": "int?", "batch_size": "int?", "net_arch": "ints", "checkpoint_every": "int", "env_kwargs": "table",
     "policy": "policy", "context": "int", "d_model": "int", "n_layers": "int", "n_heads": "int", "lstm_hidden": "int",
-    "separate_critic": "bool", "n_epochs": "int?", "target_kl": "float?",
+    "separate_critic": "bool", "mlp_critic": "bool", "n_epochs": "int?", "target_kl": "float?",
 }
 """``[stages.train]`` options and their types (``steps`` is ``TrainConfig.total_timesteps``)."""
 
@@ -66,13 +66,13 @@ RECORD_OPTIONS: dict[str, str] = {"episodes": "int", "seed": "int0", "determinis
 """``[stages.record]`` options (arguments of ``rl_lab.record.record_run``)."""
 
 GRID_TRAIN_KEYS = ("learning_rate", "gamma", "ent_coef", "n_steps", "batch_size", "net_arch", "n_envs",
-                   "policy", "context", "d_model", "n_layers", "n_heads", "lstm_hidden", "separate_critic", "n_epochs",
+                   "policy", "context", "d_model", "n_layers", "n_heads", "lstm_hidden", "separate_critic", "mlp_critic", "n_epochs",
                    "target_kl")
 """``TrainConfig`` fields a ``[grid]`` may vary; ``env_kwargs.<name>`` varies an environment option."""
 
 ALIASES = {"learning_rate": "lr", "gamma": "gamma", "ent_coef": "ent", "n_steps": "nsteps",
            "batch_size": "bs", "net_arch": "arch", "n_envs": "nenvs", "policy": "pol", "context": "ctx",
-           "d_model": "dm", "n_layers": "nl", "n_heads": "nh", "lstm_hidden": "lstm", "separate_critic": "sepc",
+           "d_model": "dm", "n_layers": "nl", "n_heads": "nh", "lstm_hidden": "lstm", "separate_critic": "sepc", "mlp_critic": "mlpc",
            "n_epochs": "ep", "target_kl": "kl"}
 """Short names of grid keys inside run names."""
 
