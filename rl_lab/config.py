@@ -121,6 +121,8 @@ class TrainConfig:
             raise LabError("--mlp-critic and --separate-critic are two different critics: choose one")
         if self.n_epochs is not None and self.algo not in ("ppo", "recurrent-ppo"):
             raise LabError(f"--epochs is for --algo ppo or recurrent-ppo, not {self.algo}")
+        if self.batch_size is not None and self.algo == "a2c":
+            raise LabError("--batch-size is for --algo ppo, recurrent-ppo or dqn (A2C updates on the whole rollout)")
         if self.target_kl is not None and self.algo not in ("ppo", "recurrent-ppo"):
             raise LabError(f"--target-kl is for --algo ppo or recurrent-ppo, not {self.algo}")
         if self.algo == "recurrent-ppo" and self.lstm_hidden < 1:

@@ -179,11 +179,11 @@ def test_separate_critic_trains_the_actor_trunk_by_the_policy_gradient_alone(tmp
     from rl_lab.train import train
 
     train(TrainConfig(env_id=ENV, algo="ppo", policy="transformer", separate_critic=True, n_epochs=2,
-                      target_kl=0.02, total_timesteps=256, n_envs=2, context=3, d_model=16, checkpoint_every=256),
+                      target_kl=0.02, batch_size=32, total_timesteps=256, n_envs=2, context=3, d_model=16, checkpoint_every=256),
           tmp_path, name="sep")
     run = _run(tmp_path, "sep")
     model = load_sb3(run, run.latest_checkpoint())
-    assert model.n_epochs == 2 and model.target_kl == 0.02
+    assert model.n_epochs == 2 and model.target_kl == 0.02 and model.batch_size == 32
     policy = model.policy
     cfg = DTModelConfig(obs_dim=11, n_actions=5, context=3, use_rtg=False, d_model=16)
     names = set(policy.hook_modules())
@@ -377,6 +377,7 @@ async def test_tui_shows_both_agents(agent_runs: Path) -> None:
     (["--algo", "ppo", "--policy", "transformer", "--mlp-critic", "--separate-critic"], "choose one"),
     (["--algo", "a2c", "--epochs", "3"], "--epochs is for --algo ppo or recurrent-ppo"),
     (["--algo", "ppo", "--epochs", "0"], "--epochs"),
+    (["--algo", "a2c", "--batch-size", "32"], "--batch-size is for --algo ppo"),
     (["--algo", "a2c", "--target-kl", "0.02"], "--target-kl is for --algo ppo or recurrent-ppo"),
     (["--algo", "ppo", "--target-kl", "0"], "--target-kl"),
     (["--algo", "ppo", "--ent-coef", "-1"], "--ent-coef"),

@@ -65,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dt.add_argument("--from", dest="source", metavar="RUN", default=None,
                     help="the RL run whose checkpoints (plus a random policy) give the offline trajectories")
     dt.add_argument("--context", type=positive_int, default=10, help="K, timesteps of context (default: 10)")
-    dt.add_argument("--batch-size", type=positive_int, default=64, help="windows per step (default: 64)")
+    dt.add_argument("--batch-size", type=positive_int, default=None,
+                    help="dt/bc: windows per step (default: 64); ppo, recurrent-ppo, dqn: minibatch size "
+                         "(default: 64, or less when the rollout does not divide by it)")
     dt.add_argument("--d-model", type=positive_int, default=64, help="residual width (default: 64)")
     dt.add_argument("--layers", type=positive_int, default=2, help="transformer blocks (default: 2)")
     dt.add_argument("--heads", type=positive_int, default=2, help="attention heads (default: 2)")
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
         checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
-        separate_critic=args.separate_critic, mlp_critic=args.mlp_critic, n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
+        separate_critic=args.separate_critic, mlp_critic=args.mlp_critic, batch_size=args.batch_size, n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
         device=args.device, save_replay_buffer=args.save_replay_buffer,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")
@@ -161,7 +163,7 @@ def _run_dt(args: argparse.Namespace) -> int:
         raise LabError(f"--env {args.env} differs from the source run's environment {source.info.get('env_id')}")
     cfg = DTTrainConfig(
         algo=args.algo, source_run=str(args.source), steps=args.steps or DT_STEPS, context=args.context,
-        batch_size=args.batch_size, learning_rate=args.lr if args.lr is not None else 1e-3,
+        batch_size=args.batch_size or 64, learning_rate=args.lr if args.lr is not None else 1e-3,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=4 * args.d_model,
         seed=args.seed, trajectories=args.trajectories, episodes_per_policy=args.episodes_per_policy,
         checkpoint_every=args.checkpoint_every or 500, eval_episodes=max(0, args.eval_episodes),
