@@ -4,9 +4,10 @@
 #
 #   ppo-mlp   PPO, SB3's 64-64 MLP (one observation)                      --algo ppo
 #   ppo-tf    PPO, the BC transformer over the last K steps (same network)  --algo ppo --policy transformer
-#             with its own critic trunk (--separate-critic, as the MLP's critic is separate), lr 1e-4 and
-#             4 epochs per rollout: SB3's MLP settings (lr 3e-4, 10 epochs) make the transformer unstable
-#             (approx. KL 0.3 per update) and it stops improving (docs/results.md)
+#             with its own critic trunk (--separate-critic, as the MLP's critic is separate), lr 1e-4,
+#             4 epochs per rollout and minibatches of 256: SB3's MLP settings (lr 3e-4, 10 epochs, 64)
+#             make the transformer unstable (approx. KL 0.3 per update) and it stops improving; with
+#             minibatches of 64 the KL stays ~0.13 and it stalls near +0.5 (docs/results.md)
 #   rppo      recurrent PPO, an LSTM (memory over the whole episode)        --algo recurrent-ppo
 #   dt, bc    decision transformer / behaviour cloning, trained by supervision on ppo-mlp's
 #             trajectories (every checkpoint plus a random policy)
@@ -73,7 +74,8 @@ train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its checkpoi
       --name "$algo-s$s" --runs-dir "$RUNS"
   done
 }
-train_tf() { train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4; }
+train_tf() { train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4 \
+  --batch-size 256; }
 train_rppo() { train_rl "$1" "rppo-s$1" --algo recurrent-ppo; }
 record_probe() {  # SEED RUN: value-derived labels from the seed's PPO-MLP critic
   local s="$1" run="$2" critic=()
