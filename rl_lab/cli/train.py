@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr, n_envs=args.n_envs, gamma=args.gamma,
         checkpoint_every=checkpoint_every, env_kwargs=env_kwargs, policy=args.policy, context=args.context,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, lstm_hidden=args.lstm_hidden,
-        separate_critic=args.separate_critic, mlp_critic=args.mlp_critic, batch_size=args.batch_size, n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
+        separate_critic=args.separate_critic, mlp_critic=args.mlp_critic, batch_size=args.batch_size,
+        n_epochs=args.epochs, target_kl=args.target_kl, ent_coef=args.ent_coef,
         device=args.device, save_replay_buffer=args.save_replay_buffer,
     )
     progress, close = tqdm_progress(f"train {args.algo} on {env_id}")

@@ -66,14 +66,14 @@ RECORD_OPTIONS: dict[str, str] = {"episodes": "int", "seed": "int0", "determinis
 """``[stages.record]`` options (arguments of ``rl_lab.record.record_run``)."""
 
 GRID_TRAIN_KEYS = ("learning_rate", "gamma", "ent_coef", "n_steps", "batch_size", "net_arch", "n_envs",
-                   "policy", "context", "d_model", "n_layers", "n_heads", "lstm_hidden", "separate_critic", "mlp_critic", "n_epochs",
-                   "target_kl")
+                   "policy", "context", "d_model", "n_layers", "n_heads", "lstm_hidden", "separate_critic", "mlp_critic",
+                   "n_epochs", "target_kl")
 """``TrainConfig`` fields a ``[grid]`` may vary; ``env_kwargs.<name>`` varies an environment option."""
 
 ALIASES = {"learning_rate": "lr", "gamma": "gamma", "ent_coef": "ent", "n_steps": "nsteps",
            "batch_size": "bs", "net_arch": "arch", "n_envs": "nenvs", "policy": "pol", "context": "ctx",
-           "d_model": "dm", "n_layers": "nl", "n_heads": "nh", "lstm_hidden": "lstm", "separate_critic": "sepc", "mlp_critic": "mlpc",
-           "n_epochs": "ep", "target_kl": "kl"}
+           "d_model": "dm", "n_layers": "nl", "n_heads": "nh", "lstm_hidden": "lstm", "separate_critic": "sepc",
+           "mlp_critic": "mlpc", "n_epochs": "ep", "target_kl": "kl"}
 """Short names of grid keys inside run names."""
 
 PROBE_FIXED = ("path", "out_json", "weights_path")
