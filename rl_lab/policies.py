@@ -249,8 +249,7 @@ class MlpCriticTrunks(nn.Module):
 
     def _current(self, features: torch.Tensor) -> torch.Tensor:
         """The current step's observation [B, obs_dim] out of history vectors [B, size] (slot K - 1)."""
-        n, K = self.cfg.obs_dim, self.cfg.context
-        return features[:, (K - 1) * n:K * n]
+        return split_history(features, self.cfg.obs_dim, self.cfg.context)[0][:, -1]
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor._forward(features), self.value_net(self._current(features))
