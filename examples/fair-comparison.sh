@@ -106,6 +106,11 @@ else
   done
 fi
 
+rl_names=()
+for s in $SEEDS; do rl_names+=("ppo-mlp-s$s" "ppo-tf-s$s" "rppo-s$s"); done
+echo "== competence: the RL agents' training return at equal environment steps =="
+rl-lab curves "${rl_names[@]}" --group-by agent --runs-dir "$RUNS"
+echo
 echo "== every agent's best hook, grouped by agent (ppo, ppo-transformer, recurrent-ppo, dt, bc) =="
 rl-lab compare "${names[@]}" --group-by agent --runs-dir "$RUNS"
 echo
