@@ -26,7 +26,8 @@ from rl_lab.runs import Run, RunStore
 METRIC = "episode_return"
 """The ``metrics.jsonl`` key the curves read: mean return of the last 100 training episodes."""
 DEFAULT_MARKS = 10
-"""Marks when none are given: this many, evenly spaced up to the longest run's last logged step."""
+"""Marks when none are given: this many, evenly spaced up to the longest run's last logged step
+(those before every run's first log left out; the last step alone if that leaves none)."""
 _STEP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 
 
@@ -119,7 +120,11 @@ def curves(run_names: Sequence[str], runs_dir: Any = None, marks: Sequence[int] 
     if len(envs) > 1:
         raise LabError(f"the runs are in different environments ({', '.join(envs)}), whose returns are not "
                        "comparable: name runs of one environment")
-    chosen = list(marks) if marks else default_marks(max(r["last_step"] for r in rows))
+    if marks:
+        chosen = list(marks)
+    else:  # the default marks a run can have a value at: none before the earliest first log
+        longest, first = max(r["last_step"] for r in rows), min(r["points"][0][0] for r in rows)
+        chosen = [m for m in default_marks(longest) if m >= first] or [longest]
     for r in rows:
         r["values"] = [value_at(r["points"], m) for m in chosen]
         if r["status"] != "done":

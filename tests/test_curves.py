@@ -94,6 +94,10 @@ def test_cli_on_a_real_run(tiny_run: tuple[Path, str], capsys: pytest.CaptureFix
     assert main(["curves", name, "--runs-dir", str(runs_dir)]) == 0
     out = capsys.readouterr().out
     assert name in out and "training return" in out
+    assert main(["curves", name, "--json", "--runs-dir", str(runs_dir)]) == 0
+    default = json.loads(capsys.readouterr().out)  # default marks: none before the first log
+    assert default["marks"] and min(default["marks"]) >= logged[0]["step"]
+    assert all(v is not None for v in default["runs"][0]["values"])
     assert main(["curves", name, "--at", "1.5x", "--runs-dir", str(runs_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad step" in err
