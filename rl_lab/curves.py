@@ -168,21 +168,23 @@ def format_table(doc: dict[str, Any]) -> str:
     marks = doc["marks"]
     name_width = max([len("group / run")] + [len(g) for g in doc["groups"]]
                      + [len(r["name"]) + 2 for r in doc["runs"]])
-    width = 12
+
+    def group_cell(cell: dict[str, Any] | None) -> str:
+        if cell is None:
+            return "-"
+        if cell["ci"] is None:
+            return f"{cell['mean']:+.2f}"
+        return f"{cell['mean']:+.2f}±{(cell['ci'][1] - cell['ci'][0]) / 2:.2f}"
+
+    grid = {g: [group_cell(c) for c in group["cells"]] for g, group in doc["groups"].items()}
+    width = 2 + max([10] + [len(text) for cells in grid.values() for text in cells])
     lines = [f"training return ({doc['metric']}: mean of the last 100 training episodes) at equal environment "
              f"steps, {doc['env_id']}; groups by {doc['group_by']}: mean ± 95% t-interval across runs",
              f"{'group / run':<{name_width}}  " + "".join(f"{_step_text(m):>{width}}" for m in marks)]
     lines.append("-" * len(lines[-1]))
     for g, group in doc["groups"].items():
-        cells = []
-        for cell in group["cells"]:
-            if cell is None:
-                cells.append(f"{'-':>{width}}")
-            elif cell["ci"] is None:
-                cells.append(f"{cell['mean']:>+{width}.2f}")
-            else:
-                cells.append(f"{cell['mean']:+.2f}±{(cell['ci'][1] - cell['ci'][0]) / 2:.2f}".rjust(width))
-        lines.append(f"{g:<{name_width}}  " + "".join(cells) + f"   (n={len(group['runs'])})")
+        lines.append(f"{g:<{name_width}}  " + "".join(text.rjust(width) for text in grid[g])
+                     + f"   (n={len(group['runs'])})")
         for r in doc["runs"]:
             if r["group"] != g:
                 continue
