@@ -33,7 +33,8 @@
 # the end of a session) resumes from its last checkpoint: a budget where the agents are competent
 # (RL_STEPS=1600000: the PPO-transformer and recurrent PPO take ~2 h each per seed on one core, ~25
 # core-hours for five seeds) can be run over several sittings by rerunning the same command.
-# docs/results.md has the table this produced and the budget's limits.
+# docs/results.md has the table this produced and the budget's limits (at RL_STEPS=1600000 the DT
+# reaches 83-87% of its best source policy on seed 0, whatever its training settings).
 # A smoke test of the whole pipeline (a minute or two):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
