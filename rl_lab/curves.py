@@ -20,6 +20,7 @@ import re
 from typing import Any, Sequence
 
 from rl_lab.compare import group_key, seed_interval
+from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, RunStore
 
@@ -107,7 +108,7 @@ def curves(run_names: Sequence[str], runs_dir: Any = None, marks: Sequence[int] 
         points = run_curve(run)
         if not points:
             algo = run.info.get("algo")
-            why = "trained by supervision: its competence is its eval.json" if algo in ("dt", "bc") \
+            why = "trained by supervision: its competence is its eval.json" if algo in DT_ALGOS \
                 else f"no {METRIC} logged yet"
             notes.append(f"run {run.name}: no training-return curve ({why})")
             continue
