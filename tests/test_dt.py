@@ -296,6 +296,35 @@ def test_cli_trains_bc_on_the_same_trajectories(dt_runs: tuple[Path, str, str], 
 
 
 @pytest.mark.slow
+def test_cli_source_checkpoints(dt_runs: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--source-checkpoints collects from only the named checkpoints (plus the random policy); a
+    step the run does not have, or a file collected from other policies, is one line and exit 2,
+    before any run is created."""
+    from rl_lab.cli import main
+    from rl_lab.dt.trajectories import Trajectories
+    from rl_lab.runs import RunStore
+
+    runs_dir, _, _ = dt_runs
+    common = ["--algo", "bc", "--from", "tiny", "--steps", "2", "--context", "3", "--d-model", "16",
+              "--batch-size", "8", "--eval-episodes", "0", "--episodes-per-policy", "2", "--runs-dir", str(runs_dir)]
+    assert main(["train", *common, "--source-checkpoints", "latest", "--trajectories", "last",
+                 "--name", "bc-last"]) == 0
+    data = Trajectories.load(runs_dir / "tiny" / "trajectories" / "last.h5")
+    assert data.attrs["policies"] == ["step_000001024", "random"]
+    assert RunStore(runs_dir).get("bc-last").info["config"]["source_checkpoints"] == ["latest"]
+    capsys.readouterr()
+    for option, message in ((["--source-checkpoints", "700", "--trajectories", "x"], "no checkpoint at step 700"),
+                            (["--source-checkpoints", "512", "--trajectories", "last"], "was collected from"),
+                            (["--source-checkpoints", "12k"], "is not a training step")):
+        assert main(["train", *common, *option, "--name", "bc-refused"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (runs_dir / "bc-refused").exists()
+    assert main(["train", "--algo", "ppo", "--source-checkpoints", "latest", "--runs-dir", str(runs_dir)]) == 2
+    assert "--source-checkpoints is for --algo dt or bc" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_cli_evaluate_calibration_curve(dt_runs: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
     from rl_lab.cli import main
 

@@ -73,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dt.add_argument("--heads", type=positive_int, default=2, help="attention heads (default: 2)")
     dt.add_argument("--trajectories", default="default", metavar="NAME",
                     help="trajectory file RUN/trajectories/NAME.h5, collected if missing (default: default)")
+    dt.add_argument("--source-checkpoints", default=None, metavar="STEPS",
+                    help="collect from only these checkpoints of the --from run: comma-separated training steps "
+                         "or latest, e.g. latest or 800000,1600000 (default: every checkpoint); name the file "
+                         "with --trajectories")
     dt.add_argument("--episodes-per-policy", type=positive_int, default=20,
                     help="episodes per source checkpoint when collecting (default: 20)")
     dt.add_argument("--eval-episodes", type=nonnegative_int, default=5,
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_dt(args)
     if args.source is not None:
         raise LabError(f"--from is for --algo dt or bc, not {args.algo}")
+    if args.source_checkpoints is not None:
+        raise LabError(f"--source-checkpoints is for --algo dt or bc, not {args.algo}")
     if args.resume is not None and args.name is not None:
         raise LabError("--name names a new run; --resume continues RUN under its own name")
     env_id = args.env or "lab/Forage-v0"
@@ -153,6 +159,11 @@ def _run_dt(args: argparse.Namespace) -> int:
     from probes.layout import safe_component
 
     safe_component(args.trajectories, "trajectories name")
+    source_checkpoints = None
+    if args.source_checkpoints is not None:
+        from rl_lab.dt.trajectories import parse_checkpoint_steps
+
+        source_checkpoints = parse_checkpoint_steps(args.source_checkpoints)
     if args.name is not None:
         from rl_lab.runs import check_run_name
 
@@ -167,6 +178,7 @@ def _run_dt(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or 64, learning_rate=args.lr if args.lr is not None else 1e-3,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=4 * args.d_model,
         seed=args.seed, trajectories=args.trajectories, episodes_per_policy=args.episodes_per_policy,
+        source_checkpoints=source_checkpoints,
         checkpoint_every=args.checkpoint_every or 500, eval_episodes=max(0, args.eval_episodes),
         patience=args.patience, restore_best=args.patience > 0, device=args.device,
     )

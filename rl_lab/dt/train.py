@@ -72,6 +72,8 @@ class DTTrainConfig:
     """Episodes per source policy when the trajectory file has to be collected."""
     max_checkpoints: int | None = None
     """At most this many source checkpoints when collecting (default: all)."""
+    source_checkpoints: list[str] | None = None
+    """Only these source checkpoints (training steps, or ``latest``) when collecting (default: all)."""
     checkpoint_every: int = 500
     """Save a checkpoint every this many steps (and always at the end)."""
     log_every: int = 50
@@ -183,7 +185,8 @@ def train_dt(
     cfg.env_kwargs = dict(src_cfg.get("env_kwargs") or {})
     cfg.gamma = float(src_cfg.get("gamma", 0.99))
     traj_path = collect(source, cfg.trajectories, episodes_per_policy=cfg.episodes_per_policy, seed=0,
-                        max_checkpoints=cfg.max_checkpoints, progress=collect_progress)
+                        max_checkpoints=cfg.max_checkpoints, progress=collect_progress,
+                        checkpoints=cfg.source_checkpoints)
     data = Trajectories.load(traj_path)
     mcfg = model_config_for(cfg, data)
     env_id = source.info.get("env_id")

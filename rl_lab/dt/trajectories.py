@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import h5py
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 from rl_lab.adapters import load_sb3
 from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
-from rl_lab.runs import Run
+from rl_lab.runs import Run, checkpoint_step
 from rl_lab.train import ProgressFn, make_env
 
 RANDOM_POLICY = "random"
@@ -52,6 +52,35 @@ def _rollout(env: Any, act: Callable[[np.ndarray], int], seed: int) -> tuple[np.
             np.asarray(buf_rew, dtype=np.float32), bool(terminated))
 
 
+def parse_checkpoint_steps(text: str) -> list[str]:
+    """``"latest,800000"`` -> ``["latest", "800000"]``: source checkpoints named by training step or
+    ``latest``; each once, in the order given."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise LabError("--source-checkpoints names no checkpoint: give training steps such as 800000,1600000 "
+                       "or latest")
+    for part in parts:
+        if part != "latest" and not part.isdigit():
+            raise LabError(f"--source-checkpoints: {part!r} is not a training step (a whole number) or latest")
+    return list(dict.fromkeys(parts))
+
+
+def select_checkpoints(source: Run, steps: Sequence[str]) -> list[Path]:
+    """The source run's checkpoint files at ``steps`` (training steps, or ``latest``), oldest first."""
+    ckpts = source.checkpoints()
+    if not ckpts:
+        raise LabError(f"run {source.name!r} has no checkpoint; train it first (rl-lab train)")
+    by_step = {checkpoint_step(c): c for c in ckpts}
+    chosen: dict[int, Path] = {}
+    for spec in steps:
+        step = checkpoint_step(ckpts[-1]) if spec == "latest" else int(spec)
+        if step not in by_step:
+            known = ", ".join(str(s) for s in sorted(by_step))
+            raise LabError(f"run {source.name!r} has no checkpoint at step {step} (its checkpoints: {known})")
+        chosen[step] = by_step[step]
+    return [chosen[s] for s in sorted(chosen)]
+
+
 def collect(
     source: Run,
     name: str = "default",
@@ -61,6 +90,7 @@ def collect(
     max_checkpoints: int | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    checkpoints: Sequence[str] | None = None,
 ) -> Path:
     """Roll out the source run's checkpoints (+ a random policy) into an HDF5 trajectory file.
 
@@ -83,14 +113,29 @@ def collect(
         Replace an existing file instead of returning it unchanged.
     progress:
         Called as ``progress(policies_done, policies)``.
+    checkpoints:
+        Only these checkpoints (training steps, or ``latest``) instead of every one; an existing
+        file of that name must have been collected from exactly them (and the random policy).
     """
     out = source.trajectories_path(name)
-    if out.exists() and not overwrite:
-        return out
     algo = source.info.get("algo")
     if algo in DT_ALGOS:
         raise LabError(f"run {source.name!r} is a {algo} run; collect trajectories from an RL (ppo/a2c/dqn) run")
-    ckpts = source.checkpoints()
+    if checkpoints is not None:
+        ckpts = select_checkpoints(source, checkpoints)
+        if out.exists() and not overwrite:
+            expected = [c.stem for c in ckpts] + ([RANDOM_POLICY] if include_random else [])
+            with h5py.File(out, "r") as f:
+                found = json.loads(f.attrs.get("policies", "[]"))
+            if found != expected:
+                raise LabError(f"trajectory file {out.name} of run {source.name!r} was collected from "
+                               f"{', '.join(found) or 'no policy'}, not {', '.join(expected)}: choose another "
+                               "--trajectories name")
+            return out
+    elif out.exists() and not overwrite:
+        return out
+    else:
+        ckpts = source.checkpoints()
     if not ckpts:
         raise LabError(f"run {source.name!r} has no checkpoint; train it first (rl-lab train)")
     if max_checkpoints is not None and len(ckpts) > max_checkpoints:
