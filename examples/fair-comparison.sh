@@ -24,7 +24,9 @@
 # (100 per source checkpoint: at 20 the DT overfits in ~200 steps, barely follows its return target
 # and the "best source policy" is the luckiest of eleven 20-episode means; docs/results.md),
 # EVAL_EPISODES (20 per return target for the DT's eval.json), EPISODES (30 recorded, environment
-# seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers), JOBS (1:
+# seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers), DT_SOURCE
+# (empty: DT and BC learn from every PPO-MLP checkpoint; e.g. "latest" for the final policy only,
+# always with the random policy: --source-checkpoints), JOBS (1:
 # how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
 # (the transformer PPO ~10 of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
 # training (each seed's recurrent PPO, PPO-transformer, and PPO-MLP followed by its DT and BC), the
@@ -47,6 +49,7 @@ TRAJ_EPISODES="${TRAJ_EPISODES:-100}"
 EVAL_EPISODES="${EVAL_EPISODES:-20}"
 EPISODES="${EPISODES:-30}"
 CONTEXT="${CONTEXT:-10}"
+DT_SOURCE="${DT_SOURCE:-}"
 LABELS="${LABELS:-value,td_error,prev_td_error,hope,fear,surprise,prev_surprise,joy,prev_joy,distress,prev_distress,mood,arousal,reward,prev_reward,return_to_go,hunger,thirst,threat,distance_to_threat}"
 CKPT_EVERY=$(( RL_STEPS / 10 > 0 ? RL_STEPS / 10 : 1 ))
 
@@ -68,9 +71,11 @@ train_rl() {  # SEED NAME ARGS...: an RL agent at the shared budget; an unfinish
 train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its checkpoints' trajectories
   local s="$1"
   train_rl "$s" "ppo-mlp-s$s" --algo ppo
+  local source=() traj="ep$TRAJ_EPISODES"
+  if [ -n "$DT_SOURCE" ]; then source=(--source-checkpoints "$DT_SOURCE"); traj="$traj-${DT_SOURCE//,/-}"; fi
   for algo in dt bc; do
     done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
-      --context "$CONTEXT" --episodes-per-policy "$TRAJ_EPISODES" --trajectories "ep$TRAJ_EPISODES" \
+      --context "$CONTEXT" --episodes-per-policy "$TRAJ_EPISODES" --trajectories "$traj" "${source[@]}" \
       --eval-episodes "$EVAL_EPISODES" \
       --name "$algo-s$s" --runs-dir "$RUNS"
   done
