@@ -60,7 +60,7 @@ def parse_checkpoint_steps(text: str) -> list[str]:
         raise LabError("--source-checkpoints names no checkpoint: give training steps such as 800000,1600000 "
                        "or latest")
     for part in parts:
-        if part != "latest" and not part.isdigit():
+        if part != "latest" and not (part.isascii() and part.isdigit()):
             raise LabError(f"--source-checkpoints: {part!r} is not a training step (a whole number) or latest")
     return list(dict.fromkeys(parts))
 
