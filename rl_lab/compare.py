@@ -214,10 +214,7 @@ def compare(
     if not run_names:
         raise LabError("name at least one run to compare")
     store = RunStore(runs_dir)
-    runs = [store.get(name) for name in run_names]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise LabError("a run is named twice; name each run once")
+    runs = store.get_distinct(run_names)
     per_run: list[dict[str, Any]] = []
     notes: list[str] = []
     for run in runs:

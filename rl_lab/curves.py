@@ -97,11 +97,7 @@ def curves(run_names: Sequence[str], runs_dir: Any = None, marks: Sequence[int] 
     """
     if not run_names:
         raise LabError("name at least one run")
-    store = RunStore(runs_dir)
-    runs = [store.get(name) for name in run_names]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise LabError("a run is named twice; name each run once")
+    runs = RunStore(runs_dir).get_distinct(run_names)
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     for run in runs:

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from probes.layout import (
     CHECKPOINT_SUFFIXES,
@@ -624,6 +624,14 @@ class RunStore:
         if not path.is_dir():
             raise LabError(f"no run named {name!r} in {self.root}")
         return Run(path, read_run_json(path))
+
+    def get_distinct(self, names_or_paths: Sequence[str | Path]) -> list[Run]:
+        """The runs named (names or directories, as :meth:`get`), refusing one named twice."""
+        runs = [self.get(name) for name in names_or_paths]
+        names = [r.name for r in runs]
+        if len(set(names)) != len(names):
+            raise LabError("a run is named twice; name each run once")
+        return runs
 
     def list(self) -> list[Run]:
         """Every run directory, newest first; unreadable ones appear with status ``failed``
