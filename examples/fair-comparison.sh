@@ -29,8 +29,9 @@
 # always with the random policy: --source-checkpoints), JOBS (1:
 # how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
 # (the transformer PPO ~10 of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
-# training (each seed's recurrent PPO, PPO-transformer, and PPO-MLP followed by its DT and BC), the
-# longest first, two at a time; then every recording and probe, two at a time; then the comparison.
+# training, two at a time, seed by seed (its recurrent PPO, PPO-transformer, and PPO-MLP followed by
+# its DT and BC), so that a budget run over several sittings completes whole seeds one after another;
+# then every recording and probe, two at a time; then the comparison.
 # Finished stages are skipped on a rerun, and an RL agent whose training was cut (a killed process,
 # the end of a session) resumes from its last checkpoint: a budget where the agents are competent
 # (RL_STEPS=1600000: the PPO-transformer and recurrent PPO take ~2 h each per seed on one core, ~25
@@ -102,8 +103,7 @@ for s in $SEEDS; do
 done
 if [ "${JOBS:-1}" -gt 1 ]; then
   run_jobs() { xargs -P "$JOBS" -I{} env FAIR_JOB={} bash "$0" "$RUNS"; }
-  { for s in $SEEDS; do echo "train_rppo $s"; echo "train_tf $s"; done
-    for s in $SEEDS; do echo "train_mlp_chain $s"; done; } | run_jobs
+  for s in $SEEDS; do echo "train_rppo $s"; echo "train_tf $s"; echo "train_mlp_chain $s"; done | run_jobs
   for s in $SEEDS; do for run in $(agents "$s"); do echo "record_probe $s $run"; done; done | run_jobs
 else
   for s in $SEEDS; do
