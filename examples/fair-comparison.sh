@@ -20,13 +20,15 @@
 #   bash examples/fair-comparison.sh [RUNS_DIR]          # default: runs/fair-comparison
 #
 # Budget (environment knobs): SEEDS ("0 1 2 3 4"), RL_STEPS (150000 environment steps for each RL
-# agent), DT_STEPS (4000 gradient steps at most, early stopping on held-out loss), TRAJ_EPISODES
-# (100 per source checkpoint: at 20 the DT overfits in ~200 steps, barely follows its return target
-# and the "best source policy" is the luckiest of eleven 20-episode means; docs/results.md),
-# EVAL_EPISODES (20 per return target for the DT's eval.json), EPISODES (30 recorded, environment
-# seeds from 1000 + seed: not the training seeds), CONTEXT (10, K of the transformers), DT_SOURCE
-# (empty: DT and BC learn from every PPO-MLP checkpoint; e.g. "latest" for the final policy only,
-# always with the random policy: --source-checkpoints), JOBS (1:
+# agent), DT_STEPS (4000 gradient steps at most, early stopping on held-out loss), DT_SOURCE and
+# DT_EPISODES (the DT's source checkpoints, "latest", and episodes per source policy, 500),
+# BC_SOURCE and TRAJ_EPISODES (BC's: empty = every checkpoint, and 100 per source policy: at 20 the
+# DT overfits in ~200 steps, barely follows its return target and the "best source policy" is the
+# luckiest of eleven 20-episode means; docs/results.md; both always with the random policy,
+# --source-checkpoints), EVAL_EPISODES (50 per return target for eval.json: the DT's achieved
+# return at its best target is the test of "a good actor", and 20 episodes leave it ±10%),
+# EPISODES (30 recorded, environment seeds from 1000 + seed: not the training seeds), CONTEXT (10,
+# K of the transformers), JOBS (1:
 # how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
 # (the transformer PPO ~10 of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
 # training, two at a time, seed by seed (its recurrent PPO, PPO-transformer, and PPO-MLP followed by
@@ -36,10 +38,10 @@
 # the end of a session) resumes from its last checkpoint: a budget where the agents are competent
 # (RL_STEPS=1600000: the PPO-transformer and recurrent PPO take ~2 h each per seed on one core, ~25
 # core-hours for five seeds) can be run over several sittings by rerunning the same command.
-# docs/results.md has the table this produced and the budget's limits (at RL_STEPS=1600000 the DT
-# reaches 83-87% of its best source policy on seed 0, whatever its training settings).
+# docs/results.md has the table this produced and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
-#   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 EPISODES=3 bash examples/fair-comparison.sh /tmp/fair
+#   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 DT_EPISODES=2 EVAL_EPISODES=3 EPISODES=3 \
+#     bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
 
 RUNS="${1:-runs/fair-comparison}"
@@ -47,10 +49,12 @@ SEEDS="${SEEDS:-0 1 2 3 4}"
 RL_STEPS="${RL_STEPS:-150000}"
 DT_STEPS="${DT_STEPS:-4000}"
 TRAJ_EPISODES="${TRAJ_EPISODES:-100}"
-EVAL_EPISODES="${EVAL_EPISODES:-20}"
+DT_EPISODES="${DT_EPISODES:-500}"
+EVAL_EPISODES="${EVAL_EPISODES:-50}"
 EPISODES="${EPISODES:-30}"
 CONTEXT="${CONTEXT:-10}"
-DT_SOURCE="${DT_SOURCE:-}"
+DT_SOURCE="${DT_SOURCE-latest}"  # set but empty: every checkpoint
+BC_SOURCE="${BC_SOURCE:-}"
 LABELS="${LABELS:-value,td_error,prev_td_error,hope,fear,surprise,prev_surprise,joy,prev_joy,distress,prev_distress,mood,arousal,reward,prev_reward,return_to_go,hunger,thirst,threat,distance_to_threat}"
 CKPT_EVERY=$(( RL_STEPS / 10 > 0 ? RL_STEPS / 10 : 1 ))
 
@@ -69,17 +73,18 @@ train_rl() {  # SEED NAME ARGS...: an RL agent at the shared budget; an unfinish
   fi
 }
 
-train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its checkpoints' trajectories
+train_supervised() {  # SEED ALGO SOURCE EPISODES: a DT or BC on trajectories of the seed's PPO-MLP
+  local s="$1" algo="$2" checkpoints="$3" episodes="$4" source=() traj="ep$4"
+  if [ -n "$checkpoints" ]; then source=(--source-checkpoints "$checkpoints"); traj="$traj-${checkpoints//,/-}"; fi
+  done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
+    --context "$CONTEXT" --episodes-per-policy "$episodes" --trajectories "$traj" "${source[@]}" \
+    --eval-episodes "$EVAL_EPISODES" --name "$algo-s$s" --runs-dir "$RUNS"
+}
+train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its trajectories
   local s="$1"
   train_rl "$s" "ppo-mlp-s$s" --algo ppo
-  local source=() traj="ep$TRAJ_EPISODES"
-  if [ -n "$DT_SOURCE" ]; then source=(--source-checkpoints "$DT_SOURCE"); traj="$traj-${DT_SOURCE//,/-}"; fi
-  for algo in dt bc; do
-    done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
-      --context "$CONTEXT" --episodes-per-policy "$TRAJ_EPISODES" --trajectories "$traj" "${source[@]}" \
-      --eval-episodes "$EVAL_EPISODES" \
-      --name "$algo-s$s" --runs-dir "$RUNS"
-  done
+  train_supervised "$s" dt "$DT_SOURCE" "$DT_EPISODES"
+  train_supervised "$s" bc "$BC_SOURCE" "$TRAJ_EPISODES"
 }
 train_tf() { train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4 \
   --batch-size 256; }
