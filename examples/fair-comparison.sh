@@ -38,7 +38,8 @@
 # the end of a session) resumes from its last checkpoint: a budget where the agents are competent
 # (RL_STEPS=1600000: the PPO-transformer and recurrent PPO take ~2 h each per seed on one core, ~25
 # core-hours for five seeds) can be run over several sittings by rerunning the same command.
-# docs/results.md has the table this produced and the budget's limits.
+# docs/results.md has the tables this produced (the script ends by printing them:
+# examples/fair_comparison_tables.py RUNS) and the budget's limits.
 # A smoke test of the whole pipeline (a minute or two):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 DT_EPISODES=2 EVAL_EPISODES=3 EPISODES=3 \
 #     bash examples/fair-comparison.sh /tmp/fair
@@ -134,3 +135,6 @@ ppo_tf_bc=()
 for s in $SEEDS; do ppo_tf_bc+=("ppo-tf-s$s" "bc-s$s" "dt-s$s"); done
 rl-lab compare "${ppo_tf_bc[@]}" --group-by agent --hooks 'blocks.*' \
   --contrast ppo-transformer:bc --contrast ppo-transformer:dt --runs-dir "$RUNS"
+echo
+echo "== the tables of docs/results.md, from the comparisons above and the DT's and BC's eval.json =="
+python "$(dirname "$0")/fair_comparison_tables.py" "$RUNS"
