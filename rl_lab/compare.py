@@ -14,8 +14,9 @@ t-interval across runs — what training added.
 restricts the hooks a run's best score is taken over — e.g. the PPO actor only, leaving out
 the critic that was trained to predict value, beside the decision transformer's blocks.
 
-Runs are grouped (by ``algo``, or any ``run.json`` key with ``group_by``, dotted for nested
-keys, e.g. ``config.env_kwargs.interoception``); each group's score per label is the mean over
+Runs are grouped (by ``agent`` — the algorithm and its network, so PPO-MLP and PPO-transformer
+are never pooled — or any ``run.json`` key with ``group_by``, dotted for nested keys, e.g.
+``algo`` or ``config.env_kwargs.interoception``); each group's score per label is the mean over
 its runs (seeds) with a 95% t-interval across them.
 
 ``contrasts`` (pairs of groups, e.g. ``("ppo-transformer", "bc")``) answer the lab's question
@@ -47,6 +48,7 @@ from probes.layout import RunsDirLayout
 from probes.linear import best_hook, probe_file
 from probes.results import ProbeRecord, ProbeResults, read_probe_results
 from probes.stats import holm, paired_t, t_interval
+from rl_lab.config import agent_name
 from rl_lab.errors import LabError
 from rl_lab.labels import default_derived_from, is_readout
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
@@ -90,7 +92,11 @@ def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None)
 
 
 def group_key(run: Run, group_by: str) -> str:
-    """The run's group: ``run.json[group_by]`` (dotted path for nested keys)."""
+    """The run's group: ``run.json[group_by]`` (dotted path for nested keys). ``agent`` of a run
+    written before ``run.json`` had it is named from its ``algo`` and ``config.policy``."""
+    if group_by == "agent" and "agent" not in run.info and isinstance(run.info.get("algo"), str):
+        config = run.info.get("config")
+        return agent_name(run.info["algo"], config.get("policy") if isinstance(config, dict) else None)
     value: Any = run.info
     for part in group_by.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -198,7 +204,7 @@ def compare(
     run_names: Sequence[str],
     runs_dir: Path | str | None = None,
     labels: Sequence[str] | None = None,
-    group_by: str = "algo",
+    group_by: str = "agent",
     random_baseline: bool = True,
     write: bool = True,
     hooks: Sequence[str] | None = None,

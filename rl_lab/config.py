@@ -12,6 +12,12 @@ SB3_ALGOS = ("ppo", "a2c", "dqn", "recurrent-ppo")
 """Algorithms trained by stable-baselines3 (``rl_lab.train``); ``recurrent-ppo`` is sb3-contrib's
 ``RecurrentPPO`` with an LSTM policy (``MlpLstmPolicy``)."""
 POLICIES = ("mlp", "transformer", "cnn")
+
+
+def agent_name(algo: str, policy: str | None) -> str:
+    """The algorithm and its network in one name: ``ppo`` (the MLP), ``ppo-transformer``, ``ppo-cnn``,
+    ``recurrent-ppo``, ``dt``. Runs of one algorithm with different networks never share a name."""
+    return algo + (f"-{policy}" if policy in ("transformer", "cnn") else "")
 """Policy networks for ``ppo``/``a2c``: SB3's MLP, the BC transformer trunk, or a small CNN on image
 observations (``rl_lab.policies.GridCNN``) under SB3's MLP heads."""
 TRANSFORMER_ALGOS = ("ppo", "a2c")
@@ -94,9 +100,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def agent(self) -> str:
-        """The algorithm and network in one name (``run.json`` ``agent``; ``rl-lab compare --group-by
-        agent`` tells PPO-MLP from PPO-transformer): ``ppo``, ``ppo-transformer``, ``recurrent-ppo``."""
-        return self.algo + (f"-{self.policy}" if self.policy in ("transformer", "cnn") else "")
+        """The algorithm and network in one name (``run.json`` ``agent``, by which ``rl-lab compare``
+        and ``rl-lab curves`` group): ``ppo``, ``ppo-transformer``, ``recurrent-ppo``."""
+        return agent_name(self.algo, self.policy)
 
     def check_policy(self) -> None:
         """Raise LabError unless the policy type, the algorithm and the transformer's shape fit."""

@@ -88,7 +88,7 @@ def value_at(points: Sequence[tuple[int, float]], mark: int) -> float | None:
 
 
 def curves(run_names: Sequence[str], runs_dir: Any = None, marks: Sequence[int] | None = None,
-           group_by: str = "algo") -> dict[str, Any]:
+           group_by: str = "agent") -> dict[str, Any]:
     """Every named RL run's training return at each mark, and each group's mean across its runs.
 
     Returns a JSON-ready document: ``marks``; ``runs`` (name, group, seed, last step, one value per

@@ -121,6 +121,20 @@ def test_compare_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert "hunger" in out and "written to" in out and "what training added" in out
 
 
+def test_compare_never_pools_two_networks_of_one_algorithm(tmp_path: Path) -> None:
+    """By default runs group by ``agent``: PPO-MLP and PPO-transformer stay apart, also for runs
+    written before run.json had ``agent`` (named from algo and config.policy); ``algo`` pools them."""
+    store = RunStore(tmp_path)
+    for s in range(2):
+        _make_run(store, f"mlp{s}", "ppo", s, {"hunger": 0.6})  # old run.json: no agent, no config
+        _make_run(store, f"tf{s}", "ppo", s, {"hunger": 0.2})
+        store.get(f"tf{s}").update(config={"policy": "transformer"})  # old run.json: the policy in its config only
+    names = ["mlp0", "mlp1", "tf0", "tf1"]
+    cells = compare(names, tmp_path, write=False)["table"]["hunger"]["groups"]
+    assert cells["ppo"]["runs"] == ["mlp0", "mlp1"] and cells["ppo-transformer"]["runs"] == ["tf0", "tf1"]
+    assert compare(names, tmp_path, write=False, group_by="algo")["table"]["hunger"]["groups"]["ppo"]["n"] == 4
+
+
 def test_compare_hooks_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = RunStore(tmp_path)
     for s in range(2):

@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="runs to compare (names or run directories)")
     parser.add_argument("--label", action="append", default=None, metavar="L",
                         help="compare this label (repeatable; default: every label probed in all runs)")
-    parser.add_argument("--group-by", default="algo", metavar="KEY",
-                        help="run.json key that groups runs, dotted for nested keys (default: algo)")
+    parser.add_argument("--group-by", default="agent", metavar="KEY",
+                        help="run.json key that groups runs, dotted for nested keys, e.g. algo (default: "
+                             "agent, the algorithm and its network: ppo, ppo-transformer, recurrent-ppo, dt)")
     parser.add_argument("--hooks", action="append", default=None, metavar="PATTERN",
                         help="take each run's best score over hooks matching this shell-style pattern only "
                              "(repeatable), e.g. --hooks 'mlp_extractor.policy_net.*' --hooks 'blocks.*' "

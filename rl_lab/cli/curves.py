@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", default=None, metavar="STEPS",
                         help="comma-separated environment steps, e.g. 100k,200k,400k,800k,1.6M (default: ten "
                              "evenly spaced up to the longest run's last logged step)")
-    parser.add_argument("--group-by", default="algo", metavar="KEY",
-                        help="run.json key that groups runs, dotted for nested keys, e.g. agent "
-                             "(default: algo)")
+    parser.add_argument("--group-by", default="agent", metavar="KEY",
+                        help="run.json key that groups runs, dotted for nested keys, e.g. algo (default: "
+                             "agent, the algorithm and its network: ppo, ppo-transformer, recurrent-ppo)")
     parser.add_argument("--json", action="store_true", help="print the curves as one JSON document")
     add_runs_dir(parser)
 
