@@ -22,10 +22,9 @@
 # Budget (environment knobs): SEEDS ("0 1 2 3 4"), RL_STEPS (150000 environment steps for each RL
 # agent), DT_STEPS (4000 gradient steps at most, early stopping on held-out loss), DT_SOURCE and
 # DT_EPISODES (the DT's source checkpoints, "latest", and episodes per source policy, 500),
-# BC_SOURCE and TRAJ_EPISODES (BC's: empty = every checkpoint, and 100 per source policy: at 20 the
-# DT overfits in ~200 steps, barely follows its return target and the "best source policy" is the
-# luckiest of eleven 20-episode means; docs/results.md; both always with the random policy,
-# --source-checkpoints), EVAL_EPISODES (50 per return target for eval.json: the DT's achieved
+# BC_SOURCE and TRAJ_EPISODES (BC's: empty = every checkpoint, and 100 per source policy; at 20 a
+# DT overfits in ~200 steps and the "best source policy" is the luckiest of eleven 20-episode means,
+# docs/results.md); both always with the random policy (--source-checkpoints); EVAL_EPISODES (50 per return target for eval.json: the DT's achieved
 # return at its best target is the test of "a good actor", and 20 episodes leave it ±10%),
 # EPISODES (30 recorded, environment seeds from 1000 + seed: not the training seeds), CONTEXT (10,
 # K of the transformers), JOBS (1:
