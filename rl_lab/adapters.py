@@ -118,6 +118,16 @@ class SB3Adapter:
         """The device the network runs on (``cpu``, ``cuda:0``, ...)."""
         return str(self.policy.device)
 
+    @property
+    def input_window(self) -> dict | None:
+        """What the network receives at each step (the activation file's ``input_window``, the
+        probes' input-matched baseline): a transformer policy reads the last K steps'
+        observations, the earlier steps' actions and the timesteps (``rl_lab.policies``); an MLP
+        reads the current observation only (``raw_obs`` is its input-matched baseline): None."""
+        if self.history is None:
+            return None
+        return {"context": int(self.history.context), "fields": ["obs", "prev_actions", "timestep"]}
+
     def _make_hook(self, name: str) -> Callable[..., None]:
         def hook(module: Any, inputs: Any, output: Any) -> None:
             if self._capture:
@@ -303,9 +313,11 @@ class RecurrentAdapter(SB3Adapter):
     to the next step — the actor's memory.
     """
 
-    def __init__(self, model: Any, policy: Any | None = None, deterministic: bool = False) -> None:
+    def __init__(self, model: Any, policy: Any | None = None, deterministic: bool = False,
+                 history_window: int = 10) -> None:
         super().__init__(model, policy=policy, deterministic=deterministic)
         self.kind = "recurrent-ppo"
+        self.history_window = int(history_window)
         lstms = [("lstm_actor", self.policy.lstm_actor)]
         if self.policy.lstm_critic is not None:
             lstms.append(("lstm_critic", self.policy.lstm_critic))
@@ -317,6 +329,14 @@ class RecurrentAdapter(SB3Adapter):
         self._extractor_hooked = any("features_extractor" in name for name in self.modules)
         self.hooks = list(self.modules)
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def input_window(self) -> dict:
+        """The LSTM receives every observation of the episode so far; its input-matched baseline
+        reads the last ``history_window`` of them (the run's ``context``, the transformers' K in a
+        fair comparison), each with its validity column: a linear readout cannot take an unbounded
+        history, so labels that need more than K steps of memory are underestimated by it."""
+        return {"context": self.history_window, "fields": ["obs"]}
 
     def zero_state(self, batch: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The state at an episode's start for ``batch`` parallel episodes."""
@@ -436,13 +456,15 @@ class RecurrentAdapter(SB3Adapter):
         twin_policy = self.model.policy_class(
             self.model.observation_space, self.model.action_space, lambda _: 0.0, **kwargs
         ).to(self.policy.device)
-        return RecurrentAdapter(self.model, policy=twin_policy, deterministic=self.deterministic)
+        return RecurrentAdapter(self.model, policy=twin_policy, deterministic=self.deterministic,
+                                history_window=self.history_window)
 
 
-def make_adapter(model: Any, deterministic: bool = False) -> SB3Adapter:
-    """The adapter for a loaded SB3 model: ``RecurrentAdapter`` for an LSTM policy, else ``SB3Adapter``."""
+def make_adapter(model: Any, deterministic: bool = False, history_window: int = 10) -> SB3Adapter:
+    """The adapter for a loaded SB3 model: ``RecurrentAdapter`` for an LSTM policy (its input-matched
+    baseline over the last ``history_window`` observations), else ``SB3Adapter``."""
     if isinstance(model.policy, RecurrentActorCriticPolicy):
-        return RecurrentAdapter(model, deterministic=deterministic)
+        return RecurrentAdapter(model, deterministic=deterministic, history_window=history_window)
     return SB3Adapter(model, deterministic=deterministic)
 
 

@@ -65,7 +65,9 @@ def load_adapter(run: Run, checkpoint: Path, deterministic: bool = False, device
     """
     if run.info.get("algo") in DT_ALGOS:
         return load_dt_adapter(run, checkpoint, deterministic=deterministic, device=device)
-    return make_adapter(load_sb3(run, checkpoint, device=device), deterministic=deterministic)
+    context = (run.info.get("config") or {}).get("context")
+    return make_adapter(load_sb3(run, checkpoint, device=device), deterministic=deterministic,
+                        history_window=context if isinstance(context, int) and context > 0 else 10)
 
 
 def adapter_device(adapter: Any) -> str:

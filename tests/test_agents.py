@@ -171,6 +171,25 @@ def test_transformer_probe_and_steer(agent_runs: Path) -> None:
     assert metrics.values["kl"][0] == 0.0 and metrics.values["kl"][1] > 0.0
 
 
+def test_both_recordings_state_their_input_for_the_input_matched_baseline(agent_runs: Path) -> None:
+    """The transformer policy's file says it reads the last K steps (observations, earlier actions,
+    timesteps), the LSTM's that it reads the observation history (its last ``context`` steps);
+    the probe fits the input-matched baseline on each."""
+    from probes.activations import ActivationFile
+    from probes.linear import probe_file
+
+    expected = {"tf": {"context": 4, "fields": ["obs", "prev_actions", "timestep"]},
+                "lstm": {"context": 10, "fields": ["obs"]}}
+    for name, window in expected.items():
+        path = sorted(_run(agent_runs, name).activations_dir.glob("*.h5"))[-1]
+        with ActivationFile(path) as f:
+            assert f.input_window == window, name
+            hook = f.hooks[0]
+        doc = probe_file(path, labels=["energy"], hooks=[hook], n_bootstrap=20)
+        (record,) = doc["records"]
+        assert "input_matched" in record["baselines"], (name, doc["notes"])
+
+
 def test_separate_critic_trains_the_actor_trunk_by_the_policy_gradient_alone(tmp_path: Path) -> None:
     """--separate-critic: a second trunk of the same shape feeds the critic, recorded as critic.<hook>;
     the value loss leaves the actor's trunk untouched, and --epochs and --target-kl reach PPO."""
