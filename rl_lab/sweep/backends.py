@@ -122,6 +122,10 @@ def ray_address(address: str | None) -> str | None:
     return None if chosen == "local" else chosen
 
 
+CHECK_TIMEOUT_S = 300
+"""How long ``check_shared_runs_dir`` waits for each node's marker task (a cold worker is slow)."""
+
+
 def check_shared_runs_dir(runs_dir: Path | str) -> list[str]:
     """Fail with one line unless every Ray node with CPUs sees ``runs_dir`` (Ray initialised).
 
@@ -141,10 +145,14 @@ def check_shared_runs_dir(runs_dir: Path | str) -> list[str]:
     where = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
     hosts: list[str] = []
     missing: list[str] = []
+    silent: list[str] = []
     try:
         for ref, nid in refs.items():
             try:
-                hosts.append(ray.get(ref, timeout=300))  # a cold worker on a loaded node is slow to start
+                hosts.append(ray.get(ref, timeout=CHECK_TIMEOUT_S))  # a cold worker on a loaded node is slow
+            except ray.exceptions.GetTimeoutError:  # no answer: says nothing about the directory
+                silent.append(where[nid])
+                continue
             except Exception as exc:  # the node could not write there at all
                 cause = getattr(exc, "cause", None)
                 missing.append(f"{where[nid]} ({one_line(cause if isinstance(cause, BaseException) else exc)})")
@@ -161,6 +169,9 @@ def check_shared_runs_dir(runs_dir: Path | str) -> list[str]:
                 path.unlink(missing_ok=True)
             except OSError:  # not a directory this host can write either
                 pass
+    if silent and not missing:
+        raise LabError(f"Ray node(s) {', '.join(silent)} did not run the shared-runs-directory check within "
+                       f"{CHECK_TIMEOUT_S} s (workers too slow to start on a loaded machine?): try again")
     if missing:
         raise LabError(f"the runs directory {Path(runs_dir).resolve()} is not shared with Ray node(s) "
                        f"{', '.join(missing)}: put it on storage every node mounts at the same path")
