@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import uuid
 from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -108,11 +107,22 @@ def _ray_trial(job: Job) -> dict[str, Any]:
     return run_trial(job)
 
 
-def _write_marker(path: str, token: str) -> str:
-    """Inside a Ray task: write ``token`` to ``path`` (in the runs directory); return this node's name."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(token)
-    return socket.gethostname()
+def _marker_writer() -> Callable[[str, str], str]:
+    """The function a Ray task runs to write a marker: made here, so that Ray ships it by value and
+    the worker imports only the standard library (a function of this module would make every node
+    import the lab — torch, TransformerLens — first: minutes on a loaded machine)."""
+
+    def write_marker(path: str, token: str) -> str:
+        """Write ``token`` to ``path`` (in the runs directory); return this node's name."""
+        import os as _os
+        import socket as _socket
+
+        _os.makedirs(_os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(token)
+        return _socket.gethostname()
+
+    return write_marker
 
 
 def ray_address(address: str | None) -> str | None:
@@ -137,7 +147,7 @@ def check_shared_runs_dir(runs_dir: Path | str) -> list[str]:
 
     layout = RunsDirLayout(runs_dir)
     nodes = [n for n in ray.nodes() if n.get("Alive") and (n.get("Resources") or {}).get("CPU", 0) > 0]
-    writer = ray.remote(num_cpus=0, max_retries=0)(_write_marker)
+    writer = ray.remote(num_cpus=0, max_retries=0)(_marker_writer())
     tokens = {n["NodeID"]: uuid.uuid4().hex for n in nodes}
     paths = {nid: layout.shared_marker(token) for nid, token in tokens.items()}
     refs = {writer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False))
