@@ -12,18 +12,18 @@ SB3_ALGOS = ("ppo", "a2c", "dqn", "recurrent-ppo")
 """Algorithms trained by stable-baselines3 (``rl_lab.train``); ``recurrent-ppo`` is sb3-contrib's
 ``RecurrentPPO`` with an LSTM policy (``MlpLstmPolicy``)."""
 POLICIES = ("mlp", "transformer", "cnn")
-
-
-def agent_name(algo: str, policy: str | None) -> str:
-    """The algorithm and its network in one name: ``ppo`` (the MLP), ``ppo-transformer``, ``ppo-cnn``,
-    ``recurrent-ppo``, ``dt``. Runs of one algorithm with different networks never share a name."""
-    return algo + (f"-{policy}" if policy in ("transformer", "cnn") else "")
 """Policy networks for ``ppo``/``a2c``: SB3's MLP, the BC transformer trunk, or a small CNN on image
 observations (``rl_lab.policies.GridCNN``) under SB3's MLP heads."""
 TRANSFORMER_ALGOS = ("ppo", "a2c")
 """Algorithms that accept a policy other than ``mlp`` (``transformer`` or ``cnn``)."""
 DT_ALGOS = ("dt", "bc")
 """Sequence models trained offline from an RL run's trajectories (``rl_lab.dt``)."""
+
+
+def agent_name(algo: str, policy: str | None) -> str:
+    """The algorithm and its network in one name: ``ppo`` (the MLP), ``ppo-transformer``, ``ppo-cnn``,
+    ``recurrent-ppo``, ``dt``. Runs of one algorithm with different networks never share a name."""
+    return algo + (f"-{policy}" if policy in ("transformer", "cnn") else "")
 
 
 @dataclass
