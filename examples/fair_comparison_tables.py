@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from probes.layout import RunsDirLayout
+
 GROUPS = ["ppo", "ppo-transformer", "recurrent-ppo", "dt", "bc"]
 NAMES = {"ppo": "PPO-MLP", "ppo-transformer": "PPO-transformer", "recurrent-ppo": "recurrent PPO",
          "dt": "DT", "bc": "BC"}
@@ -46,7 +48,7 @@ def written_order(path: Path) -> tuple[str, int]:
 def comparisons(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every readable comparison JSON, oldest first."""
     out = []
-    for path in sorted((runs_dir / "comparisons").glob("compare-*.json"), key=written_order):
+    for path in sorted(RunsDirLayout(runs_dir).comparisons_dir.glob("compare-*.json"), key=written_order):
         try:
             out.append((path, json.loads(path.read_text())))
         except (OSError, ValueError):
@@ -102,8 +104,8 @@ def actors(runs_dir: Path, seeds: list[int]) -> list[str]:
             row = min(ev["rows"], key=lambda r: abs(r["target"] - best))
             frac = ev.get("fraction_of_best_policy_mean")
             rows.append(f"| {algo}-s{s} | {ev['episodes']} | {row['target']:g} | {row['mean_return']:+.2f}"
-                        f"{interval(row.get('ci'))} | {ev.get('best_policy')} ({signed(ev.get('best_policy_mean_return'))})"
-                        f" | {'n/a' if frac is None else f'{frac:.0%}'} |")
+                        f"{interval(row.get('ci'))} | {ev.get('best_policy')} "
+                        f"({signed(ev.get('best_policy_mean_return'))}) | {'n/a' if frac is None else f'{frac:.0%}'} |")
     return rows
 
 
@@ -175,9 +177,9 @@ def main(argv: list[str]) -> int:
         print("usage: python examples/fair_comparison_tables.py RUNS_DIR", file=sys.stderr)
         return 2
     runs_dir = Path(argv[0])
-    if not (runs_dir / "comparisons").is_dir():
-        print(f"error: {runs_dir}/comparisons does not exist: run examples/fair-comparison.sh {runs_dir} first",
-              file=sys.stderr)
+    folder = RunsDirLayout(runs_dir).comparisons_dir
+    if not folder.is_dir():
+        print(f"error: {folder} does not exist: run examples/fair-comparison.sh {runs_dir} first", file=sys.stderr)
         return 2
     docs = comparisons(runs_dir)
     five = newest(docs, lambda d: set(GROUPS) <= groups_of(d) and not d.get("hooks"))

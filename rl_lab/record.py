@@ -38,7 +38,7 @@ import envs
 from probes.activations import ActivationWriter
 from probes.layout import TMP_MARK
 from rl_lab.adapters import EpisodeForward, PolicyAdapter, load_sb3, make_adapter
-from rl_lab.config import DT_ALGOS
+from rl_lab.config import DT_ALGOS, TrainConfig
 from rl_lab.devices import one_torch_thread
 from rl_lab.dt.record import load_dt_adapter
 from rl_lab.errors import LabError
@@ -67,7 +67,7 @@ def load_adapter(run: Run, checkpoint: Path, deterministic: bool = False, device
         return load_dt_adapter(run, checkpoint, deterministic=deterministic, device=device)
     context = (run.info.get("config") or {}).get("context")
     return make_adapter(load_sb3(run, checkpoint, device=device), deterministic=deterministic,
-                        history_window=context if isinstance(context, int) and context > 0 else 10)
+                        history_window=context if isinstance(context, int) and context > 0 else TrainConfig.context)
 
 
 def adapter_device(adapter: Any) -> str:
