@@ -11,6 +11,9 @@
 #   rppo      recurrent PPO, an LSTM (memory over the whole episode)        --algo recurrent-ppo
 #   dt, bc    decision transformer / behaviour cloning, trained by supervision on ppo-mlp's
 #             trajectories (every checkpoint plus a random policy)
+#   bc-tf     the competence-matched control: BC trained to copy ppo-tf's own final policy (500
+#             episodes, no random policy; agent bc-of-ppo-transformer): the same network, the same
+#             inputs and nearly the same behaviour as ppo-tf, only the training signal differs
 #
 # Every run is recorded by the same recorder with the same labels, its value-derived labels from
 # one reference critic (ppo-mlp of the same seed, `--reference-critic`), probed on the same labels
@@ -24,14 +27,15 @@
 # DT_EPISODES (the DT's source checkpoints, "latest", and episodes per source policy, 500),
 # BC_SOURCE and TRAJ_EPISODES (BC's: empty = every checkpoint, and 100 per source policy; at 20 a
 # DT overfits in ~200 steps and the "best source policy" is the luckiest of eleven 20-episode means,
-# docs/results.md); both always with the random policy (--source-checkpoints); EVAL_EPISODES (50 per return target for eval.json: the DT's achieved
-# return at its best target is the test of "a good actor", and 20 episodes leave it ±10%),
-# EPISODES (30 recorded, environment seeds from 1000 + seed: not the training seeds), CONTEXT (10,
-# K of the transformers), JOBS (1:
-# how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
+# docs/results.md); both always with the random policy (--source-checkpoints), while bc-tf copies
+# ppo-tf's final policy alone (DT_EPISODES episodes, --no-random-policy); EVAL_EPISODES (50 per
+# return target for eval.json: the DT's achieved return at its best target is the test of "a good
+# actor", and 20 episodes leave it ±10%), EPISODES (30 recorded, environment seeds from 1000 + seed:
+# not the training seeds), CONTEXT (10, K of the transformers), JOBS (1: how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
 # (the transformer PPO ~10 of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
-# training, two at a time, seed by seed (its recurrent PPO, PPO-transformer, and PPO-MLP followed by
-# its DT and BC), so that a budget run over several sittings completes whole seeds one after another;
+# training, two at a time, seed by seed (its recurrent PPO; PPO-transformer followed by its BC copy;
+# PPO-MLP followed by its DT and BC), so that a budget run over several sittings completes whole
+# seeds one after another;
 # then every recording and probe, two at a time; then the comparison.
 # Finished stages are skipped on a rerun, and an RL agent whose training was cut (a killed process,
 # the end of a session) resumes from its last checkpoint: a budget where the agents are competent
@@ -73,12 +77,15 @@ train_rl() {  # SEED NAME ARGS...: an RL agent at the shared budget; an unfinish
   fi
 }
 
-train_supervised() {  # SEED ALGO SOURCE EPISODES: a DT or BC on trajectories of the seed's PPO-MLP
-  local s="$1" algo="$2" checkpoints="$3" episodes="$4" source=() traj="ep$4"
+train_supervised() {  # SEED ALGO SOURCE EPISODES [NAME TEACHER ARGS...]: a DT or BC on trajectories
+  local s="$1" algo="$2" checkpoints="$3" episodes="$4" source=() traj="ep$4"  # of the seed's PPO-MLP
+  local name="${5:-$2-s$1}" teacher="${6:-ppo-mlp-s$1}"
+  shift $(( $# < 6 ? $# : 6 ))
   if [ -n "$checkpoints" ]; then source=(--source-checkpoints "$checkpoints"); traj="$traj-${checkpoints//,/-}"; fi
-  done_run "$algo-s$s" || rl-lab train --algo "$algo" --from "ppo-mlp-s$s" --steps "$DT_STEPS" --seed "$s" \
-    --context "$CONTEXT" --episodes-per-policy "$episodes" --trajectories "$traj" "${source[@]}" \
-    --eval-episodes "$EVAL_EPISODES" --name "$algo-s$s" --runs-dir "$RUNS"
+  if [ $# -gt 0 ]; then traj="$traj-only"; fi  # --no-random-policy: a file of its own
+  done_run "$name" || rl-lab train --algo "$algo" --from "$teacher" --steps "$DT_STEPS" --seed "$s" \
+    --context "$CONTEXT" --episodes-per-policy "$episodes" --trajectories "$traj" "${source[@]}" "$@" \
+    --eval-episodes "$EVAL_EPISODES" --name "$name" --runs-dir "$RUNS"
 }
 train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its trajectories
   local s="$1"
@@ -86,8 +93,10 @@ train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its trajecto
   train_supervised "$s" dt "$DT_SOURCE" "$DT_EPISODES"
   train_supervised "$s" bc "$BC_SOURCE" "$TRAJ_EPISODES"
 }
-train_tf() { train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4 \
-  --batch-size 256; }
+train_tf() {  # SEED: the PPO-transformer, then the BC that copies its final policy
+  train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4 --batch-size 256
+  train_supervised "$1" bc latest "$DT_EPISODES" "bc-tf-s$1" "ppo-tf-s$1" --no-random-policy
+}
 train_rppo() { train_rl "$1" "rppo-s$1" --algo recurrent-ppo; }
 record_probe() {  # SEED RUN: value-derived labels from the seed's PPO-MLP critic
   local s="$1" run="$2" critic=()
@@ -95,7 +104,7 @@ record_probe() {  # SEED RUN: value-derived labels from the seed's PPO-MLP criti
   recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$((1000 + s))" "${critic[@]}" --runs-dir "$RUNS"
   probed "$run" || rl-lab probe "$run" --labels "$LABELS" --seed "$s" --runs-dir "$RUNS" > /dev/null
 }
-agents() { echo "ppo-mlp-s$1 ppo-tf-s$1 rppo-s$1 dt-s$1 bc-s$1"; }
+agents() { echo "ppo-mlp-s$1 ppo-tf-s$1 rppo-s$1 dt-s$1 bc-s$1 bc-tf-s$1"; }
 
 if [ -n "${FAIR_JOB:-}" ]; then  # one stage, run by the JOBS>1 scheduler below: "FUNCTION ARGS..."
   $FAIR_JOB  # word-split on purpose: a function name and its arguments
@@ -131,9 +140,10 @@ rl-lab compare "${names[@]}" --group-by agent --hooks 'mlp_extractor.policy_net.
 echo
 echo "== the test itself: the same transformer, the same hooks and inputs, trained by PPO or by imitation =="
 ppo_tf_bc=()
-for s in $SEEDS; do ppo_tf_bc+=("ppo-tf-s$s" "bc-s$s" "dt-s$s"); done
+for s in $SEEDS; do ppo_tf_bc+=("ppo-tf-s$s" "bc-s$s" "dt-s$s" "bc-tf-s$s"); done
 rl-lab compare "${ppo_tf_bc[@]}" --group-by agent --hooks 'blocks.*' \
-  --contrast ppo-transformer:bc --contrast ppo-transformer:dt --runs-dir "$RUNS"
+  --contrast ppo-transformer:bc --contrast ppo-transformer:dt --contrast ppo-transformer:bc-of-ppo-transformer \
+  --runs-dir "$RUNS"
 echo
 echo "== the tables of docs/results.md, from the comparisons above and the DT's and BC's eval.json =="
 python "$(dirname "$0")/fair_comparison_tables.py" "$RUNS"

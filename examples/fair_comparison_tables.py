@@ -7,8 +7,8 @@ script's closing ``rl-lab compare`` calls write) and the DT's and BC's ``eval.js
 
 1. competence: each agent's mean return over its recorded episodes, seed by seed, with the mean
    across seeds and its 95% t-interval;
-2. the DT and BC as actors: the return achieved when conditioned on the dataset's best return, with
-   its 95% interval over episodes, against the best source policy's mean return;
+2. the DT and BCs as actors: the return achieved (the DT conditioned on the dataset's best
+   return), with its 95% interval over episodes, against the best source policy's mean return;
 3. the test itself (the comparison with ``--contrast ppo-transformer:bc``): each group's gain over
    its random-weights twin and the paired contrasts, p raw and Holm-corrected, readouts apart;
 4. what training added at the acting hooks (the comparison restricted to ``--hooks``), every agent.
@@ -26,9 +26,15 @@ from typing import Any
 
 from probes.layout import RunsDirLayout
 
-GROUPS = ["ppo", "ppo-transformer", "recurrent-ppo", "dt", "bc"]
+FIVE = ["ppo", "ppo-transformer", "recurrent-ppo", "dt", "bc"]
+"""The five agents of issue 14: every comparison the tables read holds at least these."""
+GROUPS = [*FIVE, "bc-of-ppo-transformer"]
+"""Every agent the script trains, in table order: BC of the PPO-transformer (its own behaviour
+copied by the same network) is the competence-matched control."""
 NAMES = {"ppo": "PPO-MLP", "ppo-transformer": "PPO-transformer", "recurrent-ppo": "recurrent PPO",
-         "dt": "DT", "bc": "BC"}
+         "dt": "DT", "bc": "BC", "bc-of-ppo-transformer": "BC of PPO-tf"}
+ACTORS = ("dt", "bc", "bc-tf")
+"""The supervised runs (``<prefix>-s<seed>``) whose ``eval.json`` the actors table reads."""
 
 
 def signed(x: float | None, digits: int = 2) -> str:
@@ -88,11 +94,11 @@ def competence(found: tuple[Path, dict[str, Any]] | None) -> list[str]:
 
 
 def actors(runs_dir: Path, seeds: list[int]) -> list[str]:
-    rows = ["DT and BC as actors (`RUN/eval.json`): return when conditioned on the dataset's best return "
-            "[95% interval over episodes], against the best source policy's mean return",
+    rows = ["DT and BCs as actors (`RUN/eval.json`): return achieved (the DT's when conditioned on the dataset's "
+            "best return) [95% interval over episodes], against the best source policy's mean return",
             "", "| run | episodes | target | achieved [95% CI] | best source policy (mean) | fraction |",
             "|---|---|---|---|---|---|"]
-    for algo in ("dt", "bc"):
+    for algo in ACTORS:
         for s in seeds:
             path = runs_dir / f"{algo}-s{s}" / "eval.json"
             try:
@@ -182,8 +188,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {folder} does not exist: run examples/fair-comparison.sh {runs_dir} first", file=sys.stderr)
         return 2
     docs = comparisons(runs_dir)
-    five = newest(docs, lambda d: set(GROUPS) <= groups_of(d) and not d.get("hooks"))
-    acting = newest(docs, lambda d: set(GROUPS) <= groups_of(d) and bool(d.get("hooks")))
+    five = newest(docs, lambda d: set(FIVE) <= groups_of(d) and not d.get("hooks"))
+    acting = newest(docs, lambda d: set(FIVE) <= groups_of(d) and bool(d.get("hooks")))
     test = newest(docs, lambda d: any(c["a"] == "ppo-transformer" and c["b"] == "bc" for c in d.get("contrasts", [])))
     seeds = sorted({r["seed"] for _, d in docs for r in d.get("runs", []) if isinstance(r.get("seed"), int)})
     for block in (competence(five), actors(runs_dir, seeds), the_test(test), acting_gains(acting)):

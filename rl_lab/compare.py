@@ -48,7 +48,7 @@ from probes.layout import RunsDirLayout
 from probes.linear import best_hook, probe_file
 from probes.results import ProbeRecord, ProbeResults, read_probe_results
 from probes.stats import holm, paired_t, t_interval
-from rl_lab.config import agent_name
+from rl_lab.config import run_agent
 from rl_lab.errors import LabError
 from rl_lab.labels import default_derived_from, is_readout
 from rl_lab.runs import Run, RunStore, checkpoint_step, now_iso, write_json_atomic
@@ -95,8 +95,7 @@ def group_key(run: Run, group_by: str) -> str:
     """The run's group: ``run.json[group_by]`` (dotted path for nested keys). ``agent`` of a run
     written before ``run.json`` had it is named from its ``algo`` and ``config.policy``."""
     if group_by == "agent" and "agent" not in run.info and isinstance(run.info.get("algo"), str):
-        config = run.info.get("config")
-        return agent_name(run.info["algo"], config.get("policy") if isinstance(config, dict) else None)
+        return run_agent(run.info)
     value: Any = run.info
     for part in group_by.split("."):
         if not isinstance(value, dict) or part not in value:

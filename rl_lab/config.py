@@ -26,6 +26,27 @@ def agent_name(algo: str, policy: str | None) -> str:
     return algo + (f"-{policy}" if policy in ("transformer", "cnn") else "")
 
 
+DEFAULT_TEACHER = "ppo"
+"""The agent whose trajectories a dt/bc run learns from by default: PPO-MLP."""
+
+
+def imitator_name(algo: str, teacher: str) -> str:
+    """A dt/bc run's agent: ``dt`` / ``bc`` when it learns from PPO-MLP's trajectories (the lab's
+    default teacher), ``bc-of-ppo-transformer``, ``dt-of-recurrent-ppo``, ... from any other agent's,
+    so imitators of different teachers are never pooled."""
+    return algo if teacher == DEFAULT_TEACHER else f"{algo}-of-{teacher}"
+
+
+def run_agent(info: dict[str, Any]) -> str:
+    """The agent of a run from its ``run.json``: its ``agent``, or for a run written before
+    ``run.json`` had one, the name ``agent_name`` gives its ``algo`` and ``config.policy``."""
+    agent = info.get("agent")
+    if isinstance(agent, str):
+        return agent
+    config = info.get("config")
+    return agent_name(str(info.get("algo")), config.get("policy") if isinstance(config, dict) else None)
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a stable-baselines3 training run."""

@@ -308,6 +308,54 @@ def test_recurrent_states_match_sb3_contrib(agent_runs: Path) -> None:
                                rtol=1e-4, atol=1e-5)
 
 
+def test_imitating_a_memory_agent_acts_with_its_memory(agent_runs: Path, tmp_path: Path, capsys) -> None:
+    """BC/DT can learn from a PPO-transformer or recurrent-PPO teacher: the trajectories are its own
+    behaviour (history and LSTM memory carried through each episode, as sb3-contrib's predict with
+    its state does), the random policy is left out on request, and the imitator's agent names its
+    teacher so that `rl-lab compare --group-by agent` never pools it with BC of PPO-MLP."""
+    import shutil
+
+    from rl_lab.adapters import load_sb3
+    from rl_lab.dt.trajectories import Trajectories
+    from rl_lab.train import make_env
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(agent_runs, runs_dir)
+    for teacher, agent in (("tf", "bc-of-ppo-transformer"), ("lstm", "bc-of-recurrent-ppo")):
+        assert main(["train", "--algo", "bc", "--from", teacher, "--source-checkpoints", "latest",
+                     "--no-random-policy", "--episodes-per-policy", "3", "--trajectories", "own", "--steps", "20",
+                     "--context", "4", "--eval-episodes", "0", "--name", f"bc-{teacher}",
+                     "--runs-dir", str(runs_dir)]) == 0
+        info = json.loads((runs_dir / f"bc-{teacher}" / "run.json").read_text())
+        assert info["agent"] == agent
+        assert list(info["dataset"]["policies"]) == [_run(runs_dir, teacher).latest_checkpoint().stem]
+    capsys.readouterr()
+
+    # the LSTM's episodes are the ones RecurrentPPO.predict gives when it is handed its state back
+    data = Trajectories.load(runs_dir / "lstm" / "trajectories" / "own.h5")
+    model = load_sb3(_run(runs_dir, "lstm"), _run(runs_dir, "lstm").latest_checkpoint())
+    env = make_env(ENV)
+    torch.manual_seed(0)
+    actions = []
+    for i in range(3):
+        obs, _ = env.reset(seed=i)
+        state, start, done = None, True, False
+        while not done:
+            action, state = model.predict(obs, state=state, episode_start=np.array([start]), deterministic=False)
+            actions.append(int(action))
+            obs, _, terminated, truncated, _ = env.step(int(action))
+            start, done = False, terminated or truncated
+    assert data.action.tolist() == actions
+
+    # a file collected without the random policy is not reused for a command that asks for it
+    code = main(["train", "--algo", "bc", "--from", "lstm", "--source-checkpoints", "latest", "--trajectories",
+                 "own", "--steps", "20", "--eval-episodes", "0", "--name", "bc-again", "--runs-dir", str(runs_dir)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was collected from" in err[0] and "random" in err[0], err
+    assert not (runs_dir / "bc-again").exists()
+
+
 def test_recurrent_probe_steer_and_resume(agent_runs: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -13,7 +13,8 @@ from rl_lab.compare import compare
 from rl_lab.runs import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = {"ppo-mlp": "ppo", "ppo-tf": "ppo-transformer", "rppo": "recurrent-ppo", "dt": "dt", "bc": "bc"}
+GROUPS = {"ppo-mlp": "ppo", "ppo-tf": "ppo-transformer", "rppo": "recurrent-ppo", "dt": "dt", "bc": "bc",
+          "bc-tf": "bc-of-ppo-transformer"}
 
 
 def _record(hook: str, label: str, score: float, rand: float) -> dict:
@@ -29,7 +30,8 @@ def _runs(tmp_path: Path) -> list[str]:
         for prefix, group in GROUPS.items():
             name = f"{prefix}-s{s}"
             names.append(name)
-            run = store.create(name, {"algo": group if group in ("dt", "bc") else "ppo", "agent": group, "seed": s,
+            algo = "ppo" if group.startswith(("ppo", "recurrent")) else group[:2]
+            run = store.create(name, {"algo": algo, "agent": group, "seed": s,
                                       "env_id": "lab/Forage-v0", "status": "done"})
             run.probes_dir.mkdir()
             # the PPO-transformer gains 0.3 + e on threat, the others 0.1: a consistent difference
@@ -62,10 +64,12 @@ def test_tables_repeat_the_comparisons_numbers(tmp_path: Path, capsys: pytest.Ca
     compare(names, tmp_path, group_by="agent")
     compare(names, tmp_path, group_by="agent", hooks=["blocks.*"])
     test = compare([n for n in names if n.startswith(("ppo-tf", "bc", "dt"))], tmp_path, group_by="agent",
-                   hooks=["blocks.*"], contrasts=["ppo-transformer:bc", "ppo-transformer:dt"])
+                   hooks=["blocks.*"], contrasts=["ppo-transformer:bc", "ppo-transformer:dt",
+                                                  "ppo-transformer:bc-of-ppo-transformer"])
     for s in range(3):
         _eval(tmp_path, f"dt-s{s}", 6.5 - s)
     _eval(tmp_path, "bc-s0", 3.6)
+    _eval(tmp_path, "bc-tf-s0", 2.0)
     rc, out, err = _tables(tmp_path, capsys)
     assert rc == 0 and err == ""
     threat = next(c for c in test["contrasts"] if c["b"] == "bc" and c["label"] == "threat")
@@ -79,8 +83,12 @@ def test_tables_repeat_the_comparisons_numbers(tmp_path: Path, capsys: pytest.Ca
     # the DT at its best target, its interval and its fraction; a missing eval.json is said so
     assert "| dt-s0 | 50 | 11 | +6.50 [+6.00, +7.00] | step_001600000 (+6.80) | 96% |" in out
     assert "| bc-s1 | no readable eval.json |" in out
+    assert "| bc-tf-s0 | 50 | 11 | +2.00 [+1.50, +2.50] | step_001600000 (+6.80) | 29% |" in out
+    # the competence-matched control has its own gain column and contrast
+    assert "| label | PPO-transformer gain | DT gain | BC gain | BC of PPO-tf gain | PPO-tf − DT [95% CI]" in out
+    assert "PPO-tf − BC of PPO-tf [95% CI] | p (raw / Holm) |" in out
     # every agent's gain at the acting hooks, from the comparison restricted to hooks
-    assert "| label | PPO-MLP | PPO-transformer | recurrent PPO | DT | BC |" in out
+    assert "| label | PPO-MLP | PPO-transformer | recurrent PPO | DT | BC | BC of PPO-tf |" in out
 
 
 def test_tables_refuse_a_folder_without_comparisons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

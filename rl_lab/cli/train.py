@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="collect from only these checkpoints of the --from run: comma-separated training steps "
                          "or latest, e.g. latest or 800000,1600000 (default: every checkpoint); name the file "
                          "with --trajectories")
+    dt.add_argument("--no-random-policy", dest="random_policy", action="store_false",
+                    help="collect from the source checkpoints alone, without the uniformly random policy's "
+                         "episodes (to imitate one agent's behaviour, e.g. --source-checkpoints latest)")
     dt.add_argument("--episodes-per-policy", type=positive_int, default=20,
                     help="episodes per source checkpoint when collecting (default: 20)")
     dt.add_argument("--eval-episodes", type=nonnegative_int, default=5,
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise LabError(f"--from is for --algo dt or bc, not {args.algo}")
     if args.source_checkpoints is not None:
         raise LabError(f"--source-checkpoints is for --algo dt or bc, not {args.algo}")
+    if not args.random_policy:
+        raise LabError(f"--no-random-policy is for --algo dt or bc, not {args.algo}")
     if args.resume is not None and args.name is not None:
         raise LabError("--name names a new run; --resume continues RUN under its own name")
     env_id = args.env or "lab/Forage-v0"
@@ -178,7 +183,7 @@ def _run_dt(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or 64, learning_rate=args.lr if args.lr is not None else 1e-3,
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=4 * args.d_model,
         seed=args.seed, trajectories=args.trajectories, episodes_per_policy=args.episodes_per_policy,
-        source_checkpoints=source_checkpoints,
+        source_checkpoints=source_checkpoints, random_policy=args.random_policy,
         checkpoint_every=args.checkpoint_every or 500, eval_episodes=max(0, args.eval_episodes),
         patience=args.patience, restore_best=args.patience > 0, device=args.device,
     )

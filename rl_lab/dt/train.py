@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from rl_lab.config import DT_ALGOS
+from rl_lab.config import DT_ALGOS, imitator_name, run_agent
 from rl_lab.devices import resolve_device
 from rl_lab.dt.evaluate import evaluate
 from rl_lab.dt.model import DecisionTransformer, DTModelConfig, loss_and_accuracy
@@ -74,6 +74,9 @@ class DTTrainConfig:
     """At most this many source checkpoints when collecting (default: all)."""
     source_checkpoints: list[str] | None = None
     """Only these source checkpoints (training steps, or ``latest``) when collecting (default: all)."""
+    random_policy: bool = True
+    """Add a uniformly random policy's episodes to the collected dataset (the lowest quality level);
+    ``False`` imitates the source checkpoints alone."""
     checkpoint_every: int = 500
     """Save a checkpoint every this many steps (and always at the end)."""
     log_every: int = 50
@@ -186,7 +189,7 @@ def train_dt(
     cfg.gamma = float(src_cfg.get("gamma", 0.99))
     traj_path = collect(source, cfg.trajectories, episodes_per_policy=cfg.episodes_per_policy, seed=0,
                         max_checkpoints=cfg.max_checkpoints, progress=collect_progress,
-                        checkpoints=cfg.source_checkpoints)
+                        checkpoints=cfg.source_checkpoints, include_random=cfg.random_policy)
     data = Trajectories.load(traj_path)
     mcfg = model_config_for(cfg, data)
     env_id = source.info.get("env_id")
@@ -198,7 +201,7 @@ def train_dt(
         "mean_return": float(data.ep_return.mean()), "policies": data.policy_returns(),
     }
     run = store.create(name, {
-        "env_id": env_id, "algo": cfg.algo, "agent": cfg.algo, "seed": cfg.seed, "source_run": source.name,
+        "env_id": env_id, "algo": cfg.algo, "agent": imitator_name(cfg.algo, run_agent(source.info)), "seed": cfg.seed, "source_run": source.name,
         "source_run_path": str(source.path.resolve()),
         "total_timesteps": cfg.steps, "steps_done": 0, "config": cfg.to_dict(),
         "model_config": mcfg.to_dict(), "dataset": dataset, "versions": versions(),

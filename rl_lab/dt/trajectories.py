@@ -1,7 +1,10 @@
 """The offline dataset: trajectories of a trained SB3 agent at several quality levels, in HDF5.
 
 ``collect`` rolls out every checkpoint of a source run (early checkpoints act badly, late ones
-well) plus a uniformly random policy, and writes ``SOURCE_RUN/trajectories/<name>.h5``::
+well) plus a uniformly random policy, and writes ``SOURCE_RUN/trajectories/<name>.h5``. Each
+checkpoint acts through its recording adapter (``rl_lab.adapters.make_adapter``), so a
+PPO-transformer reads its K-step history and recurrent PPO carries its LSTM memory through the
+episode, exactly as when it was trained and recorded::
 
     /                 attrs: source_run, env_id, env_kwargs, gamma, seed, obs_dim, n_actions,
                              max_t, policies (JSON list of policy names), complete
@@ -29,7 +32,7 @@ import h5py
 import numpy as np
 import torch
 
-from rl_lab.adapters import load_sb3
+from rl_lab.adapters import load_sb3, make_adapter
 from rl_lab.config import DT_ALGOS
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, checkpoint_step
@@ -38,8 +41,25 @@ from rl_lab.train import ProgressFn, make_env
 RANDOM_POLICY = "random"
 
 
-def _rollout(env: Any, act: Callable[[np.ndarray], int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+class _RandomPolicy:
+    """Uniformly random actions from its own generator (the lowest quality level)."""
+
+    def __init__(self, n_actions: int, seed: int) -> None:
+        self.n_actions = n_actions
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> int:
+        return int(self.rng.integers(self.n_actions))
+
+
+def _rollout(env: Any, policy: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """One episode of ``policy`` (``reset()`` at the start, then ``act(obs)`` per step)."""
     obs, _ = env.reset(seed=seed)
+    policy.reset()
+    act: Callable[[np.ndarray], Any] = policy.act
     buf_obs, buf_act, buf_rew = [], [], []
     terminated = truncated = False
     while not (terminated or truncated):
@@ -97,16 +117,17 @@ def collect(
     Parameters
     ----------
     source:
-        A finished SB3 run (ppo, a2c or dqn) with at least one checkpoint.
+        An SB3 run (ppo or a2c with any policy, dqn, recurrent-ppo) with at least one checkpoint.
     name:
         File stem under ``SOURCE/trajectories/``.
     episodes_per_policy:
         Episodes rolled out by each checkpoint and by the random policy.
     seed:
         Episode i of policy p resets the environment with ``seed + 10_000 p + i``; the policies
-        sample their actions (SB3 ``predict(deterministic=False)``), seeded from ``seed``.
+        sample their actions (as SB3's ``predict(deterministic=False)``), seeded from ``seed``.
     include_random:
-        Add a uniformly random policy (the lowest quality level).
+        Add a uniformly random policy (the lowest quality level). An existing file of that name must
+        hold the random policy's episodes if and only if this is set.
     max_checkpoints:
         Use at most this many checkpoints, evenly spread from first to last (default: all).
     overwrite:
@@ -115,24 +136,21 @@ def collect(
         Called as ``progress(policies_done, policies)``.
     checkpoints:
         Only these checkpoints (training steps, or ``latest``) instead of every one; an existing
-        file of that name must have been collected from exactly them (and the random policy).
+        file of that name must have been collected from exactly them (and the random policy, if
+        ``include_random``).
     """
     out = source.trajectories_path(name)
     algo = source.info.get("algo")
     if algo in DT_ALGOS:
-        raise LabError(f"run {source.name!r} is a {algo} run; collect trajectories from an RL (ppo/a2c/dqn) run")
+        raise LabError(f"run {source.name!r} is a {algo} run; collect trajectories from an RL "
+                       "(ppo/a2c/dqn/recurrent-ppo) run")
     if checkpoints is not None:
         ckpts = select_checkpoints(source, checkpoints)
         if out.exists() and not overwrite:
-            expected = [c.stem for c in ckpts] + ([RANDOM_POLICY] if include_random else [])
-            with h5py.File(out, "r") as f:
-                found = json.loads(f.attrs.get("policies", "[]"))
-            if found != expected:
-                raise LabError(f"trajectory file {out.name} of run {source.name!r} was collected from "
-                               f"{', '.join(found) or 'no policy'}, not {', '.join(expected)}: choose another "
-                               "--trajectories name")
+            _check_policies(out, source, [c.stem for c in ckpts] + ([RANDOM_POLICY] if include_random else []))
             return out
     elif out.exists() and not overwrite:
+        _check_policies(out, source, None, include_random)
         return out
     else:
         ckpts = source.checkpoints()
@@ -152,18 +170,11 @@ def collect(
         raise LabError(f"{env_id} has a continuous action space; the decision transformer needs discrete actions")
     n_actions = int(env.action_space.n)
 
-    policies: list[tuple[str, Callable[[np.ndarray], int]]] = []
-    for ckpt in ckpts:
-        model = load_sb3(source, ckpt)
-
-        def act(obs: np.ndarray, model: Any = model) -> int:
-            action, _ = model.predict(obs, deterministic=False)
-            return int(action)
-
-        policies.append((ckpt.stem, act))
+    policies: list[tuple[str, Any]] = []  # (name, a policy with reset() and act(obs))
+    for ckpt in ckpts:  # SB3Adapter.act samples as model.predict(deterministic=False) does
+        policies.append((ckpt.stem, make_adapter(load_sb3(source, ckpt))))
     if include_random:
-        rng = np.random.default_rng(seed)
-        policies.append((RANDOM_POLICY, lambda obs: int(rng.integers(n_actions))))
+        policies.append((RANDOM_POLICY, _RandomPolicy(n_actions, seed)))
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "reward", "episode", "t",
                                                             "return_to_go", "policy")}
@@ -171,9 +182,9 @@ def collect(
     start = 0
     torch.manual_seed(seed)
     try:
-        for p, (_, act) in enumerate(policies):
+        for p, (_, policy) in enumerate(policies):
             for i in range(episodes_per_policy):
-                obs, actions, rewards, terminated = _rollout(env, act, seed + 10_000 * p + i)
+                obs, actions, rewards, terminated = _rollout(env, policy, seed + 10_000 * p + i)
                 T = len(rewards)
                 ep = len(episodes["start"])
                 columns["obs"].append(obs)
@@ -204,6 +215,22 @@ def collect(
         tmp.unlink(missing_ok=True)  # a failed write (disk full, kill) leaves any previous file as it was
         raise
     return out
+
+
+def _check_policies(out: Path, source: Run, expected: list[str] | None, include_random: bool = True) -> None:
+    """An existing trajectory file must hold the policies asked for: exactly ``expected``, or
+    (``None``) any checkpoints with the random policy if and only if ``include_random``. Reusing
+    another file silently would train on other data than the command says."""
+    with h5py.File(out, "r") as f:
+        found = json.loads(f.attrs.get("policies", "[]"))
+    if expected is None:
+        if (RANDOM_POLICY in found) == include_random:
+            return
+        expected = [p for p in found if p != RANDOM_POLICY] + ([RANDOM_POLICY] if include_random else [])
+    if found != expected:
+        raise LabError(f"trajectory file {out.name} of run {source.name!r} was collected from "
+                       f"{', '.join(found) or 'no policy'}, not {', '.join(expected) or 'no policy'}: choose "
+                       "another --trajectories name")
 
 
 def _write_file(tmp: Path, source: Run, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int,
