@@ -31,8 +31,9 @@
 # ppo-tf's final policy alone (DT_EPISODES episodes, --no-random-policy); EVAL_EPISODES (50 per
 # return target for eval.json: the DT's achieved return at its best target is the test of "a good
 # actor", and 20 episodes leave it ±10%), EPISODES (30 recorded, environment seeds from 1000 + seed:
-# not the training seeds), CONTEXT (10, K of the transformers), JOBS (1: how many stages run at once). On a 2-core machine one seed takes ~35 min at the default budget
-# (the transformer PPO ~10 of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
+# not the training seeds), CONTEXT (10, K of the transformers), JOBS (1: how many stages run at
+# once). On a 2-core machine one seed takes ~35 min at the default budget (the transformer PPO ~10
+# of them, at ~250 env steps/s). JOBS=2 keeps both cores busy: first every
 # training, two at a time, seed by seed (its recurrent PPO; PPO-transformer followed by its BC copy;
 # PPO-MLP followed by its DT and BC), so that a budget run over several sittings completes whole
 # seeds one after another;
