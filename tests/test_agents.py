@@ -443,6 +443,7 @@ async def test_tui_shows_both_agents(agent_runs: Path) -> None:
     (["--algo", "ppo", "--mlp-critic"], "--mlp-critic is for --policy transformer"),
     (["--algo", "ppo", "--policy", "transformer", "--mlp-critic", "--separate-critic"], "choose one"),
     (["--algo", "a2c", "--epochs", "3"], "--epochs is for --algo ppo or recurrent-ppo"),
+    (["--algo", "ppo", "--no-random-policy"], "--no-random-policy is for --algo dt or bc"),
     (["--algo", "ppo", "--epochs", "0"], "--epochs"),
     (["--algo", "a2c", "--batch-size", "32"], "--batch-size is for --algo ppo"),
     (["--algo", "a2c", "--target-kl", "0.02"], "--target-kl is for --algo ppo or recurrent-ppo"),
