@@ -109,7 +109,8 @@ def actors(runs_dir: Path, seeds: list[int]) -> list[str]:
             best = ev["dataset_best_return"]
             row = min(ev["rows"], key=lambda r: abs(r["target"] - best))
             frac = ev.get("fraction_of_best_policy_mean")
-            rows.append(f"| {algo}-s{s} | {ev['episodes']} | {row['target']:g} | {row['mean_return']:+.2f}"
+            target = "(none)" if ev.get("algo") == "bc" else f"{row['target']:g}"  # BC is not conditioned
+            rows.append(f"| {algo}-s{s} | {ev['episodes']} | {target} | {row['mean_return']:+.2f}"
                         f"{interval(row.get('ci'))} | {ev.get('best_policy')} "
                         f"({signed(ev.get('best_policy_mean_return'))}) | {'n/a' if frac is None else f'{frac:.0%}'} |")
     return rows

@@ -45,7 +45,7 @@ def _runs(tmp_path: Path) -> list[str]:
 
 
 def _eval(tmp_path: Path, name: str, achieved: float) -> None:
-    doc = {"episodes": 50, "dataset_best_return": 11.0, "best_policy": "step_001600000",
+    doc = {"algo": name[:2], "episodes": 50, "dataset_best_return": 11.0, "best_policy": "step_001600000",
            "best_policy_mean_return": 6.8, "fraction_of_best_policy_mean": achieved / 6.8,
            "rows": [{"target": 5.0, "mean_return": 1.0, "ci": [0.0, 2.0]},
                     {"target": 11.0, "mean_return": achieved, "ci": [achieved - 0.5, achieved + 0.5]}]}
@@ -83,7 +83,7 @@ def test_tables_repeat_the_comparisons_numbers(tmp_path: Path, capsys: pytest.Ca
     # the DT at its best target, its interval and its fraction; a missing eval.json is said so
     assert "| dt-s0 | 50 | 11 | +6.50 [+6.00, +7.00] | step_001600000 (+6.80) | 96% |" in out
     assert "| bc-s1 | no readable eval.json |" in out
-    assert "| bc-tf-s0 | 50 | 11 | +2.00 [+1.50, +2.50] | step_001600000 (+6.80) | 29% |" in out
+    assert "| bc-tf-s0 | 50 | (none) | +2.00 [+1.50, +2.50] | step_001600000 (+6.80) | 29% |" in out
     # the competence-matched control has its own gain column and contrast
     assert "| label | PPO-transformer gain | DT gain | BC gain | BC of PPO-tf gain | PPO-tf − DT [95% CI]" in out
     assert "PPO-tf − BC of PPO-tf [95% CI] | p (raw / Holm) |" in out
