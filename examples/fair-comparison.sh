@@ -84,7 +84,9 @@ train_supervised() {  # SEED ALGO SOURCE EPISODES [NAME TEACHER ARGS...]: a DT o
   shift $(( $# < 6 ? $# : 6 ))
   if [ -n "$checkpoints" ]; then source=(--source-checkpoints "$checkpoints"); traj="$traj-${checkpoints//,/-}"; fi
   if [ $# -gt 0 ]; then traj="$traj-only"; fi  # --no-random-policy: a file of its own
-  done_run "$name" || rl-lab train --algo "$algo" --from "$teacher" --steps "$DT_STEPS" --seed "$s" \
+  if done_run "$name"; then return; fi
+  rm -rf "${RUNS:?}/$name"  # cut before it finished (a dt/bc run cannot resume): train it again
+  rl-lab train --algo "$algo" --from "$teacher" --steps "$DT_STEPS" --seed "$s" \
     --context "$CONTEXT" --episodes-per-policy "$episodes" --trajectories "$traj" "${source[@]}" "$@" \
     --eval-episodes "$EVAL_EPISODES" --name "$name" --runs-dir "$RUNS"
 }
