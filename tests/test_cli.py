@@ -132,6 +132,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert [r["algo"] for r in doc["runs"]] == ["ppo", "dt", "bc"]
     assert {"ppo", "dt", "bc", "dt (random weights)"} <= set(doc["groups"]) and "hope" in doc["labels"]
     assert str(cmp_path) in out
+    behaviour = ", ".join(f"{g} {b['mean_return']:+.2f}" for g, b in doc["behaviour"].items())
+    assert f"different behaviour: mean return of the recorded episodes {behaviour};" in out
 
 
 def test_demo_rejects_negative_supervised_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

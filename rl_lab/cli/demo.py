@@ -229,19 +229,30 @@ def train_supervised(run_, root, args: argparse.Namespace, labels: list[str], n_
     print(f"  - one seed per network, so there is no interval across seeds; docs/results.md has the comparison over "
           f"three seeds and the command that reproduces it (examples/rl-vs-supervised.sh)")
     print("  - confounds this small run leaves (examples/fair-comparison.sh removes them at a full budget):")
-    for confound in demo_confounds(runs):
+    for confound in demo_confounds(runs, full.get("behaviour", {})):
         print(f"      {confound}")
     return written
 
 
-def demo_confounds(supervised: list) -> list[str]:
-    """What still separates the demo's networks besides their training signal, in words."""
+def demo_confounds(supervised: list, behaviour: dict | None = None) -> list[str]:
+    """What still separates the demo's networks besides their training signal, in words.
+
+    ``behaviour`` is a comparison's ``behaviour`` block (group -> ``mean_return`` of its recorded
+    episodes): networks that act differently are probed on different situations."""
     out = [
         "different networks: PPO here is a 64-64 MLP seeing one observation, DT and BC are transformers seeing "
         "a window of steps; the PPO-transformer (`--policy transformer`) is the like-for-like RL network",
         "the value-derived labels come from PPO's own critic: for PPO they are readouts, for DT and BC a "
         "reference critic's labels (`rl-lab record --reference-critic`) — only the environment's variables count",
     ]
+    returns = {g: b["mean_return"] for g, b in (behaviour or {}).items()
+               if isinstance(b, dict) and isinstance(b.get("mean_return"), (int, float))}
+    if len(returns) > 1:
+        out.append("different behaviour: mean return of the recorded episodes "
+                   + ", ".join(f"{g} {r:+.2f}" for g, r in returns.items())
+                   + "; each network is probed on its own episodes, so a better policy is probed on other "
+                     "situations (the fair comparison's bc-tf, BC copying the PPO-transformer's own policy, "
+                     "holds behaviour equal)")
     for run in supervised:
         frac = None
         try:
