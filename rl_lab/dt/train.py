@@ -201,7 +201,8 @@ def train_dt(
         "mean_return": float(data.ep_return.mean()), "policies": data.policy_returns(),
     }
     run = store.create(name, {
-        "env_id": env_id, "algo": cfg.algo, "agent": imitator_name(cfg.algo, run_agent(source.info)), "seed": cfg.seed, "source_run": source.name,
+        "env_id": env_id, "algo": cfg.algo, "agent": imitator_name(cfg.algo, run_agent(source.info)),
+        "seed": cfg.seed, "source_run": source.name,
         "source_run_path": str(source.path.resolve()),
         "total_timesteps": cfg.steps, "steps_done": 0, "config": cfg.to_dict(),
         "model_config": mcfg.to_dict(), "dataset": dataset, "versions": versions(),
