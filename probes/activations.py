@@ -472,9 +472,3 @@ def stale_reason(results: Any, recording: Path | str | None = None) -> str | Non
     if recording_id(path) != wanted:
         return f"stale: the recording {path.name} was replaced after these probes ran; probe it again"
     return None
-    path = Path(str(doc.get("file", "")))
-    if not path.is_file():
-        return f"stale: the recording {path.name} is gone"
-    if recording_id(path) != wanted:
-        return f"stale: the recording {path.name} was replaced after these probes ran; probe it again"
-    return None

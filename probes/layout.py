@@ -11,6 +11,7 @@ path inside a run folder by hand.
       <run-name>/                 RunLayout
         run.json  metrics.jsonl  eval.json  progress.csv  <i>.monitor.csv
         tensorboard/  checkpoints/  activations/  probes/  saes/<name>/  steer/  trajectories/
+        activations/replay/<other-run>/  probes/replay/<other-run>/   another run's episodes replayed
       sweeps/<sweep>.json         RunsDirLayout.sweep_record
       comparisons/compare-*.json  RunsDirLayout.comparisons_dir
 
@@ -39,6 +40,9 @@ TENSORBOARD = "tensorboard"
 PROGRESS_CSV = "progress.csv"
 MONITOR_SUFFIX = ".monitor.csv"
 REPLAY_BUFFER_SUFFIX = ".replay.pkl"
+REPLAY = "replay"
+"""``activations/replay/<run>/`` and ``probes/replay/<run>/``: recordings of this run's network on
+another run's episodes, replayed action for action (``rl-lab record --replay``), and their probes."""
 
 ACTIVATION_SUFFIX = ".h5"
 PROBE_RESULTS_SUFFIX = ".json"
@@ -189,17 +193,31 @@ class RunLayout:
         """``checkpoints/step_<N>.replay.pkl``: the DQN replay buffer saved beside ``checkpoint``."""
         return self.checkpoints_dir / f"{Path(checkpoint).stem}{REPLAY_BUFFER_SUFFIX}"
 
-    def activation_path(self, stem: str) -> Path:
-        """``activations/<stem>.h5`` (``stem`` is a checkpoint stem such as ``step_000001000``)."""
-        return self.activations_dir / f"{safe_component(stem, 'recording name')}{ACTIVATION_SUFFIX}"
+    def activations_folder(self, replay: str | None = None) -> Path:
+        """``activations/`` (the run's own episodes) or, with ``replay``, ``activations/replay/<replay>/``
+        (run ``replay``'s episodes replayed through this run's network)."""
+        if replay is None:
+            return self.activations_dir
+        return self.activations_dir / REPLAY / safe_component(replay, "replayed run name")
 
-    def probe_results_path(self, stem: str) -> Path:
-        """``probes/<stem>.json``: the probe results of ``activations/<stem>.h5``."""
-        return self.probes_dir / f"{safe_component(stem, 'recording name')}{PROBE_RESULTS_SUFFIX}"
+    def probes_folder(self, replay: str | None = None) -> Path:
+        """``probes/`` or, with ``replay``, ``probes/replay/<replay>/``: the results of that folder's recordings."""
+        if replay is None:
+            return self.probes_dir
+        return self.probes_dir / REPLAY / safe_component(replay, "replayed run name")
 
-    def probe_weights_path(self, stem: str) -> Path:
+    def activation_path(self, stem: str, replay: str | None = None) -> Path:
+        """``activations/<stem>.h5`` (``stem`` is a checkpoint stem such as ``step_000001000``);
+        with ``replay``, ``activations/replay/<replay>/<stem>.h5``."""
+        return self.activations_folder(replay) / f"{safe_component(stem, 'recording name')}{ACTIVATION_SUFFIX}"
+
+    def probe_results_path(self, stem: str, replay: str | None = None) -> Path:
+        """``probes/<stem>.json``: the probe results of ``activations/<stem>.h5`` (``replay``: of the replay's)."""
+        return self.probes_folder(replay) / f"{safe_component(stem, 'recording name')}{PROBE_RESULTS_SUFFIX}"
+
+    def probe_weights_path(self, stem: str, replay: str | None = None) -> Path:
         """``probes/<stem>.weights.npz``: the probe weights beside those results."""
-        return self.probes_dir / f"{safe_component(stem, 'recording name')}{PROBE_WEIGHTS_SUFFIX}"
+        return self.probes_folder(replay) / f"{safe_component(stem, 'recording name')}{PROBE_WEIGHTS_SUFFIX}"
 
     def sae_dir(self, name: str) -> Path:
         """``saes/<name>/``: one trained SAE."""
@@ -218,16 +236,26 @@ class RunLayout:
         return self.trajectories_dir / f"{safe_component(name, 'trajectories name')}.h5"
 
     # listings
-    def activation_files(self) -> list[Path]:
-        if not self.activations_dir.is_dir():
+    def activation_files(self, replay: str | None = None) -> list[Path]:
+        """The run's recordings of its own episodes (``replay``: of that run's episodes replayed)."""
+        folder = self.activations_folder(replay)
+        if not folder.is_dir():
             return []
-        return sorted(p for p in self.activations_dir.glob(f"*{ACTIVATION_SUFFIX}") if not is_temporary(p))
+        return sorted(p for p in folder.glob(f"*{ACTIVATION_SUFFIX}") if not is_temporary(p))
 
-    def probe_result_files(self) -> list[Path]:
-        """Every ``probes/<stem>.json`` (the weights files are not listed)."""
-        if not self.probes_dir.is_dir():
+    def probe_result_files(self, replay: str | None = None) -> list[Path]:
+        """Every ``probes/<stem>.json`` (the weights files are not listed); ``replay``: of those recordings."""
+        folder = self.probes_folder(replay)
+        if not folder.is_dir():
             return []
-        return sorted(p for p in self.probes_dir.glob(f"*{PROBE_RESULTS_SUFFIX}") if not is_temporary(p))
+        return sorted(p for p in folder.glob(f"*{PROBE_RESULTS_SUFFIX}") if not is_temporary(p))
+
+    def replays(self) -> list[str]:
+        """The runs whose episodes this run's network was recorded on (``activations/replay/<run>/``)."""
+        folder = self.activations_dir / REPLAY
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_temporary(p))
 
     def sae_dirs(self) -> list[Path]:
         if not self.saes_dir.is_dir():
@@ -316,27 +344,40 @@ class RunsDirLayout:
         return self.root / f".shared-{safe_component(token, 'marker token')}"
 
 
-def run_of_file(path: Path | str) -> RunLayout | None:
-    """The run folder an activation file sits in (``RUN/activations/X.h5`` -> ``RUN``), else None.
+def recording_place(path: Path | str) -> tuple[RunLayout, str | None] | None:
+    """The run an activation file belongs to and the run whose episodes it replays, else None.
 
-    Only the position is checked; whether ``RUN/run.json`` exists is the caller's question.
+    ``RUN/activations/X.h5`` -> ``(RUN, None)``; ``RUN/activations/replay/OTHER/X.h5`` ->
+    ``(RUN, "OTHER")``. Only the position is checked; whether ``RUN/run.json`` exists is the
+    caller's question.
     """
     p = Path(path).resolve()
-    if p.parent.name != ACTIVATIONS:
-        return None
-    return RunLayout(p.parent.parent)
+    if p.parent.name == ACTIVATIONS:
+        return RunLayout(p.parent.parent), None
+    if p.parent.parent.name == REPLAY and p.parent.parent.parent.name == ACTIVATIONS:
+        return RunLayout(p.parent.parent.parent.parent), p.parent.name
+    return None
+
+
+def run_of_file(path: Path | str) -> RunLayout | None:
+    """The run folder an activation file sits in (``RUN/activations/X.h5`` -> ``RUN``, also for a
+    replay's ``RUN/activations/replay/OTHER/X.h5``), else None (``recording_place``)."""
+    place = recording_place(path)
+    return place[0] if place else None
 
 
 def probe_output_paths(h5: Path | str) -> tuple[Path, Path]:
     """Where a recording's probe results and weights go.
 
-    ``RUN/probes/<stem>.json`` and ``.weights.npz`` for a run's recording; beside any other
-    file as ``<stem>.probes.json`` and ``<stem>.probes.weights.npz``.
+    ``RUN/probes/<stem>.json`` and ``.weights.npz`` for a run's recording
+    (``RUN/probes/replay/OTHER/`` for a replay's); beside any other file as ``<stem>.probes.json``
+    and ``<stem>.probes.weights.npz``.
     """
     h5 = Path(h5)
-    run = run_of_file(h5)
-    if run is not None:
-        return run.probe_results_path(h5.stem), run.probe_weights_path(h5.stem)
+    place = recording_place(h5)
+    if place is not None:
+        run, replay = place
+        return run.probe_results_path(h5.stem, replay), run.probe_weights_path(h5.stem, replay)
     stem = f"{h5.stem}.probes"
     return h5.parent / f"{stem}{PROBE_RESULTS_SUFFIX}", h5.parent / f"{stem}{PROBE_WEIGHTS_SUFFIX}"
 

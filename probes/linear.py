@@ -45,7 +45,7 @@ import numpy as np
 
 from probes.activations import MAX_CLASSES, ActivationFile
 from probes.errors import ProbeError
-from probes.layout import PROBE_RESULTS_SUFFIX, PROBE_WEIGHTS_SUFFIX, run_of_file
+from probes.layout import PROBE_RESULTS_SUFFIX, PROBE_WEIGHTS_SUFFIX, recording_place
 from probes.logistic import CS, auroc, fit_logistic, log_loss, predict_proba, standardiser
 from probes.results import (
     ACCURACY,
@@ -702,8 +702,8 @@ def _default_weights_path(path: Path, out_json: Path | None) -> Path | None:
     """Beside ``out_json``, else ``RUN/probes/<stem>.weights.npz`` for a run's recording, else None."""
     if out_json is not None:
         return out_json.with_name(out_json.name.removesuffix(PROBE_RESULTS_SUFFIX) + PROBE_WEIGHTS_SUFFIX)
-    run = run_of_file(path)
-    return run.probe_weights_path(path.stem) if run is not None else None
+    place = recording_place(path)
+    return place[0].probe_weights_path(path.stem, place[1]) if place is not None else None
 
 
 def _select(requested: Sequence[str] | None, available: list[str], what: str, path: Path) -> list[str]:

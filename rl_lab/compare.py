@@ -60,14 +60,16 @@ def _doc_step(doc: ProbeResults) -> int:
     return doc.step if doc.step is not None else checkpoint_step(Path(doc.checkpoint))
 
 
-def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None) -> tuple[ProbeResults, Path]:
+def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None,
+              replay: str | None = None) -> tuple[ProbeResults, Path]:
     """The probe document of the run's latest probed checkpoint (probing its latest recording if needed).
 
     ``labels`` restricts a probe run made here (default: every label in the recording). Files
-    that cannot be read or hold no record are passed over.
+    that cannot be read or hold no record are passed over. ``replay``: of the run's recordings on
+    that run's episodes (``rl-lab record --replay``) instead of its own.
     """
     docs = []
-    for path in run.probe_result_files():
+    for path in run.probe_result_files(replay):
         try:
             doc = read_probe_results(path)
         except ProbeError:
@@ -77,13 +79,16 @@ def probe_doc(run: Run, probe: bool = True, labels: Sequence[str] | None = None)
     if docs:
         _, _, doc, path = max(docs, key=lambda d: (d[0], d[1]))
         return doc, path
-    recordings = run.activation_files()
+    recordings = run.activation_files(replay)
     if not recordings:
+        if replay:
+            raise LabError(f"run {run.name!r} has no recording on the episodes of run {replay!r}; run "
+                           f"`rl-lab record {run.name} --replay {replay}` first")
         raise LabError(f"run {run.name!r} has no recordings or probe results; run `rl-lab record {run.name}` first")
     if not probe:
         raise LabError(f"run {run.name!r} has recordings but no probe results; run the probes on it first")
     latest = max(recordings, key=lambda p: (checkpoint_step(p), p.name))
-    out = run.probe_results_path(latest.stem)
+    out = run.probe_results_path(latest.stem, replay)
     doc = ProbeResults.from_dict(probe_file(latest, out_json=out, labels=list(labels) if labels else None))
     if not doc.records:
         notes = "; ".join(doc.notes) or "no records"
@@ -162,6 +167,16 @@ def recorded_return(path: Path) -> dict[str, Any] | None:
     return {"mean": float(returns.mean()), "se": se, "episodes": int(len(returns))}
 
 
+def replayed_recording(path: Path) -> str:
+    """The ``replay_recording_id`` of a replay's activation file: which recording it played ("" if unknown)."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("replay_recording_id", "")
+    except (OSError, ValueError):
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def parse_contrast(text: str) -> tuple[str, str]:
     """``"A:B"`` -> ``(A, B)``: two group names (as ``--group-by`` gives them)."""
     parts = [p.strip() for p in str(text).split(":")]
@@ -208,11 +223,15 @@ def compare(
     write: bool = True,
     hooks: Sequence[str] | None = None,
     contrasts: Sequence[tuple[str, str] | str] | None = None,
+    replay: str | None = None,
 ) -> dict[str, Any]:
     """Compare probe results across runs; returns (and writes to ``RUNS/comparisons/compare-<time>.json``) the document.
 
     ``hooks``: shell-style patterns; a run's score per label is its best over the matching hooks.
     ``contrasts``: pairs of groups (or ``"A:B"`` strings) tested against each other, paired by seed.
+    ``replay``: compare every run on run ``replay``'s episodes (its recordings made with
+    ``rl-lab record RUN --replay REPLAY``), so that all networks are probed on the same situations;
+    runs whose replays are of different recordings of ``replay`` are refused.
     """
     hooks = [h for h in (hooks or []) if h] or None
     pairs = [parse_contrast(c) if isinstance(c, str) else (str(c[0]), str(c[1])) for c in (contrasts or [])]
@@ -222,9 +241,13 @@ def compare(
     runs = store.get_distinct(run_names)
     per_run: list[dict[str, Any]] = []
     notes: list[str] = []
+    replayed: dict[str, str] = {}  # run -> the recording id its replay played
     for run in runs:
-        doc, path = probe_doc(run, labels=labels)
-        stale = stale_reason(doc, run.activation_path(path.stem))
+        doc, path = probe_doc(run, labels=labels, replay=replay)
+        recording = run.activation_path(path.stem, replay)
+        stale = stale_reason(doc, recording)
+        if replay:
+            replayed[run.name] = replayed_recording(recording)
         if stale:
             notes.append(f"run {run.name}: {stale}")
         if hooks and not any(hook_matches(rec.hook, hooks) for rec in doc.records):
@@ -233,8 +256,12 @@ def compare(
                            f"(probed: {', '.join(probed[:6])}{', ...' if len(probed) > 6 else ''})")
         per_run.append({"name": run.name, "algo": run.info.get("algo"), "group": group_key(run, group_by),
                         "seed": run.info.get("seed"), "probe_file": str(path), "checkpoint": doc.checkpoint,
-                        "return": recorded_return(run.activation_path(path.stem)),
-                        "best": best_by_label(doc, hooks)})
+                        "return": recorded_return(recording), "best": best_by_label(doc, hooks)})
+    if len(set(replayed.values())) > 1:
+        names = sorted(replayed, key=lambda n: (replayed[n], n))
+        raise LabError(f"runs {names[0]!r} and {names[-1]!r} were recorded on different recordings of run "
+                       f"{replay!r} (it was recorded again in between); record them again with --replay "
+                       "--overwrite so that every network sees the same episodes")
     envs: dict[str, set[str]] = {}
     for run, r in zip(runs, per_run):
         envs.setdefault(r["group"], set()).add(str(run.info.get("env_id")))
@@ -321,6 +348,7 @@ def compare(
         "created": now_iso(),
         "group_by": group_by,
         "hooks": hooks,
+        "replay": replay,  # every run probed on this run's episodes (None: each on its own)
         "runs": [{k: v for k, v in r.items() if k != "best"} for r in per_run],
         "labels": chosen,
         "variables": variables,
@@ -444,7 +472,8 @@ def format_table(result: dict[str, Any]) -> str:
     behaviour = result.get("behaviour") or {}
     if behaviour:
         lines.append("")
-        lines.append("behaviour: mean return of the probed episodes (mean across runs, 95% interval)")
+        lines.append("behaviour: mean return of the probed episodes (mean across runs, 95% interval)"
+                     + (f"; every run on run {result['replay']}'s episodes" if result.get("replay") else ""))
         for g, b in behaviour.items():
             ci = f" [{b['ci'][0]:+.2f}, {b['ci'][1]:+.2f}]" if b.get("ci") else ""
             lines.append(f"  {g:<{width}}  {b['mean_return']:+.2f}{ci} (n={b['n']})")
@@ -465,6 +494,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     if result.get("hooks"):
         lines.append(f"scores are each run's best over the hooks matching {' '.join(result['hooks'])}")
+    if result.get("replay"):
+        lines.append(f"every network was recorded on the same episodes, run {result['replay']}'s, replayed action "
+                     "for action (its own policy never acted)")
     lines.append(result["summary"])
     lines.extend(f"note: {n}" for n in result["notes"])
     return "\n".join(lines)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 import envs
-from probes.activations import ActivationWriter
+from probes.activations import ActivationFile, ActivationWriter
+from probes.errors import ProbeError
 from probes.layout import TMP_MARK
 from rl_lab.adapters import EpisodeForward, PolicyAdapter, load_sb3, make_adapter
 from rl_lab.config import DT_ALGOS, TrainConfig
@@ -94,6 +95,18 @@ class ReferenceCritic:
     adapter: PolicyAdapter | None = None
 
 
+def same_environment(run: Run, other: Run, role: str, why: str) -> None:
+    """Refuse ``other`` (described as ``role``) unless it was trained on ``run``'s environment and settings."""
+    cfg, other_cfg = run.info.get("config") or {}, other.info.get("config") or {}
+    env_id = run.info.get("env_id") or cfg.get("env_id")
+    other_env = other.info.get("env_id") or other_cfg.get("env_id")
+    if env_id != other_env:
+        raise LabError(f"{role} was trained on {other_env}, run {run.name!r} on {env_id}; {why}")
+    if (cfg.get("env_kwargs") or {}) != (other_cfg.get("env_kwargs") or {}):
+        raise LabError(f"{role} was trained with env settings {other_cfg.get('env_kwargs') or {}}, "
+                       f"run {run.name!r} with {cfg.get('env_kwargs') or {}}; {why}")
+
+
 def load_reference_critic(name: str, run: Run, runs_dir: Path | str | None = None,
                           device: str = "cpu") -> ReferenceCritic:
     """The reference critic named ``name`` for recordings of ``run`` (validated, loaded once on ``device``)."""
@@ -106,16 +119,8 @@ def load_reference_critic(name: str, run: Run, runs_dir: Path | str | None = Non
                        f"to be the reference critic{hint}")
     if ref.name == run.name:
         return ReferenceCritic(run.name)
-    cfg, ref_cfg = run.info.get("config") or {}, ref.info.get("config") or {}
-    env_id = run.info.get("env_id") or cfg.get("env_id")
-    ref_env = ref.info.get("env_id") or ref_cfg.get("env_id")
-    if env_id != ref_env:
-        raise LabError(f"the reference critic {ref.name!r} was trained on {ref_env}, run {run.name!r} on {env_id}; "
-                       "a reference critic must see the same observations")
-    if (cfg.get("env_kwargs") or {}) != (ref_cfg.get("env_kwargs") or {}):
-        raise LabError(f"the reference critic {ref.name!r} was trained with env settings "
-                       f"{ref_cfg.get('env_kwargs') or {}}, run {run.name!r} with {cfg.get('env_kwargs') or {}}; "
-                       "a reference critic must see the same observations")
+    same_environment(run, ref, f"the reference critic {ref.name!r}",
+                     "a reference critic must see the same observations")
     ckpt = ref.latest_checkpoint()
     return ReferenceCritic(ref.name, Path(ckpt).stem, load_adapter(ref, Path(ckpt), deterministic=True, device=device))
 
@@ -128,13 +133,15 @@ def calibration_seeds(seed: int, episodes: int, n: int) -> list[int]:
 
 
 def calibrate_value(env: Any, adapter: PolicyAdapter, reference: ReferenceCritic | None,
-                    seeds: list[int]) -> ValueScale:
+                    seeds: list[int], actor: PolicyAdapter | None = None) -> ValueScale:
     """Roll the policy out on ``seeds`` (nothing stored) and measure the mean and std of V there.
 
     ``env``: one environment, or a list of them to roll the episodes out together (``rollouts``).
+    ``actor``: the policy that plays the episodes, when it is not ``adapter``'s (a replay's
+    behaviour, ``Replay.actor``); V is the reference critic's, else ``adapter``'s own.
     """
     values = []
-    for ep in rollouts(env if isinstance(env, list) else [env], adapter, seeds, renders=False):
+    for ep in rollouts(env if isinstance(env, list) else [env], actor or adapter, seeds, renders=False):
         obs_arr, act_arr, rew_arr, final = ep.arrays()
         if reference is None or reference.adapter is None:
             values.append(adapter.episode_forward(obs_arr, act_arr, rew_arr, final).values)
@@ -273,6 +280,121 @@ def _sequential(env: Any, adapter: PolicyAdapter, seeds: list[int], renders: boo
         yield ep
 
 
+# --------------------------------------------------------------------------- replay
+@dataclass
+class Replay:
+    """Another run's recorded episodes, played again action for action (``rl-lab record --replay``).
+
+    Each episode resets the environment with the seed it was recorded with and steps it with the
+    recorded actions, so the recorded network sees exactly the observations (and, through its
+    input window, the actions and rewards) of run ``run``'s episodes while its own policy never
+    acts: every network of a comparison can be recorded on one fixed set of situations. The
+    environment must be deterministic given the seed and the actions; a replay that leaves the
+    recorded observations is refused. ``actor`` is the behaviour's policy, which plays the
+    calibration episodes that scale hope and fear.
+    """
+
+    run: str
+    file: Path
+    checkpoint: str
+    recording_id: str
+    seed: int
+    deterministic: bool
+    obs: list[np.ndarray]
+    actions: list[np.ndarray]
+    actor: PolicyAdapter
+
+    @property
+    def seeds(self) -> list[int]:
+        """The environment seed of each replayed episode (the recording's ``seed + index``)."""
+        return [self.seed + i for i in range(len(self.actions))]
+
+
+def load_replay(name: str, run: Run, runs_dir: Path | str | None = None, episodes: int | None = None,
+                device: str = "cpu") -> Replay:
+    """Run ``name``'s latest recording, to be replayed through ``run``'s network (validated first).
+
+    ``episodes``: replay the first ``episodes`` episodes (default: all of them).
+    """
+    other = RunStore(runs_dir).get(name)
+    same_environment(run, other, f"run {other.name!r}", "a replay must happen in the same environment")
+    files = other.activation_files()
+    if not files:
+        raise LabError(f"run {other.name!r} has no recording to replay; run `rl-lab record {other.name}` first")
+    path = max(files, key=lambda p: (checkpoint_step(p), p.name))
+    try:
+        with ActivationFile(path) as af:
+            obs, actions = af.steps("obs"), af.steps("action")
+            index = af.steps("episode")
+            attrs = dict(af.attrs)
+    except ProbeError as exc:
+        raise LabError(f"cannot replay run {other.name!r}: {exc}") from None
+    if not len(index):
+        raise LabError(f"cannot replay run {other.name!r}: its recording {path.name} holds no step")
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    if not np.array_equal(index[starts], np.arange(len(starts))):
+        raise LabError(f"cannot replay run {other.name!r}: the episodes of {path.name} are not 0, 1, 2, ... in order")
+    bounds = list(zip(starts, np.r_[starts[1:], len(index)]))
+    if episodes is not None:
+        if episodes > len(bounds):
+            raise LabError(f"--episodes {episodes}: the recording {path.name} of run {other.name!r} has "
+                           f"{len(bounds)} episodes to replay")
+        bounds = bounds[:episodes]
+    stem = str(attrs.get("checkpoint", ""))
+    ckpt = next((c for c in other.checkpoints() if c.stem == stem), None)
+    if ckpt is None:
+        raise LabError(f"cannot replay run {other.name!r}: the checkpoint {stem!r} its recording {path.name} "
+                       "was made with is gone (its policy plays the calibration episodes)")
+    deterministic = bool(attrs.get("deterministic", False))
+    replay = Replay(
+        run=other.name, file=path, checkpoint=stem, recording_id=str(attrs.get("recording_id", "")),
+        seed=int(attrs.get("seed", 0)), deterministic=deterministic,
+        obs=[obs[a:b] for a, b in bounds], actions=[actions[a:b] for a, b in bounds],
+        actor=load_adapter(other, ckpt, deterministic=deterministic, device=device),
+    )
+    # Played through once here (environment steps only, no network): an environment that leaves
+    # the recording is refused before anything is created.
+    cfg = other.info.get("config") or {}
+    env = make_env(other.info.get("env_id") or cfg.get("env_id"), cfg.get("env_kwargs") or {})
+    try:
+        for _ in replayed(env, replay, renders=False):
+            pass
+    finally:
+        env.close()
+    return replay
+
+
+def replayed(env: Any, replay: Replay, renders: bool) -> Iterator[Episode]:
+    """The replay's episodes played again in ``env``: each reset with its seed, stepped with its actions.
+
+    Raises ``LabError`` when the environment leaves the recorded episode (another observation, or
+    an end at another step): the environment is then not deterministic given seed and actions, and
+    what would be recorded is not the replayed run's episode.
+    """
+    for index, (s, obs_rec, actions) in enumerate(zip(replay.seeds, replay.obs, replay.actions)):
+        obs, info = env.reset(seed=s)
+        ep = Episode(index)
+        last = len(actions) - 1
+        for t, action in enumerate(actions):
+            if not np.array_equal(np.asarray(obs, dtype=obs_rec.dtype), obs_rec[t]):
+                raise LabError(f"the replay of run {replay.run!r} left its recording at episode {index}, step {t}: "
+                               "the environment gave another observation (it is not deterministic given the "
+                               "seed and the actions)")
+            if renders:
+                ep.texts.append(env.render())
+            ep.latents.append(info.get("latents", {}))
+            ep.obs.append(obs)
+            ep.actions.append(action.item() if action.ndim == 0 else action)
+            obs, reward, terminated, truncated, info = env.step(ep.actions[-1])
+            ep.rewards.append(reward)
+            if (terminated or truncated) != (t == last):
+                raise LabError(f"the replay of run {replay.run!r} left its recording at episode {index}: the "
+                               f"episode {'ended' if t < last else 'went on'} after step {t} "
+                               "(the environment is not deterministic given the seed and the actions)")
+        ep.final_obs, ep.terminated = obs, bool(terminated)
+        yield ep
+
+
 # --------------------------------------------------------------------------- recording
 def resolve_checkpoints(run: Run, which: str | None) -> list[Path]:
     """``None``/``latest`` -> the last checkpoint; ``all``; a step number; or a file path."""
@@ -312,6 +434,7 @@ def record(
     calibration_episodes: int = CALIBRATION_EPISODES,
     n_envs: int = 1,
     device: str = "cpu",
+    replay: Replay | None = None,
 ) -> Path:
     """Record ``episodes`` episodes of ``checkpoint`` into ``RUN/activations/<ckpt>.h5``.
 
@@ -360,7 +483,15 @@ def record(
         Where the network loaded here (and its random twins) runs: ``cpu`` or ``cuda:N``
         (``rl_lab.devices.resolve_device``); observations go to it, activations come back as CPU
         arrays. The file's ``device`` attribute names the device the recorded network ran on.
+    replay:
+        Record the network on another run's episodes (``load_replay``) instead of its own: every
+        episode of ``replay`` is played again action for action (``replayed``), into
+        ``RUN/activations/replay/<other run>/<ckpt>.h5``; ``episodes``, ``seed``,
+        ``deterministic`` and ``n_envs`` are then the replay's (its episodes and seeds, one
+        environment), and the behaviour's policy plays the calibration episodes.
     """
+    if replay is not None:
+        episodes, seed, deterministic, n_envs = len(replay.actions), replay.seed, replay.deterministic, 1
     if episodes <= 0:
         raise LabError("--episodes must be positive")
     if calibration_episodes <= 0:
@@ -368,18 +499,19 @@ def record(
     if n_envs <= 0:
         raise LabError("--n-envs must be positive")
     calib_seeds = calibration_seeds(seed, episodes, calibration_episodes)
-    out = Path(out) if out else run.activation_path(Path(checkpoint).stem)
+    out = Path(out) if out else run.activation_path(Path(checkpoint).stem, replay.run if replay else None)
     replacing = out.exists()
     if replacing and not overwrite:
         raise LabError(f"{out} already exists; pass --overwrite to record it again")
     # Written under a temporary name and renamed over ``out`` when complete: a kill or a full disk
     # leaves the previous recording as it was (probe results of a replaced one read as stale).
     tmp = out.with_name(f"{out.name}{TMP_MARK}{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp.unlink(missing_ok=True)
     try:
         with one_torch_thread():
             _record(run, checkpoint, episodes, seed, deterministic, tmp, random_baseline, adapter,
-                    progress, max_steps, flush_rows, reference, calib_seeds, n_envs, device)
+                    progress, max_steps, flush_rows, reference, calib_seeds, n_envs, device, replay)
         os.replace(tmp, out)
     except BaseException as exc:
         if replacing or not tmp.exists():
@@ -412,7 +544,8 @@ their mean, so one lucky initialisation does not decide a verdict. Twin i is ini
 def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic: bool, out: Path,
             random_baseline: bool, adapter: PolicyAdapter | None, progress: ProgressFn | None,
             max_steps: int | None, flush_rows: int, reference: ReferenceCritic | None = None,
-            calib_seeds: list[int] | None = None, n_envs: int = 1, device: str = "cpu") -> Path:
+            calib_seeds: list[int] | None = None, n_envs: int = 1, device: str = "cpu",
+            replay: Replay | None = None) -> Path:
     if adapter is None:
         adapter = load_adapter(run, Path(checkpoint), deterministic=deterministic, device=device)
     twins = [adapter.random_twin(seed + 10_007 + 7_919 * i) for i in range(RANDOM_TWINS)] if random_baseline else []
@@ -444,7 +577,7 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
     meta = label_meta(spec, adapter.linear_in, value_from=value_from, derived_from=sources)
     try:
         seeds = calib_seeds or calibration_seeds(seed, episodes, CALIBRATION_EPISODES)
-        scale = calibrate_value(env_list, adapter, reference, seeds)
+        scale = calibrate_value(env_list, adapter, reference, seeds, actor=replay.actor if replay else None)
     except BaseException:
         _close(env_list)
         raise
@@ -466,6 +599,10 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
         "reference_critic_checkpoint": critic_ckpt,
         **scale.attrs(),
     }
+    if replay is not None:
+        # Another run's episodes, not this network's: its actions, its seeds (``seed``, ``deterministic``).
+        attrs.update(replay_of=replay.run, replay_checkpoint=replay.checkpoint,
+                     replay_recording_id=replay.recording_id, replay_file=replay.file.name)
     if fallback:
         attrs["vectorised_fallback"] = fallback  # --n-envs was asked for but this network acts alone
     if getattr(adapter, "input_window", None):
@@ -484,7 +621,9 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
             block.clear()
 
     try:
-        for ep in rollouts(env_list, adapter, [seed + i for i in range(episodes)], renders):
+        episodes_played = replayed(env, replay, renders) if replay is not None else \
+            rollouts(env_list, adapter, [seed + i for i in range(episodes)], renders)
+        for ep in episodes_played:
             if not callable(getattr(adapter, "episodes_forward", None)):
                 # An adapter that keeps what it gave the network while acting (a decision
                 # transformer's return-to-go) is read before the next episode is played.
@@ -591,7 +730,7 @@ def record_run(
     run_name: str,
     runs_dir: Path | str | None = None,
     checkpoint: str | None = None,
-    episodes: int = 20,
+    episodes: int | None = 20,
     seed: int = 0,
     deterministic: bool = False,
     overwrite: bool = False,
@@ -600,30 +739,37 @@ def record_run(
     calibration_episodes: int = CALIBRATION_EPISODES,
     n_envs: int = 1,
     device: str = "cpu",
+    replay: str | None = None,
 ) -> list[Path]:
     """Record one or several checkpoints of a run (``checkpoint``: latest, all, a step, a file).
 
     ``reference_critic``: the run whose critic gives every value-derived label (default: the run's
     own; a dt/bc run's source run). ``n_envs``: environments stepped together (``record``).
     ``device``: where the networks run (``record``; resolve ``--device`` first with
-    ``rl_lab.devices.resolve_device``).
+    ``rl_lab.devices.resolve_device``). ``replay``: record on that run's latest recorded episodes
+    instead of the network's own (``load_replay``; ``episodes`` then takes the first ones, None:
+    all), into ``RUN/activations/replay/<replay>/``.
     """
     run = RunStore(runs_dir).get(run_name)
     paths = []
     ckpts = resolve_checkpoints(run, checkpoint)
     if calibration_episodes <= 0:
         raise LabError("--calibration-episodes must be positive")
+    if episodes is not None and episodes <= 0:
+        raise LabError("--episodes must be positive")
+    episodes_played = load_replay(replay, run, runs_dir, episodes=episodes, device=device) if replay else None
     reference = load_reference_critic(reference_critic, run, runs_dir, device=device) if reference_critic else None
     for ckpt in ckpts:
-        target = run.activation_path(ckpt.stem)
+        target = run.activation_path(ckpt.stem, episodes_played.run if episodes_played else None)
         if checkpoint == "all" and target.exists() and not overwrite:
             paths.append(target)
             continue
         progress, close = progress_factory(f"record {ckpt.stem}") if progress_factory else (None, lambda: None)
         try:
-            paths.append(record(run, ckpt, episodes=episodes, seed=seed, deterministic=deterministic,
+            paths.append(record(run, ckpt, episodes=episodes or 20, seed=seed, deterministic=deterministic,
                                 overwrite=overwrite, progress=progress, reference=reference,
-                                calibration_episodes=calibration_episodes, n_envs=n_envs, device=device))
+                                calibration_episodes=calibration_episodes, n_envs=n_envs, device=device,
+                                replay=episodes_played))
         finally:
             close()
     return paths

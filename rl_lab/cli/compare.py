@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test group A against group B, paired by seed: each variable's gain over the random "
                              "twin, A minus B, paired t-test, Holm-corrected over every contrast and variable "
                              "(repeatable), e.g. --contrast ppo-transformer:bc")
+    parser.add_argument("--replay", metavar="RUN2", default=None,
+                        help="compare every run on RUN2's episodes (their recordings made with `rl-lab record RUN "
+                             "--replay RUN2`, probed), so that all networks are probed on the same situations "
+                             "(default: each on its own episodes)")
     parser.add_argument("--no-random", action="store_true", help="leave out the random-weights rows")
     parser.add_argument("--json", action="store_true", help="print the comparison as one JSON document")
     add_runs_dir(parser)
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     contrasts = [parse_contrast(c) for c in args.contrast or []]  # malformed: one line, exit 2, before any work
     result = compare(args.runs, runs_dir(args), labels=args.label, group_by=args.group_by,
-                     random_baseline=not args.no_random, hooks=args.hooks, contrasts=contrasts)
+                     random_baseline=not args.no_random, hooks=args.hooks, contrasts=contrasts,
+                     replay=args.replay)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")

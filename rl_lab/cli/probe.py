@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=1, help="repeats of the outer partition (default: 1)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes fitting feature sources side by side (default: one per core on large files)")
+    parser.add_argument("--replay", metavar="RUN2", default=None,
+                        help="probe the run's recordings on RUN2's episodes (`rl-lab record RUN --replay RUN2`) "
+                             "instead of its own; results go to RUN/probes/replay/RUN2/")
     add_runs_dir(parser)
 
 
@@ -35,13 +38,19 @@ def targets(target: str, args: argparse.Namespace) -> tuple[list[Path], list[str
     from rl_lab.runs import RunStore
 
     path = Path(target)
+    replay = args.replay
     if path.suffix in (".h5", ".hdf5"):
+        if replay is not None:
+            raise LabError("--replay names a run's replayed recordings; give the run, not a file")
         if not path.exists():
             raise LabError(f"no such activation file: {path}")
         ActivationFile(path).close()  # unreadable, foreign or cut files fail here, before any work
         return [path], []
     run = RunStore(runs_dir(args)).get(target)
-    files = run.activation_files()
+    files = run.activation_files(replay)
+    if not files and replay is not None:
+        raise LabError(f"run {run.name!r} has no recording on the episodes of run {replay!r}; run "
+                       f"`rl-lab record {run.name} --replay {replay}` first")
     if not files:
         raise LabError(f"run {run.name!r} has no recordings yet; run `rl-lab record {run.name}` first")
     good, notes = [], []
