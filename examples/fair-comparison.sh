@@ -18,7 +18,10 @@
 # Every run is recorded by the same recorder with the same labels, its value-derived labels from
 # one reference critic (ppo-mlp of the same seed, `--reference-critic`), probed on the same labels
 # and hooks, and `rl-lab compare --group-by agent` puts the five agents side by side with
-# intervals across seeds.
+# intervals across seeds. Each agent acts in its own episodes, so agents that behave differently are
+# probed on different situations; every network is therefore also recorded on one fixed set of
+# episodes, REPLAY_OF's (default: the first seed's PPO-MLP), replayed action for action
+# (`rl-lab record --replay`), and the test is run again on those (`rl-lab compare --replay`).
 #
 #   bash examples/fair-comparison.sh [RUNS_DIR]          # default: runs/fair-comparison
 #
@@ -44,7 +47,7 @@
 # core-hours for five seeds) can be run over several sittings by rerunning the same command.
 # docs/results.md has the tables this produced (the script ends by printing them:
 # examples/fair_comparison_tables.py RUNS) and the budget's limits.
-# A smoke test of the whole pipeline (a minute or two):
+# A smoke test of the whole pipeline (mostly probing: 24 recordings, ~20 min on 2 idle cores):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 DT_EPISODES=2 EVAL_EPISODES=3 EPISODES=3 \
 #     bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
@@ -58,6 +61,8 @@ DT_EPISODES="${DT_EPISODES:-500}"
 EVAL_EPISODES="${EVAL_EPISODES:-50}"
 EPISODES="${EPISODES:-30}"
 CONTEXT="${CONTEXT:-10}"
+first_seed="${SEEDS%% *}"
+export REPLAY_OF="${REPLAY_OF:-ppo-mlp-s$first_seed}"  # whose recorded episodes every network is replayed on
 DT_SOURCE="${DT_SOURCE-latest}"  # set but empty: every checkpoint
 BC_SOURCE="${BC_SOURCE:-}"
 LABELS="${LABELS:-value,td_error,prev_td_error,hope,fear,surprise,prev_surprise,joy,prev_joy,distress,prev_distress,mood,arousal,reward,prev_reward,return_to_go,hunger,thirst,threat,distance_to_threat}"
@@ -107,6 +112,15 @@ record_probe() {  # SEED RUN: value-derived labels from the seed's PPO-MLP criti
   recorded "$run" || rl-lab record "$run" --episodes "$EPISODES" --seed "$((1000 + s))" "${critic[@]}" --runs-dir "$RUNS"
   probed "$run" || rl-lab probe "$run" --labels "$LABELS" --seed "$s" --runs-dir "$RUNS" > /dev/null
 }
+replayed() { compgen -G "$RUNS/$1/activations/replay/$REPLAY_OF/*.h5" > /dev/null; }
+replay_probed() { compgen -G "$RUNS/$1/probes/replay/$REPLAY_OF/*.json" > /dev/null; }
+record_replay() {  # SEED RUN: RUN's network on REPLAY_OF's recorded episodes (the same for every run)
+  local s="$1" run="$2" critic=()
+  [ "$run" = "ppo-mlp-s$s" ] || critic=(--reference-critic "ppo-mlp-s$s")
+  replayed "$run" || rl-lab record "$run" --replay "$REPLAY_OF" "${critic[@]}" --runs-dir "$RUNS"
+  replay_probed "$run" || rl-lab probe "$run" --replay "$REPLAY_OF" --labels "$LABELS" --seed "$s" \
+    --runs-dir "$RUNS" > /dev/null
+}
 agents() { echo "ppo-mlp-s$1 ppo-tf-s$1 rppo-s$1 dt-s$1 bc-s$1 bc-tf-s$1"; }
 
 if [ -n "${FAIR_JOB:-}" ]; then  # one stage, run by the JOBS>1 scheduler below: "FUNCTION ARGS..."
@@ -122,10 +136,12 @@ if [ "${JOBS:-1}" -gt 1 ]; then
   run_jobs() { xargs -P "$JOBS" -I{} env FAIR_JOB={} bash "$0" "$RUNS"; }
   for s in $SEEDS; do echo "train_rppo $s"; echo "train_tf $s"; echo "train_mlp_chain $s"; done | run_jobs
   for s in $SEEDS; do for run in $(agents "$s"); do echo "record_probe $s $run"; done; done | run_jobs
+  for s in $SEEDS; do for run in $(agents "$s"); do echo "record_replay $s $run"; done; done | run_jobs
 else
-  for s in $SEEDS; do
+  for s in $SEEDS; do  # the first seed's PPO-MLP (REPLAY_OF) is recorded before any replay of it
     train_mlp_chain "$s"; train_tf "$s"; train_rppo "$s"
     for run in $(agents "$s"); do record_probe "$s" "$run"; done
+    for run in $(agents "$s"); do record_replay "$s" "$run"; done
   done
 fi
 
@@ -145,6 +161,11 @@ echo "== the test itself: the same transformer, the same hooks and inputs, train
 ppo_tf_bc=()
 for s in $SEEDS; do ppo_tf_bc+=("ppo-tf-s$s" "bc-s$s" "dt-s$s" "bc-tf-s$s"); done
 rl-lab compare "${ppo_tf_bc[@]}" --group-by agent --hooks 'blocks.*' \
+  --contrast ppo-transformer:bc --contrast ppo-transformer:dt --contrast ppo-transformer:bc-of-ppo-transformer \
+  --runs-dir "$RUNS"
+echo
+echo "== the test again, every network recorded on the same episodes ($REPLAY_OF's, replayed action for action) =="
+rl-lab compare "${ppo_tf_bc[@]}" --replay "$REPLAY_OF" --group-by agent --hooks 'blocks.*' \
   --contrast ppo-transformer:bc --contrast ppo-transformer:dt --contrast ppo-transformer:bc-of-ppo-transformer \
   --runs-dir "$RUNS"
 echo

@@ -11,7 +11,9 @@ script's closing ``rl-lab compare`` calls write) and the DT's and BC's ``eval.js
    return), with its 95% interval over episodes, against the best source policy's mean return;
 3. the test itself (the comparison with ``--contrast ppo-transformer:bc``): each group's gain over
    its random-weights twin and the paired contrasts, p raw and Holm-corrected, readouts apart;
-4. what training added at the acting hooks (the comparison restricted to ``--hooks``), every agent.
+4. what training added at the acting hooks (the comparison restricted to ``--hooks``), every agent;
+5. the test again with every network recorded on the same episodes (``rl-lab compare --replay``),
+   when the script has made that comparison.
 
 Every table names the file it was read from; a missing piece is one line saying so. The numbers are
 printed, never interpreted: the verdict is written by hand beside them.
@@ -120,6 +122,11 @@ def gain(cell: dict[str, Any], group: str) -> dict[str, Any] | None:
     return cell["groups"].get(group, {}).get("gain_over_twin")
 
 
+def is_the_test(doc: dict[str, Any]) -> bool:
+    """The comparison with ``--contrast ppo-transformer:bc``."""
+    return any(c["a"] == "ppo-transformer" and c["b"] == "bc" for c in doc.get("contrasts", []))
+
+
 def the_test(found: tuple[Path, dict[str, Any]] | None) -> list[str]:
     if found is None:
         return ["no comparison with --contrast ppo-transformer:bc in RUNS/comparisons/"]
@@ -128,9 +135,11 @@ def the_test(found: tuple[Path, dict[str, Any]] | None) -> list[str]:
                                                           if c["a"] == "ppo-transformer"}
     others = sorted({b for b, _ in contrasts}, key=lambda b: GROUPS.index(b) if b in GROUPS else 99)
     n_tests = sum(1 for c in doc["contrasts"] if c.get("p") is not None)
-    rows = [f"The test itself: gain over the random-weights twin at each run's best hook of {doc['hooks']} "
-            f"(chosen inside the training folds); PPO-transformer minus each supervised agent, paired by "
-            f"seed, paired t-test, Holm over {n_tests} tests; from `{path.name}`", "",
+    where = (f"every network on the same episodes, run {doc['replay']}'s, replayed action for action"
+             if doc.get("replay") else "each network on its own episodes")
+    rows = [f"The test itself ({where}): gain over the random-weights twin at each run's best hook of "
+            f"{doc['hooks']} (chosen inside the training folds); PPO-transformer minus each supervised agent, "
+            f"paired by seed, paired t-test, Holm over {n_tests} tests; from `{path.name}`", "",
             "| label | " + " | ".join(f"{NAMES.get(g, g)} gain" for g in ["ppo-transformer", *others])
             + " | " + " | ".join(f"PPO-tf − {NAMES.get(b, b)} [95% CI] | p (raw / Holm)" for b in others) + " |",
             "|---|" + "---|" * (1 + len(others) * 3)]
@@ -189,11 +198,17 @@ def main(argv: list[str]) -> int:
         print(f"error: {folder} does not exist: run examples/fair-comparison.sh {runs_dir} first", file=sys.stderr)
         return 2
     docs = comparisons(runs_dir)
-    five = newest(docs, lambda d: set(FIVE) <= groups_of(d) and not d.get("hooks"))
-    acting = newest(docs, lambda d: set(FIVE) <= groups_of(d) and bool(d.get("hooks")))
-    test = newest(docs, lambda d: any(c["a"] == "ppo-transformer" and c["b"] == "bc" for c in d.get("contrasts", [])))
+    own = [(p, d) for p, d in docs if not d.get("replay")]  # each network on its own episodes
+    replays = [(p, d) for p, d in docs if d.get("replay")]  # every network on one run's episodes
+    five = newest(own, lambda d: set(FIVE) <= groups_of(d) and not d.get("hooks"))
+    acting = newest(own, lambda d: set(FIVE) <= groups_of(d) and bool(d.get("hooks")))
+    test = newest(own, is_the_test)
+    test_replayed = newest(replays, is_the_test)
     seeds = sorted({r["seed"] for _, d in docs for r in d.get("runs", []) if isinstance(r.get("seed"), int)})
-    for block in (competence(five), actors(runs_dir, seeds), the_test(test), acting_gains(acting)):
+    blocks = [competence(five), actors(runs_dir, seeds), the_test(test), acting_gains(acting)]
+    if test_replayed is not None:
+        blocks.append(the_test(test_replayed))
+    for block in blocks:
         print("\n".join(block))
         print()
     return 0

@@ -23,6 +23,20 @@ def _record(hook: str, label: str, score: float, rand: float) -> dict:
             "ci": [score - 0.1, score + 0.1], "checkpoint": "step_000000100", "linear_by_construction": False}
 
 
+def _replays(tmp_path: Path, names: list[str], replay: str) -> None:
+    """Probe documents of every run's recording on ``replay``'s episodes: no difference between agents."""
+    store = RunStore(tmp_path)
+    for name in names:
+        folder = store.get(name).probes_folder(replay)
+        folder.mkdir(parents=True)
+        s = int(name.rsplit("-s", 1)[1])
+        records = [_record("blocks.0.hook_resid_post", "threat", 0.4 + 0.01 * s, rand=0.2),
+                   _record("blocks.0.hook_resid_post", "hunger", 0.5, rand=0.5)]
+        (folder / "step_000000100.json").write_text(json.dumps(
+            {"schema_version": 1, "file": "x.h5", "run": name, "checkpoint": "step_000000100", "step": 100,
+             "records": records, "notes": []}))
+
+
 def _runs(tmp_path: Path) -> list[str]:
     store = RunStore(tmp_path)
     names = []
@@ -89,6 +103,25 @@ def test_tables_repeat_the_comparisons_numbers(tmp_path: Path, capsys: pytest.Ca
     assert "PPO-tf − BC of PPO-tf [95% CI] | p (raw / Holm) |" in out
     # every agent's gain at the acting hooks, from the comparison restricted to hooks
     assert "| label | PPO-MLP | PPO-transformer | recurrent PPO | DT | BC | BC of PPO-tf |" in out
+
+
+def test_the_replayed_test_is_a_table_of_its_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = _runs(tmp_path)
+    tested = [n for n in names if n.startswith(("ppo-tf", "bc", "dt"))]
+    _replays(tmp_path, tested, "ppo-mlp-s0")
+    contrasts = ["ppo-transformer:bc", "ppo-transformer:dt", "ppo-transformer:bc-of-ppo-transformer"]
+    own = compare(tested, tmp_path, group_by="agent", hooks=["blocks.*"], contrasts=contrasts)
+    replayed = compare(tested, tmp_path, group_by="agent", hooks=["blocks.*"], contrasts=contrasts,
+                       replay="ppo-mlp-s0")  # written last: the own-episodes table must not take it
+    rc, out, _ = _tables(tmp_path, capsys)
+    assert rc == 0
+    own_part, replay_part = out.split("The test itself (every network on the same episodes, run ppo-mlp-s0's")
+    assert "The test itself (each network on its own episodes)" in own_part
+    for doc, part in ((own, own_part), (replayed, replay_part)):
+        threat = next(c for c in doc["contrasts"] if c["b"] == "bc" and c["label"] == "threat")
+        assert f"{threat['mean']:+.3f} [{threat['ci'][0]:+.3f}, {threat['ci'][1]:+.3f}]" in part
+    assert next(c for c in own["contrasts"] if c["b"] == "bc" and c["label"] == "threat")["significant"]
+    assert not any(c["significant"] for c in replayed["contrasts"])
 
 
 def test_tables_refuse_a_folder_without_comparisons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

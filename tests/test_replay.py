@@ -110,6 +110,10 @@ def test_replays_are_probed_and_compared_on_the_same_episodes(replay_runs: Path,
     assert all("/probes/replay/mlp/" in r["probe_file"] for r in result["runs"])
     returns = {r["name"]: r["return"]["mean"] for r in result["runs"]}
     assert returns["mlp"] == returns["tf"]  # the same episodes, so the same return
+    # --replay names a run's replays: with a file it is refused, one line.
+    [own] = sorted((replay_runs / "tf" / "activations" / "replay" / "mlp").glob("*.h5"))
+    assert main(["probe", str(own), "--replay", "mlp"]) == 2
+    assert "give the run, not a file" in capsys.readouterr().err
     # A run with no replay of those episodes is named with the command that makes one.
     assert main(["compare", "mlp", "dt", "--replay", "tf", "--runs-dir", str(replay_runs)]) == 2
     assert "rl-lab record mlp --replay tf" in capsys.readouterr().err

@@ -251,8 +251,9 @@ def demo_confounds(supervised: list, behaviour: dict | None = None) -> list[str]
         out.append("different behaviour: mean return of the recorded episodes "
                    + ", ".join(f"{g} {r:+.2f}" for g, r in returns.items())
                    + "; each network is probed on its own episodes, so a better policy is probed on other "
-                     "situations (the fair comparison's bc-tf, BC copying the PPO-transformer's own policy, "
-                     "holds behaviour equal)")
+                     "situations (`rl-lab record RUN --replay PPO_RUN` records a network on PPO's episodes and "
+                     "`rl-lab compare --replay` compares on those; the fair comparison does both, and its bc-tf, "
+                     "BC copying the PPO-transformer's own policy, holds behaviour equal)")
     for run in supervised:
         frac = None
         try:
