@@ -47,7 +47,7 @@
 # core-hours for five seeds) can be run over several sittings by rerunning the same command.
 # docs/results.md has the tables this produced (the script ends by printing them:
 # examples/fair_comparison_tables.py RUNS) and the budget's limits.
-# A smoke test of the whole pipeline (mostly probing: 24 recordings, ~20 min on 2 idle cores):
+# A smoke test of the whole pipeline (mostly probing 24 recordings: 40 min beside two trainings on 2 cores):
 #   SEEDS="0 1" RL_STEPS=512 DT_STEPS=50 TRAJ_EPISODES=2 DT_EPISODES=2 EVAL_EPISODES=3 EPISODES=3 \
 #     bash examples/fair-comparison.sh /tmp/fair
 set -euo pipefail
