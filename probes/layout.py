@@ -250,6 +250,14 @@ class RunLayout:
             return []
         return sorted(p for p in folder.glob(f"*{PROBE_RESULTS_SUFFIX}") if not is_temporary(p))
 
+    def all_activation_files(self) -> list[Path]:
+        """The run's own recordings, then each replay's (``replays()``): every recording, for listings."""
+        return self.activation_files() + [p for r in self.replays() for p in self.activation_files(r)]
+
+    def all_probe_result_files(self) -> list[Path]:
+        """The probe results of every recording, in ``all_activation_files`` order of folders."""
+        return self.probe_result_files() + [p for r in self.replays() for p in self.probe_result_files(r)]
+
     def replays(self) -> list[str]:
         """The runs whose episodes this run's network was recorded on (``activations/replay/<run>/``)."""
         folder = self.activations_dir / REPLAY
@@ -364,6 +372,19 @@ def run_of_file(path: Path | str) -> RunLayout | None:
     replay's ``RUN/activations/replay/OTHER/X.h5``), else None (``recording_place``)."""
     place = recording_place(path)
     return place[0] if place else None
+
+
+def recording_of_results(path: Path | str) -> Path | None:
+    """The activation file a run's probe results were computed from (``RUN/probes/X.json`` ->
+    ``RUN/activations/X.h5``; a replay's ``probes/replay/OTHER/X.json`` -> ``activations/replay/OTHER/X.h5``),
+    else None."""
+    p = Path(path)
+    stem = p.name.removesuffix(PROBE_RESULTS_SUFFIX)
+    if p.parent.name == PROBES:
+        return RunLayout(p.parent.parent).activation_path(stem)
+    if p.parent.parent.name == REPLAY and p.parent.parent.parent.name == PROBES:
+        return RunLayout(p.parent.parent.parent.parent).activation_path(stem, p.parent.name)
+    return None
 
 
 def probe_output_paths(h5: Path | str) -> tuple[Path, Path]:

@@ -213,8 +213,10 @@ def test_cli_rejects_a_file_as_runs_dir(tmp_path: Path) -> None:
     assert proc.stderr.strip() == f"rl-lab: error: --runs-dir {f} is a file, not a directory"
 
 
-def write_probe_file(run_dir: Path, step: int, scores: dict[tuple[str, str], float]) -> Path:
-    """A probe results file following docs/design.md (records with hook, label, metric, score, ...)."""
+def write_probe_file(run_dir: Path, step: int, scores: dict[tuple[str, str], float],
+                     replay: str | None = None) -> Path:
+    """A probe results file following docs/design.md (records with hook, label, metric, score, ...);
+    ``replay``: of the run's recording on that run's episodes (``probes/replay/<replay>/``)."""
     records = []
     for (hook, label), score in scores.items():
         records.append({
@@ -225,8 +227,8 @@ def write_probe_file(run_dir: Path, step: int, scores: dict[tuple[str, str], flo
             "linear_by_construction": label == "value" and hook == "value_net",
         })
     run = RunLayout(run_dir)
-    run.probes_dir.mkdir(exist_ok=True)
-    path = run.probe_results_path(f"step_{step:09d}")
+    run.probes_folder(replay).mkdir(parents=True, exist_ok=True)
+    path = run.probe_results_path(f"step_{step:09d}", replay)
     path.write_text(json.dumps({"schema_version": 1, "file": f"activations/step_{step:09d}.h5", "run": run_dir.name,
                                 "checkpoint": f"step_{step:09d}", "records": records, "notes": ["a note"]}))
     return path
@@ -419,6 +421,63 @@ async def test_replay_steps_through_an_episode(runs_dir: Path) -> None:
             if screen.episode.hook == "value_net":
                 break
         assert screen.episode.acts[0] == [12.0]
+
+
+async def test_recordings_on_another_runs_episodes_are_listed_and_opened(runs_dir: Path) -> None:
+    from tui.screens.detail import RunDetailScreen
+    from tui.screens.probes import ProbeDetailScreen, ProbesScreen
+    from tui.screens.replay import ReplayScreen
+
+    alpha = run_at(runs_dir, "alpha")
+    write_activation_file(alpha.activation_path("step_000000512"))
+    replayed = write_activation_file(alpha.activation_path("step_000000512", "beta"), episodes=2)
+    scores = {("value_net", "hunger"): 0.5}
+    write_probe_file(alpha.path, 256, scores)
+    write_probe_file(alpha.path, 512, scores)
+    write_probe_file(alpha.path, 512, {("value_net", "hunger"): 0.25}, replay="beta")
+    app = LabApp(runs_dir, poll_interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_selected(app, pilot, "alpha", "enter")
+        screen = app.screen
+        assert isinstance(screen, RunDetailScreen)
+        await pilot.press("4")
+        table = screen.query_one("#detail-artifacts", DataTable)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if table.row_count >= 5:
+                break
+        cells = [" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
+        assert any(c.startswith("activations step_000000512.h5") for c in cells)
+        assert any(c.startswith("activations replay/beta/step_000000512.h5") for c in cells)
+        assert any(c.startswith("probes replay/beta/step_000000512.json") for c in cells)
+        table.focus()
+        table.move_cursor(row=table.get_row_index(f"activations:{replayed}"))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ReplayScreen)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.screen.episode is not None:
+                break
+        assert app.screen.meta.path == replayed  # the replay's file, not the run's own of the same name
+        await pilot.press("escape", "escape")
+        await pilot.pause()
+        await open_selected(app, pilot, "alpha", "p")
+        probes = app.screen
+        assert isinstance(probes, ProbesScreen)
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if probes.current is not None:
+                break
+        assert probes.current.path == alpha.probe_results_path("step_000000512")  # its own newest first
+        await pilot.press("n")
+        await pilot.pause()
+        assert probes.current.path == alpha.probe_results_path("step_000000512", "beta")
+        assert "0.250" in str(probes.query_one("#probe-grid", DataTable).get_cell("value_net", "hunger"))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ProbeDetailScreen)
+        assert [r.score for r in app.screen.history] == [0.25]  # not mixed with its own episodes' results
 
 
 async def test_replay_of_half_written_file_is_marked(runs_dir: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from probes.errors import ProbeError
-from probes.layout import LOG_SUFFIX, METRICS_JSONL, RUN_JSON, RunLayout, RunsDirLayout
+from probes.layout import LOG_SUFFIX, METRICS_JSONL, RUN_JSON, RunsDirLayout, recording_of_results
 from probes.results import ProbeRecord, read_probe_results
 from rl_lab.errors import LabError
 from rl_lab.runs import Run, checkpoint_step, read_run_json
@@ -471,7 +471,7 @@ def list_artifacts(run_path: Path, logs_dir: Path | None = None) -> Artifacts:
     logs = run.log_files()
     if logs_dir is not None and logs_dir.is_dir():
         logs += sorted(logs_dir.glob(f"{run.name}-*{LOG_SUFFIX}"))
-    return Artifacts(run.checkpoints(), run.activation_files(), run.probe_result_files(), run.sae_dirs(),
+    return Artifacts(run.checkpoints(), run.all_activation_files(), run.all_probe_result_files(), run.sae_dirs(),
                      run.steer_files(), logs)
 
 
@@ -501,7 +501,8 @@ def load_probe_file(path: Path) -> ProbeFile:
     notes = list(doc.notes)
     if doc.skipped:
         notes.append(f"{doc.skipped} malformed record(s) skipped")
-    stale = stale_reason(doc, RunLayout(path.parent.parent).activation_path(path.stem))
+    recording = recording_of_results(path)
+    stale = stale_reason(doc, recording) if recording is not None else None
     if stale:
         notes.insert(0, stale)
     return ProbeFile(path, doc.records, notes, doc.checkpoint)

@@ -147,7 +147,7 @@ class RunDetailScreen(RunScreen):
         completeness: dict[str, bool | None] = {}
         if artifacts is not None:
             for h5 in artifacts.activations:
-                completeness[h5.name] = self._complete(h5)
+                completeness[str(h5)] = self._complete(h5)
         logs = list(artifacts.logs) if artifacts else []
         newest = max(logs, key=lambda p: p.stat().st_mtime if p.exists() else 0, default=None)
         return DetailSnapshot(
@@ -267,12 +267,14 @@ class RunDetailScreen(RunScreen):
         if art is not None:
             for p in art.checkpoints:
                 rows.append((f"checkpoint:{p}", "checkpoint", p.name, _size(p)))
+            layout = self.run_layout
             for p in art.activations:
-                ok = snap.completeness.get(p.name)
+                ok = snap.completeness.get(str(p))
                 state = "complete" if ok else ("INCOMPLETE (being written or crashed)" if ok is False else "?")
-                rows.append((f"activations:{p}", "activations", p.name, f"{_size(p)}  {state}"))
+                rows.append((f"activations:{p}", "activations", _within(p, layout.activations_dir),
+                             f"{_size(p)}  {state}"))
             for p in art.probes:
-                rows.append((f"probes:{p}", "probes", p.name, "enter: probe grid"))
+                rows.append((f"probes:{p}", "probes", _within(p, layout.probes_dir), "enter: probe grid"))
             for p in art.saes:
                 has = SAELayout(p).has_features()
                 rows.append((f"sae:{p}", "sae", p.name, "enter: features" if has else "no feature statistics yet"))
@@ -372,16 +374,25 @@ class RunDetailScreen(RunScreen):
     def _artifact_selected(self, event: DataTable.RowSelected) -> None:
         kind, _, full = str(event.row_key.value).partition(":")
         name = Path(full).name
+        layout = self.run_layout
         if kind == "activations":
-            self.lab.open_replay(self.run_name, name)
+            self.lab.open_replay(self.run_name, _within(Path(full), layout.activations_dir))
         elif kind == "probes":
-            self.lab.open_probes(self.run_name, name)
+            self.lab.open_probes(self.run_name, _within(Path(full), layout.probes_dir))
         elif kind == "sae":
             self.lab.open_features(self.run_name, name)
         elif kind == "steer":
             self.app.push_screen(SteerScreen(self.run_name, full))
         else:
             self.notify(full, title=kind)
+
+
+def _within(path: Path, folder: Path) -> str:
+    """``path``'s name inside ``folder`` (``step_X.h5``, or ``replay/RUN2/step_X.h5`` for a replay's)."""
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _size(path: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -108,7 +110,9 @@ class ProbesScreen(RunScreen):
     @work(thread=True, exclusive=True, group="probes")
     def load(self) -> None:
         """Read every ``RUN/probes/*.json`` (results only, not weights) in a worker."""
-        paths = sorted(self.run_layout.probe_result_files(), key=lambda p: checkpoint_order(p.stem))
+        layout = self.run_layout  # its own recordings' results, then those on other runs' episodes
+        paths = [p for replay in [None, *layout.replays()]
+                 for p in sorted(layout.probe_result_files(replay), key=lambda p: checkpoint_order(p.stem))]
         self.post_message(ProbesLoaded([load_probe_file(p) for p in paths]))
 
     def on_probes_loaded(self, message: ProbesLoaded) -> None:
@@ -120,20 +124,28 @@ class ProbesScreen(RunScreen):
                      "(or P on the run's detail screen).", style="italic"))
             return
         select = self.query_one("#probe-file", Select)
-        select.set_options([(f.path.name, f.path.name) for f in self.files])
-        names = [f.path.name for f in self.files]
-        chosen = self.file_name if self.file_name in names else names[-1]
+        names = [self._relative(f.path) for f in self.files]
+        select.set_options([(n, n) for n in names])
+        own = [n for n in names if "/" not in n]
+        chosen = self.file_name if self.file_name in names else (own or names)[-1]
         select.value = chosen
         self.show_file(chosen)
 
     @on(Select.Changed, "#probe-file")
     def _file_changed(self, event: Select.Changed) -> None:
-        if isinstance(event.value, str) and (self.current is None or event.value != self.current.path.name):
+        if isinstance(event.value, str) and (self.current is None or event.value != self._relative(self.current.path)):
             self.show_file(event.value)
+
+    def _relative(self, path: Path) -> str:
+        """A results file's name inside ``RUN/probes`` (``replay/RUN2/step_X.json`` for a replay's)."""
+        try:
+            return path.relative_to(self.run_layout.probes_dir).as_posix()
+        except ValueError:
+            return path.name
 
     def show_file(self, name: str) -> None:
         """Fill the grid from the probe file called ``name``."""
-        pf = next((f for f in self.files if f.path.name == name), None)
+        pf = next((f for f in self.files if self._relative(f.path) == name), None)
         if pf is None:
             return
         self.current = pf
@@ -182,8 +194,11 @@ class ProbesScreen(RunScreen):
         rec = self.selected_record()
         if rec is None:
             return
+        # Across the checkpoints of the same episodes only: the run's own, or one replay's.
+        folder = self.current.path.parent if self.current else None
         history = sorted(
-            (r for f in self.files for r in f.records if r.hook == rec.hook and r.label == rec.label),
+            (r for f in self.files if f.path.parent == folder
+             for r in f.records if r.hook == rec.hook and r.label == rec.label),
             key=record_step,
         )
         self.app.push_screen(ProbeDetailScreen(rec, history))
@@ -191,12 +206,12 @@ class ProbesScreen(RunScreen):
     def action_next_file(self) -> None:
         if not self.files:
             return
-        names = [f.path.name for f in self.files]
-        i = names.index(self.current.path.name) if self.current else -1
+        names = [self._relative(f.path) for f in self.files]
+        i = names.index(self._relative(self.current.path)) if self.current else -1
         self.query_one("#probe-file", Select).value = names[(i + 1) % len(names)]
 
     def action_reload(self) -> None:
-        self.file_name = self.current.path.name if self.current else None
+        self.file_name = self._relative(self.current.path) if self.current else None
         self.load()
 
 

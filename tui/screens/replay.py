@@ -109,7 +109,8 @@ class ReplayScreen(RunScreen):
     ]
 
     def __init__(self, run_name: str, file_name: str | None = None) -> None:
-        """Args: run_name: the run. file_name: the activation file in ``RUN/activations`` (default: newest)."""
+        """Args: run_name: the run. file_name: the activation file in ``RUN/activations`` (default: the
+        newest of its own; ``replay/RUN2/<file>`` for a recording on RUN2's episodes)."""
         super().__init__(run_name)
         self.file_name = file_name
         self.meta: FileMeta | None = None
@@ -131,14 +132,16 @@ class ReplayScreen(RunScreen):
 
     def on_mount(self) -> None:
         self.sub_title = f"replay — {self.run_name}"
-        files = self.run_layout.activation_files()
+        layout = self.run_layout
+        files = layout.all_activation_files()  # its own recordings, then those on other runs' episodes
         if not files:
             self.query_one("#replay-info", Static).update(Text(
                 f"No recordings for {self.run_name} yet: run `rl-lab record {self.run_name}` "
                 "(or R on the run's detail screen).", style="italic"))
             return
-        names = [p.name for p in files]
-        chosen = self.file_name if self.file_name in names else names[-1]
+        names = [self._relative(p) for p in files]
+        own = layout.activation_files()
+        chosen = self.file_name if self.file_name in names else self._relative(own[-1] if own else files[-1])
         select = self.query_one("#replay-file", Select)
         select.set_options([(n, n) for n in names])
         select.value = chosen
@@ -146,8 +149,15 @@ class ReplayScreen(RunScreen):
 
     @on(Select.Changed, "#replay-file")
     def _file_changed(self, event: Select.Changed) -> None:
-        if isinstance(event.value, str) and (self.meta is None or self.meta.path.name != event.value):
+        if isinstance(event.value, str) and (self.meta is None or self._relative(self.meta.path) != event.value):
             self.open_file(event.value)
+
+    def _relative(self, path: Path) -> str:
+        """An activation file's name inside ``RUN/activations`` (``replay/RUN2/step_X.h5`` for a replay's)."""
+        try:
+            return path.relative_to(self.run_layout.activations_dir).as_posix()
+        except ValueError:
+            return path.name
 
     def open_file(self, name: str) -> None:
         """Start reading activation file ``name`` (meta, then its first episode)."""
@@ -208,7 +218,7 @@ class ReplayScreen(RunScreen):
             return
         t = self.t
         info = Text()
-        info.append(f"{meta.path.name}", style="bold")
+        info.append(f"{self._relative(meta.path)}", style="bold")
         if not meta.complete:
             info.append("  INCOMPLETE (cut short or still being written)", style="bold red")
         info.append(f"  {meta.env_id}  episode {ep.index + 1}/{len(meta.episodes)} (id {ep.episode_id})"
