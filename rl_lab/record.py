@@ -300,6 +300,7 @@ class Replay:
     recording_id: str
     seed: int
     deterministic: bool
+    n_envs: int  # environments its calibration episodes were played in (sampled actions depend on it)
     obs: list[np.ndarray]
     actions: list[np.ndarray]
     actor: PolicyAdapter
@@ -348,7 +349,7 @@ def load_replay(name: str, run: Run, runs_dir: Path | str | None = None, episode
     deterministic = bool(attrs.get("deterministic", False))
     replay = Replay(
         run=other.name, file=path, checkpoint=stem, recording_id=str(attrs.get("recording_id", "")),
-        seed=int(attrs.get("seed", 0)), deterministic=deterministic,
+        seed=int(attrs.get("seed", 0)), deterministic=deterministic, n_envs=max(1, int(attrs.get("n_envs", 1))),
         obs=[obs[a:b] for a, b in bounds], actions=[actions[a:b] for a, b in bounds],
         actor=load_adapter(other, ckpt, deterministic=deterministic, device=device),
     )
@@ -487,11 +488,12 @@ def record(
         Record the network on another run's episodes (``load_replay``) instead of its own: every
         episode of ``replay`` is played again action for action (``replayed``), into
         ``RUN/activations/replay/<other run>/<ckpt>.h5``; ``episodes``, ``seed``,
-        ``deterministic`` and ``n_envs`` are then the replay's (its episodes and seeds, one
-        environment), and the behaviour's policy plays the calibration episodes.
+        ``deterministic`` and ``n_envs`` are then the replayed file's, and the behaviour's policy
+        plays the calibration episodes in as many environments as it did there, so that a run
+        replaying its own recording gets that recording's hope/fear scale, sampled actions or not.
     """
-    if replay is not None:
-        episodes, seed, deterministic, n_envs = len(replay.actions), replay.seed, replay.deterministic, 1
+    if replay is not None:  # the replayed file's; its n_envs plays the calibration episodes as it did
+        episodes, seed, deterministic, n_envs = len(replay.actions), replay.seed, replay.deterministic, replay.n_envs
     if episodes <= 0:
         raise LabError("--episodes must be positive")
     if calibration_episodes <= 0:
@@ -552,7 +554,7 @@ def _record(run: Run, checkpoint: Path, episodes: int, seed: int, deterministic:
     torch.manual_seed(seed)  # after the twin's initialisation: the rollout's sampling depends on seed only
     cfg = run.info.get("config", {})
     env_id = run.info.get("env_id") or cfg.get("env_id")
-    fallback = can_batch(adapter) if n_envs > 1 else ""
+    fallback = can_batch(replay.actor if replay else adapter) if n_envs > 1 else ""
     n_envs = 1 if fallback else max(1, min(n_envs, episodes))
     env_list = [_make_recording_env(env_id, cfg.get("env_kwargs") or {}) for _ in range(n_envs)]
     env = env_list[0]

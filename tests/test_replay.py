@@ -28,7 +28,8 @@ def _datasets(group: h5py.Group, prefix: str = "") -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def replay_runs(tmp_path_factory: pytest.TempPathFactory, tiny_run: tuple[Path, str]) -> Path:
-    """The tiny PPO run (the behaviour, 4 sampled episodes recorded), a transformer PPO and a DT of it."""
+    """The tiny PPO run (the behaviour, 4 sampled episodes recorded in 3 environments at once), a
+    transformer PPO and a DT of it."""
     from rl_lab.train import train
 
     src_dir, name = tiny_run
@@ -36,6 +37,8 @@ def replay_runs(tmp_path_factory: pytest.TempPathFactory, tiny_run: tuple[Path, 
     shutil.copytree(src_dir / name, runs_dir / "mlp")
     (runs_dir / "mlp" / "run.json").write_text((runs_dir / "mlp" / "run.json").read_text()
                                                .replace(f'"name": "{name}"', '"name": "mlp"'))
+    # Recorded again with sampled actions in 3 environments at once: a replay must reproduce even that.
+    assert main(["record", "mlp", "--episodes", "4", "--n-envs", "3", "--overwrite", "--runs-dir", str(runs_dir)]) == 0
     train(TrainConfig(env_id=ENV, algo="ppo", policy="transformer", total_timesteps=512, n_envs=2,
                       context=4, d_model=32, checkpoint_every=512), runs_dir, name="tf")
     assert main(["train", "--algo", "dt", "--from", "mlp", "--steps", "20", "--episodes-per-policy", "2",
@@ -52,7 +55,8 @@ def test_a_run_replaying_its_own_recording_gives_the_same_file(replay_runs: Path
     with h5py.File(own[0]) as a, h5py.File(replay) as b:
         first, second = _datasets(a), _datasets(b)
         assert set(first) == set(second)
-        for key in first:  # every step, label, activation and random twin, sampled actions included
+        assert a.attrs["n_envs"] == 3 and not a.attrs["deterministic"]
+        for key in first:  # every step, label, activation and random twin, hope and fear included
             assert np.array_equal(first[key], second[key], equal_nan=first[key].dtype.kind == "f"), key
         assert b.attrs["replay_of"] == "mlp" and b.attrs["replay_recording_id"] == a.attrs["recording_id"]
         assert b.attrs["value_calibration_mean"] == a.attrs["value_calibration_mean"]
