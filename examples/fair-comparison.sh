@@ -7,7 +7,9 @@
 #             with its own critic trunk (--separate-critic, as the MLP's critic is separate), lr 1e-4,
 #             4 epochs per rollout and minibatches of 256: SB3's MLP settings (lr 3e-4, 10 epochs, 64)
 #             make the transformer unstable (approx. KL 0.3 per update) and it stops improving; with
-#             minibatches of 64 the KL stays ~0.13 and it stalls near +0.5 (docs/results.md)
+#             minibatches of 64 the KL stays ~0.13 and it stalls near +0.5; and a KL target of 0.03
+#             (--target-kl: an update's epochs stop once KL passes 0.045), without which seed 1
+#             fell back to +0.4 by 1M steps (KL 0.10-0.17 per update) (docs/results.md)
 #   rppo      recurrent PPO, an LSTM (memory over the whole episode)        --algo recurrent-ppo
 #   dt, bc    decision transformer / behaviour cloning, trained by supervision on ppo-mlp's
 #             trajectories (every checkpoint plus a random policy)
@@ -102,7 +104,8 @@ train_mlp_chain() {  # SEED: PPO-MLP, then the DT and BC trained on its trajecto
   train_supervised "$s" bc "$BC_SOURCE" "$TRAJ_EPISODES"
 }
 train_tf() {  # SEED: the PPO-transformer, then the BC that copies its final policy
-  train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4 --batch-size 256
+  train_rl "$1" "ppo-tf-s$1" --algo ppo --policy transformer --separate-critic --lr 1e-4 --epochs 4 --batch-size 256 \
+    --target-kl 0.03
   train_supervised "$1" bc latest "$DT_EPISODES" "bc-tf-s$1" "ppo-tf-s$1" --no-random-policy
 }
 train_rppo() { train_rl "$1" "rppo-s$1" --algo recurrent-ppo; }
