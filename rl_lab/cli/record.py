@@ -30,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute value, td_error, hope, fear and every other value-derived label with RUN2's "
                              "critic (its latest checkpoint) on the same observations, so that networks compared "
                              "share one critic (default: the run's own; a dt/bc run's source run)")
-    parser.add_argument("--replay", metavar="RUN2", default=None,
-                        help="record the network on RUN2's latest recorded episodes instead of its own: each is "
-                             "replayed with its seed and actions (RUN's policy never acts), into "
-                             "RUN/activations/replay/RUN2/, so that networks compared are probed on the same "
-                             "situations; the behaviour's policy plays the calibration episodes")
+    parser.add_argument("--replay", metavar="BEHAVIOUR", default=None,
+                        help="record the network on run BEHAVIOUR's latest recorded episodes instead of its own: "
+                             "each is replayed with its seed and actions (RUN's policy never acts), into "
+                             "RUN/activations/replay/BEHAVIOUR/, so that networks compared are probed on the same "
+                             "situations; BEHAVIOUR's policy plays the calibration episodes")
     # default None: rl_lab.labels.CALIBRATION_EPISODES, read in run() so that --help does not load numpy
     parser.add_argument("--calibration-episodes", type=positive_int, default=None, metavar="N",
                         help="episodes rolled out first (seeds disjoint from the recorded ones, not stored) whose "
