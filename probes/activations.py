@@ -441,16 +441,22 @@ class ActivationFile:
         return f"ActivationFile({str(self.path)!r}, n={self.n}, hooks={len(self.hooks)}, {state})"
 
 
-def recording_id(path: Path | str) -> str | None:
-    """The ``recording_id`` attribute of an activation file (unique per recording), or None."""
+def file_attribute(path: Path | str, name: str) -> str | None:
+    """A text attribute of an activation file (``recording_id``, ``replay_recording_id``, ...), or
+    None when the file or the attribute is missing or unreadable."""
     try:
         with h5py.File(path, "r") as h5:
-            value = h5.attrs.get("recording_id")
+            value = h5.attrs.get(name)
     except (OSError, ValueError):
         return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value) if value is not None else None
+
+
+def recording_id(path: Path | str) -> str | None:
+    """The ``recording_id`` attribute of an activation file (unique per recording), or None."""
+    return file_attribute(path, "recording_id")
 
 
 def stale_reason(results: Any, recording: Path | str | None = None) -> str | None:

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from probes.activations import stale_reason
+from probes.activations import file_attribute, stale_reason
 from probes.errors import ProbeError
 from probes.layout import RunsDirLayout
 from probes.linear import best_hook, probe_file
@@ -169,12 +169,7 @@ def recorded_return(path: Path) -> dict[str, Any] | None:
 
 def replayed_recording(path: Path) -> str:
     """The ``replay_recording_id`` of a replay's activation file: which recording it played ("" if unknown)."""
-    try:
-        with h5py.File(path, "r") as f:
-            value = f.attrs.get("replay_recording_id", "")
-    except (OSError, ValueError):
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return file_attribute(path, "replay_recording_id") or ""
 
 
 def parse_contrast(text: str) -> tuple[str, str]:
