@@ -10,6 +10,7 @@ the run ``interrupted``; ``resume`` continues from the last checkpoint and appen
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import math
 import os
@@ -116,14 +117,32 @@ def make_vec_env(cfg: TrainConfig, run: Run | None = None) -> Any:
     return vec
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; else ``platform.processor()``, else the architecture).
+
+    Float results of the same seed can differ between processors (different vector instructions in
+    torch's and numpy's kernels), so a run names the one it trained on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict[str, str]:
+    """What decides a run's numbers besides its config: the libraries that compute them, and the CPU."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "numpy": np.__version__,
         "stable_baselines3": sb3.__version__,
         "sb3_contrib": sb3_contrib.__version__,
         "gymnasium": gymnasium.__version__,
+        "transformer_lens": importlib.metadata.version("transformer-lens"),
         "rl_lab": rl_lab.__version__,
+        "cpu": cpu_model(),
     }
 
 

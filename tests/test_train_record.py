@@ -27,7 +27,8 @@ def test_run_directory(tiny_run) -> None:
     assert run.status == "done"
     assert run.info["env_id"] == "lab/Forage-v0" and run.info["algo"] == "ppo"
     assert run.info["steps_done"] >= 1024
-    assert {"torch", "stable_baselines3", "gymnasium"} <= set(run.info["versions"])
+    assert {"torch", "numpy", "stable_baselines3", "gymnasium", "transformer_lens", "cpu"} <= set(run.info["versions"])
+    assert all(isinstance(v, str) and v for v in run.info["versions"].values())
     metrics = run.metrics()
     assert metrics and all("step" in m and "fps" in m for m in metrics)
     steps = [c.name for c in run.checkpoints()]
